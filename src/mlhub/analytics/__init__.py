@@ -1,0 +1,1 @@
+"""Metric tables (Parquet) and DuckDB queries; SQL views come from top-level projections/*.sql."""

@@ -1,0 +1,1 @@
+"""FastAPI app: read and write routers, auth, dashboard files."""

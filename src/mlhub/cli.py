@@ -1,0 +1,161 @@
+"""The `mlhub` command. Every subcommand imports what it needs when it runs, so `mlhub --help` stays fast and
+never imports torch or lightning."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+
+from mlhub import __version__
+from mlhub.errors import MlhubError
+
+if TYPE_CHECKING:
+    from mlhub.settings import Settings
+
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    from mlhub.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise click.UsageError(f"invalid MLHUB_* setting: {e}") from e
+
+
+def _fail(e: MlhubError) -> NoReturn:
+    click.echo(f"error [{e.code}]: {e}", err=True)
+    sys.exit(1)
+
+
+def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine; mlhub's own errors become one clear line on stderr and exit status 1."""
+    try:
+        return asyncio.run(coro_fn())
+    except MlhubError as e:
+        _fail(e)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlhub")
+def main() -> None:
+    """mlhub: an event-sourced ML experiment hub on NATS JetStream.
+
+    Settings come from MLHUB_* environment variables (see README): MLHUB_DATA_DIR (default .mlhub),
+    MLHUB_NATS_URL (use that server instead of the embedded one), MLHUB_NATS_PORT, MLHUB_NATS_SYNC.
+    """
+
+
+@main.command()
+def nats() -> None:
+    """Run the embedded nats-server (JetStream under MLHUB_DATA_DIR) in the foreground until Ctrl-C."""
+    from mlhub.eventlog import EmbeddedNats, EventLog, StreamSpec
+
+    settings = _settings()
+    if settings.nats_url:
+        raise click.UsageError(
+            f"MLHUB_NATS_URL is set ({settings.nats_url}): mlhub uses that server and starts none; "
+            "unset it to run the embedded server"
+        )
+    server = EmbeddedNats(settings.nats_dir, port=settings.nats_port, sync=settings.nats_sync)
+    stop = _stop_on_signals()
+    try:
+        url = server.start()
+        spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
+
+        async def setup() -> None:
+            async with EventLog(url, spec=spec):
+                pass
+
+        _run(setup)
+        click.echo(f"nats-server listening at {url}")
+        click.echo(f"  JetStream store: {server.store_dir.resolve()}  (fsync: {settings.nats_sync})")
+        click.echo(f"  stream {spec.name} ready; other mlhub commands on this data dir will use it")
+        click.echo("  press Ctrl-C to stop")
+        while not stop.is_set() and server.process is not None and server.process.poll() is None:
+            stop.wait(0.5)
+        if server.process is not None and server.process.poll() is not None:
+            click.echo(f"nats-server exited with code {server.process.returncode}", err=True)
+            sys.exit(1)
+    except MlhubError as e:
+        _fail(e)
+    finally:
+        server.stop()
+        click.echo("nats-server stopped", err=True)
+
+
+def _stop_on_signals() -> Any:
+    """A threading.Event set by SIGINT or SIGTERM (so cleanup runs in the normal flow)."""
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+@main.group()
+def events() -> None:
+    """Read the event log."""
+
+
+@events.command("tail")
+@click.option("--subject", "subject", default="mlhub.ev.>", show_default=True,
+              help="NATS subject pattern, e.g. 'mlhub.ev.run.<run_id>.>' or 'mlhub.ev.*.*.metrics_logged'.")
+@click.option("--from-seq", "from_seq", type=click.IntRange(min=1), default=1, show_default=True,
+              help="First stream sequence to print.")
+@click.option("-f", "--follow", is_flag=True, help="Keep waiting for new events (Ctrl-C to stop).")
+def events_tail(subject: str, from_seq: int, follow: bool) -> None:
+    """Print events as JSON lines: {"seq", "subject", "event_id", "type", ..., "payload"}."""
+    from mlhub.eventlog import EventLog, StreamSpec, nats_endpoint
+    from mlhub.events import decode, to_json_dict
+
+    settings = _settings()
+    spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
+
+    async def tail(url: str) -> None:
+        async with EventLog(url, spec=spec) as log:
+            async for stored in log.replay_raw(from_seq, subject_filter=subject, follow=follow):
+                try:
+                    line = {"seq": stored.seq, "subject": stored.subject, **to_json_dict(decode(stored.data))}
+                except MlhubError as e:
+                    click.echo(f"seq {stored.seq} ({stored.subject}): {e}", err=True)
+                    continue
+                click.echo(json.dumps(line, separators=(",", ":")))
+
+    try:
+        with nats_endpoint(settings.nats_url, settings.nats_dir, sync=settings.nats_sync) as url:
+            _run(lambda: tail(url))
+    except KeyboardInterrupt:
+        pass
+    except MlhubError as e:
+        _fail(e)
+
+
+@main.command()
+def demo() -> None:
+    """Start the embedded event log, append a short scripted run, read it back and tail its events."""
+    from mlhub.demo import run_demo
+
+    settings = _settings()
+    try:
+        run_demo(settings, echo=click.echo)
+    except MlhubError as e:
+        _fail(e)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,62 @@
+"""Errors of mlhub's own, each with a stable code.
+
+This module imports nothing of mlhub, so every package may use it. The code of each error is what the API
+maps to an HTTP status (in one place, later) and what the CLI prints; the message names what is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MlhubError(Exception):
+    """Base class of every error mlhub raises on purpose."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+
+
+class InvalidInput(MlhubError):
+    """Input that names a wrong field or value; nothing was stored."""
+
+    code = "INVALID_PARAMETER_VALUE"
+
+
+class EventDecodeError(MlhubError):
+    """A stored message is not a readable mlhub event (unknown type, newer schema, corrupt payload)."""
+
+    code = "EVENT_DECODE_ERROR"
+
+
+class ConcurrencyError(MlhubError):
+    """An append expected an aggregate version that is no longer the current one."""
+
+    code = "CONCURRENCY_CONFLICT"
+
+    def __init__(self, message: str, *, expected: int | None = None, actual: int | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
+class EventLogUnavailable(MlhubError):
+    """The event log (NATS JetStream) could not be reached or did not acknowledge in time."""
+
+    code = "EVENT_LOG_UNAVAILABLE"
+
+
+class StreamConfigConflict(MlhubError):
+    """The existing stream's settings differ from what mlhub requires."""
+
+    code = "STREAM_CONFIG_CONFLICT"
+
+
+class AppendRejected(MlhubError):
+    """The server refused an append for a reason a retry cannot fix (too large, denied, ...)."""
+
+    code = "APPEND_REJECTED"
+
+
+class EmbeddedServerError(MlhubError):
+    """The embedded nats-server could not be started or stopped."""
+
+    code = "EMBEDDED_SERVER_ERROR"

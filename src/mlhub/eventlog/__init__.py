@@ -1,0 +1,28 @@
+"""The event log on NATS JetStream: stream setup, append, bulk append, aggregate reads, replay, and the
+embedded nats-server launcher. Imports only `mlhub.events` (and `mlhub.errors`) of mlhub."""
+
+from mlhub.eventlog.client import (
+    AggregateEvents,
+    AppendResult,
+    EventLog,
+    Recorded,
+    StoredMessage,
+)
+from mlhub.eventlog.server import EmbeddedNats, nats_endpoint, nats_server_binary, running_embedded_url
+from mlhub.eventlog.stream import MAX_EVENT_BYTES, STREAM_NAME, StreamSpec, ensure_stream
+
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "STREAM_NAME",
+    "AggregateEvents",
+    "AppendResult",
+    "EmbeddedNats",
+    "EventLog",
+    "Recorded",
+    "StoredMessage",
+    "StreamSpec",
+    "ensure_stream",
+    "nats_endpoint",
+    "nats_server_binary",
+    "running_embedded_url",
+]

@@ -1,0 +1,452 @@
+"""The event log client: append (dedup + optimistic concurrency), bulk append, read an aggregate, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
+
+from mlhub.errors import AppendRejected, ConcurrencyError, EventLogUnavailable
+from mlhub.eventlog.fastnats import FastHeaderClient, stream_sequence
+from mlhub.eventlog.stream import MAX_EVENT_BYTES, StreamSpec, ensure_stream
+from mlhub.events import STREAM_SUBJECTS, Envelope, aggregate_subject_filter, decode, encode
+
+log = logging.getLogger(__name__)
+
+#: JetStream error code for "wrong last sequence" (an expected-sequence check failed).
+ERR_WRONG_LAST_SEQUENCE = 10071
+#: Oldest server that supports Nats-Expected-Last-Subject-Sequence-Subject (per-aggregate concurrency).
+MIN_SERVER_VERSION = (2, 11, 0)
+
+#: Errors after which the same message (same Msg-Id) is sent again.
+_RETRYABLE = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionReconnectingError,
+    asyncio.TimeoutError,
+)
+#: Messages buffered by a replay before delivery pauses (and flow control holds back the server).
+_REPLAY_HIGH_WATER = 20_000
+
+
+class Recorded(NamedTuple):
+    """An event as stored: its stream sequence and its envelope."""
+
+    seq: int
+    envelope: Envelope
+
+
+class StoredMessage(NamedTuple):
+    """A raw stored message: sequence, subject and the exact bytes (what audit seals hash)."""
+
+    seq: int
+    subject: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """Where an appended event is stored; duplicate is true when it was already stored before."""
+
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class AggregateEvents:
+    """Every event of one aggregate in order, and its version (the stream sequence of its last event)."""
+
+    events: list[Recorded]
+    version: int
+
+
+class EventLog:
+    """The append-only event log on NATS JetStream.
+
+    Constructing it does no I/O; `await connect()` connects and checks the server, `await ensure_stream()`
+    creates or checks the stream. Use `async with EventLog(url) as log:` for both and a clean close.
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        *,
+        spec: StreamSpec | None = None,
+        ack_timeout_s: float = 5.0,
+        append_deadline_s: float = 60.0,
+        connect_timeout_s: float = 10.0,
+        name: str = "mlhub",
+    ) -> None:
+        self.servers = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers)
+        self.spec = spec or StreamSpec()
+        self.ack_timeout_s = ack_timeout_s
+        self.append_deadline_s = append_deadline_s
+        self.connect_timeout_s = connect_timeout_s
+        self.name = name
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._closing = False
+
+    # -- connection ---------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> EventLog:
+        await self.connect()
+        await self.ensure_stream()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect (retrying until connect_timeout_s) and check the server supports what mlhub needs."""
+        deadline = time.monotonic() + self.connect_timeout_s
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                nc = FastHeaderClient()
+                await nc.connect(
+                    servers=self.servers,
+                    name=self.name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.1,  # type: ignore[arg-type]  # float works: it is a sleep
+                    connect_timeout=min(2.0, self.connect_timeout_s),  # type: ignore[arg-type]
+                    pending_size=64 * 1024 * 1024,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+                self._nc = nc
+                break
+            except Exception as e:  # nats raises several unrelated types for "could not connect"
+                last_error = e
+                await asyncio.sleep(0.1)
+        else:
+            raise EventLogUnavailable(
+                f"cannot connect to NATS at {', '.join(self.servers)} within {self.connect_timeout_s:g}s: "
+                f"{last_error!r}"
+            )
+        info = self._nc._server_info  # the INFO the server sent on connect
+        version = str(info.get("version", "0.0.0"))
+        if _parse_version(version) < MIN_SERVER_VERSION or not info.get("jetstream"):
+            url = self._nc.connected_url.netloc if self._nc.connected_url else self.servers[0]
+            await self.close()
+            raise EventLogUnavailable(
+                f"nats-server {version} at {url} cannot hold the mlhub event log: it needs JetStream and "
+                f"version >= {'.'.join(map(str, MIN_SERVER_VERSION))} (per-aggregate concurrency checks)"
+            )
+        self._js = self._nc.jetstream(timeout=self.ack_timeout_s)
+
+    async def close(self) -> None:
+        """Flush and close the connection."""
+        self._closing = True
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except Exception:  # closing anyway
+                await self._nc.close()
+        self._nc = None
+        self._js = None
+
+    async def _on_error(self, e: Exception) -> None:
+        log.debug("nats error: %r", e)
+
+    async def _on_disconnected(self) -> None:
+        if not self._closing:
+            log.warning("event log: disconnected from NATS, reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        log.warning("event log: reconnected to NATS")
+
+    @property
+    def nc(self) -> NatsClient:
+        """The underlying NATS connection (for tools and tests; prefer the methods of this class)."""
+        if self._nc is None:
+            raise EventLogUnavailable("event log is not connected: call connect() first")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the connection."""
+        if self._js is None:
+            raise EventLogUnavailable("event log is not connected: call connect() first")
+        return self._js
+
+    async def ensure_stream(self) -> StreamInfo:
+        """Create the stream or check the existing one's settings (StreamConfigConflict names a mismatch)."""
+        return await ensure_stream(self.js, self.spec)
+
+    async def last_sequence(self, subject_filter: str | None = None) -> int:
+        """The stream sequence of the last event (of those matching subject_filter); 0 when there is none."""
+        if subject_filter is None or subject_filter == STREAM_SUBJECTS:
+            info = await self.js.stream_info(self.spec.name)
+            return int(info.state.last_seq)
+        msg = await self._direct_get({"last_by_subj": subject_filter})
+        return 0 if msg is None else _direct_seq(msg)
+
+    # -- appending ----------------------------------------------------------------------------------------
+
+    async def append(self, envelope: Envelope, *, expected_version: int | None = None) -> AppendResult:
+        """Append one event; stored once however often it is retried (its event id is the Nats-Msg-Id).
+
+        expected_version: the aggregate's version the caller decided on (the stream sequence of its last
+        event, 0 for a new aggregate). If another event of the aggregate was appended since, raises
+        ConcurrencyError and stores nothing. A retry after a lost acknowledgement is recognized.
+        """
+        data = self._encode_checked(envelope)
+        # Only the Msg-Id (and the expected-sequence pair) travel: every header is stored with the event and
+        # parsed again on every replay. (An expected-stream header is not needed: streams cannot overlap.)
+        headers = {"Nats-Msg-Id": str(envelope.event_id)}
+        if expected_version is not None:
+            if expected_version < 0:
+                raise ValueError(f"expected_version must be >= 0, got {expected_version}")
+            aggregate = aggregate_subject_filter(envelope.aggregate_type, envelope.aggregate_id)
+            headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_version)
+            headers["Nats-Expected-Last-Subject-Sequence-Subject"] = aggregate
+        resp = await self._publish(envelope.subject, data, headers)
+        error = resp.get("error")
+        if error is None:
+            return AppendResult(seq=int(resp["seq"]), duplicate=bool(resp.get("duplicate", False)))
+        if error.get("err_code") == ERR_WRONG_LAST_SEQUENCE and expected_version is not None:
+            return await self._resolve_conflict(envelope, expected_version)
+        raise AppendRejected(f"{envelope.type} {envelope.event_id} rejected by the event log: {error}")
+
+    async def append_many(
+        self, envelopes: Iterable[Envelope], *, max_in_flight: int = 64
+    ) -> list[AppendResult]:
+        """Append many independent events (e.g. metric batches), pipelined with at most max_in_flight unacked.
+
+        Every acknowledgement is awaited with a timeout; a lost one is retried with the same event id, so
+        each event is stored exactly once. Order among the events is not guaranteed when retries happen:
+        use it for events whose order does not matter (metric points carry their own step).
+        """
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        window = asyncio.Semaphore(max_in_flight)
+        tasks: list[asyncio.Task[AppendResult]] = []
+        failed = False
+
+        async def one(envelope: Envelope) -> AppendResult:
+            nonlocal failed
+            try:
+                return await self.append(envelope)
+            except BaseException:
+                failed = True  # stop submitting more; gather() below raises this error
+                raise
+            finally:
+                window.release()
+
+        try:
+            for envelope in envelopes:
+                await window.acquire()
+                if failed:
+                    break
+                tasks.append(asyncio.create_task(one(envelope)))
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+    def _encode_checked(self, envelope: Envelope) -> bytes:
+        data = encode(envelope)
+        if len(data) > MAX_EVENT_BYTES:
+            raise AppendRejected(
+                f"{envelope.type} {envelope.event_id} is {len(data)} bytes, more than the {MAX_EVENT_BYTES} a "
+                f"single event may hold: split the batch"
+            )
+        return data
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        """Publish and wait for the stream's acknowledgement, retrying the same message until the deadline."""
+        deadline = time.monotonic() + self.append_deadline_s
+        delay = 0.05
+        while True:
+            try:
+                msg = await self.nc.request(subject, data, timeout=self.ack_timeout_s, headers=dict(headers))
+                resp: dict[str, Any] = json.loads(msg.data)
+                error = resp.get("error")
+                # 503: JetStream (or the stream's leader) is not ready yet, e.g. just after a restart.
+                if error is None or error.get("code") != 503:
+                    return resp
+                problem: Exception = EventLogUnavailable(str(error))
+            except _RETRYABLE as e:
+                problem = e
+            except nats.errors.ConnectionClosedError as e:
+                raise EventLogUnavailable(f"connection to NATS is closed: {e!r}") from e
+            if time.monotonic() + delay > deadline:
+                raise EventLogUnavailable(
+                    f"no acknowledgement for {subject} within {self.append_deadline_s:g}s: {problem!r}"
+                ) from (problem if isinstance(problem, BaseException) else None)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _resolve_conflict(self, envelope: Envelope, expected_version: int) -> AppendResult:
+        """After a failed expected-sequence check: did our own earlier try win (lost ack), or someone else?
+
+        The first event of the aggregate after expected_version is the one that won the race; if its
+        Nats-Msg-Id is our event id, our append is stored and this is a retry.
+        """
+        aggregate = aggregate_subject_filter(envelope.aggregate_type, envelope.aggregate_id)
+        winner = await self._direct_get({"seq": expected_version + 1, "next_by_subj": aggregate})
+        if winner is not None and (winner.headers or {}).get("Nats-Msg-Id") == str(envelope.event_id):
+            return AppendResult(seq=_direct_seq(winner), duplicate=True)
+        actual = await self.last_sequence(aggregate)
+        raise ConcurrencyError(
+            f"{envelope.aggregate_type} {envelope.aggregate_id} is at version {actual}, not the expected "
+            f"{expected_version}: another writer appended first; read it again and retry",
+            expected=expected_version,
+            actual=actual,
+        )
+
+    async def _direct_get(self, request: dict[str, Any]) -> Msg | None:
+        """A direct get from the stream (works with wildcard subjects); None when no message matches."""
+        subject = f"$JS.API.DIRECT.GET.{self.spec.name}"
+        deadline = time.monotonic() + self.append_deadline_s
+        while True:
+            try:
+                msg = await self.nc.request(subject, json.dumps(request).encode(), timeout=self.ack_timeout_s)
+            except _RETRYABLE as e:
+                if time.monotonic() > deadline:
+                    raise EventLogUnavailable(f"direct get from {self.spec.name} failed: {e!r}") from e
+                await asyncio.sleep(0.1)
+                continue
+            status = (msg.headers or {}).get("Status")
+            if status == "404":
+                return None
+            if status:
+                raise EventLogUnavailable(f"direct get {request} failed: {status} {msg.headers}")
+            return msg
+
+    # -- reading ------------------------------------------------------------------------------------------
+
+    async def read_aggregate(self, aggregate_type: str, aggregate_id: str) -> AggregateEvents:
+        """Every event of one aggregate, upcast to the current classes, and the aggregate's version."""
+        subject = aggregate_subject_filter(aggregate_type, aggregate_id)
+        version = await self.last_sequence(subject)
+        events = [r async for r in self.replay(subject_filter=subject, until_seq=version)] if version else []
+        return AggregateEvents(events=events, version=version)
+
+    async def replay(
+        self,
+        from_seq: int = 1,
+        *,
+        subject_filter: str = STREAM_SUBJECTS,
+        until_seq: int | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[Recorded]:
+        """Events from from_seq on, in stream order, as (sequence, envelope), upcast to the current classes.
+
+        Stops at until_seq, or at the last event stored when the replay began, unless follow is true (then
+        it waits for new events until the caller stops iterating).
+        """
+        async for batch in self.replay_batches(
+            from_seq, subject_filter=subject_filter, until_seq=until_seq, follow=follow
+        ):
+            for stored in batch:
+                yield Recorded(stored.seq, decode(stored.data))
+
+    async def replay_raw(
+        self,
+        from_seq: int = 1,
+        *,
+        subject_filter: str = STREAM_SUBJECTS,
+        until_seq: int | None = None,
+        follow: bool = False,
+    ) -> AsyncIterator[StoredMessage]:
+        """Like replay, but the stored bytes undecoded (for audits and tools that must see exact bytes)."""
+        async for batch in self.replay_batches(
+            from_seq, subject_filter=subject_filter, until_seq=until_seq, follow=follow
+        ):
+            for stored in batch:
+                yield stored
+
+    async def replay_batches(
+        self,
+        from_seq: int = 1,
+        *,
+        subject_filter: str = STREAM_SUBJECTS,
+        until_seq: int | None = None,
+        follow: bool = False,
+        max_batch: int = 1000,
+    ) -> AsyncIterator[list[StoredMessage]]:
+        """Stored messages in stream order, in batches of whatever has arrived (at most max_batch).
+
+        An ordered push consumer (ephemeral, no acks, flow-controlled, reset by the client on a gap) delivers
+        into a callback that only buffers; the buffer is bounded by pausing the callback, which in turn
+        holds back the server through flow control. This is the fast path projectors use.
+        """
+        if from_seq < 1:
+            raise ValueError(f"from_seq must be >= 1, got {from_seq}")
+        end = until_seq
+        if end is None and not follow:
+            end = await self.last_sequence(subject_filter)
+        if end is not None and end < from_seq:
+            return
+        buffer: deque[StoredMessage] = deque()
+        arrived = asyncio.Event()
+        room = asyncio.Event()
+        room.set()
+
+        async def on_message(msg: Msg) -> None:
+            buffer.append(StoredMessage(stream_sequence(msg.reply), msg.subject, msg.data))
+            arrived.set()
+            if len(buffer) >= _REPLAY_HIGH_WATER:
+                room.clear()
+                await room.wait()
+
+        sub = await self.js.subscribe(
+            subject_filter,
+            stream=self.spec.name,
+            cb=on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=from_seq),
+            pending_msgs_limit=4 * _REPLAY_HIGH_WATER,
+            pending_bytes_limit=512 * 1024 * 1024,
+            idle_heartbeat=2.0,
+        )
+        try:
+            while True:
+                while not buffer:
+                    arrived.clear()
+                    await arrived.wait()
+                batch = [buffer.popleft() for _ in range(min(max_batch, len(buffer)))]
+                if len(buffer) < _REPLAY_HIGH_WATER // 2:
+                    room.set()
+                if end is not None and batch[-1].seq >= end:
+                    yield [m for m in batch if m.seq <= end]
+                    return
+                yield batch
+        finally:
+            room.set()
+            try:
+                await sub.unsubscribe()
+            except Exception as e:  # the connection may already be gone; the consumer is ephemeral
+                log.debug("unsubscribe after replay failed: %r", e)
+
+
+def _direct_seq(msg: Msg) -> int:
+    """The stream sequence of a message fetched by direct get (the server sets Nats-Sequence)."""
+    return int((msg.headers or {})["Nats-Sequence"])
+
+
+def _parse_version(version: str) -> tuple[int, int, int]:
+    parts = (version.split("-", 1)[0].split(".") + ["0", "0", "0"])[:3]
+    try:
+        return (int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError:
+        return (0, 0, 0)

@@ -1,0 +1,245 @@
+"""Events of the run aggregate (subject mlhub.ev.run.<run_id>.*): lifecycle, provenance and tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from mlhub.events.base import (
+    Attempt,
+    DomainEvent,
+    EntityId,
+    Key,
+    NonNegativeInt,
+    RelativePath,
+    Sha256Hex,
+    sha256_of,
+)
+
+GitCommit = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")]
+
+
+class RunEvent(DomainEvent):
+    """Base of events about one run."""
+
+    aggregate_type: ClassVar[str] = "run"
+    aggregate_field: ClassVar[str] = "run_id"
+
+    run_id: EntityId
+
+
+class RunCreated(RunEvent):
+    """A run was created in an experiment (by a job, or by a script through the SDK)."""
+
+    event_type: ClassVar[str] = "run.created"
+
+    experiment_id: EntityId
+    name: str = Field(min_length=1, max_length=250)
+    job_id: EntityId | None = None
+    source: Literal["job", "sdk"] = "job"
+    reproduces_run_id: EntityId | None = None
+
+
+class RunStarted(RunEvent):
+    """An attempt of the run started executing."""
+
+    event_type: ClassVar[str] = "run.started"
+
+    attempt: Attempt = 1
+    worker_id: str | None = None
+
+
+class RunFinished(RunEvent):
+    """The run ended successfully."""
+
+    event_type: ClassVar[str] = "run.finished"
+
+    attempt: Attempt = 1
+
+
+class RunFailed(RunEvent):
+    """The run ended with an error."""
+
+    event_type: ClassVar[str] = "run.failed"
+
+    attempt: Attempt = 1
+    error_type: str = Field(min_length=1, max_length=200)
+    error: str = Field(max_length=20_000)
+
+
+class RunCancelled(RunEvent):
+    """The run was cancelled before it ended."""
+
+    event_type: ClassVar[str] = "run.cancelled"
+
+    reason: str = Field(default="", max_length=2000)
+
+
+class ConfigSnapshotted(RunEvent):
+    """The fully resolved config of the run and its sha256 (over canonical JSON, checked on creation)."""
+
+    event_type: ClassVar[str] = "run.config_snapshotted"
+
+    config: dict[str, Any]
+    sha256: Sha256Hex
+    overrides: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _hash_matches(self) -> Self:
+        actual = sha256_of(self.config)
+        if actual != self.sha256:
+            raise ValueError(f"sha256 {self.sha256} does not match the config's canonical JSON hash {actual}")
+        return self
+
+
+class SeedRecorded(RunEvent):
+    """The seed the run used, and whether the config gave it or it was drawn (and then recorded)."""
+
+    event_type: ClassVar[str] = "run.seed_recorded"
+
+    seed: int = Field(ge=0, le=2**32 - 1)
+    source: Literal["config", "drawn"] = "config"
+
+
+class DatasetVersionRecorded(RunEvent):
+    """The exact data the run saw: a name, the sha256 fingerprint of its content and its size."""
+
+    event_type: ClassVar[str] = "run.dataset_version_recorded"
+
+    name: str = Field(min_length=1, max_length=250)
+    fingerprint: Sha256Hex
+    size_bytes: NonNegativeInt
+    num_examples: NonNegativeInt | None = None
+
+
+class CodeVersionRecorded(RunEvent):
+    """The code the run ran: git commit, whether the tree was dirty, and the sha256 of the uncommitted diff."""
+
+    event_type: ClassVar[str] = "run.code_version_recorded"
+
+    git_commit: GitCommit | None
+    dirty: bool
+    diff_sha256: Sha256Hex | None = None
+    repository: str | None = None
+
+
+class EnvironmentRecorded(RunEvent):
+    """The software and hardware the run ran on."""
+
+    event_type: ClassVar[str] = "run.environment_recorded"
+
+    python: str
+    platform: str
+    torch: str | None = None
+    lightning: str | None = None
+    cuda: str | None = None
+    device_name: str | None = None
+    packages_sha256: Sha256Hex
+
+
+class ParamsLogged(RunEvent):
+    """Hyperparameters, as strings (MLflow's convention); a param once logged may not change its value."""
+
+    event_type: ClassVar[str] = "run.params_logged"
+
+    params: dict[Key, Annotated[str, Field(max_length=6000)]]
+
+
+class TagsSet(RunEvent):
+    """Tags set on the run (a later value of the same key replaces the earlier one)."""
+
+    event_type: ClassVar[str] = "run.tags_set"
+
+    tags: dict[Key, Annotated[str, Field(max_length=5000)]]
+
+
+class MetricPoint(NamedTuple):
+    """One metric value at a step and epoch; timestamp in milliseconds since the Unix epoch."""
+
+    key: str
+    value: float
+    step: int
+    epoch: int
+    timestamp: int
+
+
+class MetricSeries(BaseModel):
+    """Points of one metric key in columnar form (the four columns have one length)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
+    key: Key
+    values: tuple[float, ...]
+    steps: tuple[NonNegativeInt, ...]
+    epochs: tuple[NonNegativeInt, ...]
+    timestamps: tuple[NonNegativeInt, ...]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> Self:
+        n = len(self.values)
+        if not (len(self.steps) == len(self.epochs) == len(self.timestamps) == n) or n == 0:
+            raise ValueError(
+                f"series {self.key!r}: values, steps, epochs and timestamps must have one non-zero length, got "
+                f"{n}, {len(self.steps)}, {len(self.epochs)}, {len(self.timestamps)}"
+            )
+        return self
+
+
+class MetricsLogged(RunEvent):
+    """A batch of metric points (schema v2: one columnar series per key; v1 stored a list of points)."""
+
+    event_type: ClassVar[str] = "run.metrics_logged"
+    schema_version: ClassVar[int] = 2
+
+    series: tuple[MetricSeries, ...] = Field(min_length=1)
+
+    @field_validator("series")
+    @classmethod
+    def _unique_keys(cls, series: tuple[MetricSeries, ...]) -> tuple[MetricSeries, ...]:
+        keys = [s.key for s in series]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"each key may appear in one series only, got {keys}")
+        return series
+
+    @classmethod
+    def from_points(cls, run_id: str, points: list[MetricPoint] | list[tuple[str, float, int, int, int]]) -> Self:
+        """Build a batch from points in any key order (the order within a key is kept)."""
+        columns: dict[str, tuple[list[float], list[int], list[int], list[int]]] = {}
+        for key, value, step, epoch, timestamp in points:
+            col = columns.setdefault(key, ([], [], [], []))
+            col[0].append(value)
+            col[1].append(step)
+            col[2].append(epoch)
+            col[3].append(timestamp)
+        return cls(
+            run_id=run_id,
+            series=tuple(
+                MetricSeries(key=k, values=tuple(v), steps=tuple(s), epochs=tuple(e), timestamps=tuple(t))
+                for k, (v, s, e, t) in columns.items()
+            ),
+        )
+
+    @property
+    def num_points(self) -> int:
+        """How many points the batch carries."""
+        return sum(len(s.values) for s in self.series)
+
+    def points(self) -> Iterator[MetricPoint]:
+        """Every point of the batch, series by series."""
+        for s in self.series:
+            for value, step, epoch, ts in zip(s.values, s.steps, s.epochs, s.timestamps, strict=True):
+                yield MetricPoint(s.key, value, step, epoch, ts)
+
+
+class ArtifactStored(RunEvent):
+    """A file of the run was stored in the content-addressed artifact store."""
+
+    event_type: ClassVar[str] = "run.artifact_stored"
+
+    path: RelativePath
+    sha256: Sha256Hex
+    size_bytes: NonNegativeInt
+    uri: str = Field(min_length=1, max_length=2000)
+    kind: Literal["checkpoint", "model", "onnx", "file"] = "file"

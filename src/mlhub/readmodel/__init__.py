@@ -1,0 +1,1 @@
+"""The SQL read model: SQLAlchemy tables and read queries (Alembic migrations live in top-level migrations/)."""

@@ -1,0 +1,1 @@
+"""Model registry commands (register, alias/promote) with optimistic concurrency."""

@@ -1,0 +1,1 @@
+"""Job submission: config validation, snapshot, seed, dataset version -> job.queued; cancel; timeouts."""

@@ -1,0 +1,50 @@
+"""The one settings class: every knob is an `MLHUB_*` environment variable (or a `.env` file entry)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """mlhub's settings. Constructing it does no I/O beyond reading the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MLHUB_", env_file=".env", extra="ignore")
+
+    #: Where the embedded stack keeps its state (JetStream store, read model, metric tables, artifacts).
+    data_dir: Path = Path(".mlhub")
+    #: Use this NATS server (or cluster, comma-separated URLs) and start none. Unset: the embedded server.
+    nats_url: str | None = None
+    #: Port of the embedded nats-server; 0 picks a free port (written to <data_dir>/nats/server.json).
+    nats_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    #: fsync policy of the embedded server's JetStream store: "always" fsyncs before every acknowledgement
+    #: (no acknowledged event is lost on power loss), or a Go duration such as "1s" or "2m" (the server's
+    #: default is 2m: faster, but acknowledged events of the last interval can be lost on power loss).
+    nats_sync: str = "always"
+    #: Replicas of the event stream: 1 for one server, 3 for a cluster.
+    stream_replicas: Annotated[int, Field(ge=1, le=5)] = 1
+    #: How long the stream remembers event ids to drop duplicate appends (seconds).
+    duplicate_window_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    #: How long an append waits for an acknowledgement before it retries (seconds).
+    ack_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    #: How long an append keeps retrying through a lost connection before EventLogUnavailable (seconds).
+    append_deadline_s: Annotated[float, Field(gt=0)] = 60.0
+    #: Name recorded as the producer of events this process appends.
+    producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
+
+    @field_validator("nats_sync")
+    @classmethod
+    def _sync_policy(cls, value: str) -> str:
+        if value != "always" and not re.fullmatch(r"\d+(ms|s|m|h)", value):
+            raise ValueError(f"must be 'always' or a duration like '1s', '500ms', '2m'; got {value!r}")
+        return value
+
+    @property
+    def nats_dir(self) -> Path:
+        """Folder of the embedded nats-server: config, JetStream store, logs, the server file."""
+        return self.data_dir / "nats"
