@@ -45,7 +45,41 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         _fail(e)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Subcommands that live in mlhub.commands.<module>, loaded only when used (or listed by --help).
+LAZY_COMMANDS: dict[str, str] = {
+    "projector": "mlhub.commands.projector:projector",
+    "query": "mlhub.commands.query:query",
+    "replay": "mlhub.commands.replay:replay",
+    "audit": "mlhub.commands.audit:audit",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose listed subcommands are imported from their module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        available = [name for name, target in LAZY_COMMANDS.items() if _module_exists(target)]
+        return sorted([*super().list_commands(ctx), *available])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None or not _module_exists(target):
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+def _module_exists(target: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(target.split(":")[0]) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mlhub")
 def main() -> None:
     """mlhub: an event-sourced ML experiment hub on NATS JetStream.

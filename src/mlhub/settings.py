@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     ack_timeout_s: Annotated[float, Field(gt=0)] = 5.0
     #: How long an append keeps retrying through a lost connection before EventLogUnavailable (seconds).
     append_deadline_s: Annotated[float, Field(gt=0)] = 60.0
+    #: SQLAlchemy URL of the SQL read model; unset: SQLite at <data_dir>/readmodel.db.
+    #: PostgreSQL: postgresql+psycopg://user@host:5432/db
+    database_url: str | None = None
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 
@@ -43,6 +46,16 @@ class Settings(BaseSettings):
         if value != "always" and not re.fullmatch(r"\d+(ms|s|m|h)", value):
             raise ValueError(f"must be 'always' or a duration like '1s', '500ms', '2m'; got {value!r}")
         return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The read model's database URL (the SQLite default made explicit)."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'readmodel.db').resolve()}"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the metric tables (Delta Lake / Parquet) live."""
+        return self.data_dir / "metrics"
 
     @property
     def nats_dir(self) -> Path:
