@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError
 
-from mlhub.errors import AppendRejected, ConcurrencyError, StreamConfigConflict
-from mlhub.eventlog import STREAM_NAME, EventLog, StreamSpec
+from mlhub.errors import AppendRejected, ConcurrencyError, EventLogUnavailable, StreamConfigConflict
+from mlhub.eventlog import STREAM_NAME, EmbeddedNats, EventLog, StreamSpec
 from mlhub.events import (
     Envelope,
     MetricsLogged,
@@ -182,3 +183,28 @@ async def test_messages_are_strict_json_with_only_the_msg_id_header(event_log: E
     msg = await event_log.js.get_msg(STREAM_NAME, 1)
     assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == str(event.event_id)
     assert msg.data is not None and json.loads(msg.data)["event_id"] == str(event.event_id)
+
+
+async def test_an_unreachable_server_is_event_log_unavailable_naming_the_url() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: connections are refused
+        log = EventLog(f"nats://127.0.0.1:{port}", connect_timeout_s=0.5)
+        with pytest.raises(EventLogUnavailable, match=f"127.0.0.1:{port}"):
+            await log.connect()
+
+
+async def test_a_server_too_old_for_per_aggregate_checks_is_refused(tmp_path: Path) -> None:
+    """The machine's Debian nats-server is 2.9: start our own instance of it on a free port (never 4222)."""
+    old = Path("/usr/sbin/nats-server")
+    if not old.exists():
+        pytest.fail("this test needs the machine's preinstalled nats-server 2.9 at /usr/sbin/nats-server")
+    server = EmbeddedNats(tmp_path / "old", binary=old, sync=None)  # 2.9 knows no sync_interval
+    url = server.start()
+    try:
+        with pytest.raises(EventLogUnavailable, match=r"nats-server 2\.9\.\d+ .* version >= 2\.11"):
+            await EventLog(url).connect()
+    finally:
+        server.stop()

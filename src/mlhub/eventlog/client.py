@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -115,24 +116,30 @@ class EventLog:
         deadline = time.monotonic() + self.connect_timeout_s
         last_error: Exception | None = None
         while time.monotonic() < deadline:
+            nc = FastHeaderClient()
             try:
-                nc = FastHeaderClient()
-                await nc.connect(
-                    servers=self.servers,
-                    name=self.name,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.1,  # type: ignore[arg-type]  # float works: it is a sleep
-                    connect_timeout=min(2.0, self.connect_timeout_s),  # type: ignore[arg-type]
-                    pending_size=64 * 1024 * 1024,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
+                # nats-py keeps retrying a first connect forever when reconnects are unlimited: bound it here.
+                await asyncio.wait_for(
+                    nc.connect(
+                        servers=self.servers,
+                        name=self.name,
+                        allow_reconnect=True,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0.1,  # type: ignore[arg-type]  # float works: it is a sleep
+                        connect_timeout=min(2.0, self.connect_timeout_s),  # type: ignore[arg-type]
+                        pending_size=64 * 1024 * 1024,
+                        error_cb=self._on_error,
+                        disconnected_cb=self._on_disconnected,
+                        reconnected_cb=self._on_reconnected,
+                    ),
+                    timeout=max(0.1, deadline - time.monotonic()),
                 )
                 self._nc = nc
                 break
             except Exception as e:  # nats raises several unrelated types for "could not connect"
                 last_error = e
+                with contextlib.suppress(Exception):
+                    await nc.close()
                 await asyncio.sleep(0.1)
         else:
             raise EventLogUnavailable(

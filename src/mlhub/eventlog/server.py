@@ -41,15 +41,21 @@ def nats_server_binary() -> Path:
     )
 
 
-def _server_config(store_dir: Path, sync: str) -> str:
-    sync_value = "always" if sync == "always" else f'"{sync}"'
+def _server_config(store_dir: Path, sync: str | None) -> str:
+    if sync is None:
+        sync_line = "  # fsync policy: the server's default\n"
+    else:
+        sync_value = "always" if sync == "always" else f'"{sync}"'
+        sync_line = (
+            "  # fsync policy (MLHUB_NATS_SYNC): 'always' fsyncs every write before it is acknowledged.\n"
+            f"  sync_interval: {sync_value}\n"
+        )
     return (
         "# Written by mlhub at every start of the embedded server; edits here are overwritten.\n"
         "server_name: mlhub_embedded\n"
         "jetstream {\n"
         f"  store_dir: {json.dumps(str(store_dir))}\n"
-        f"  # fsync policy (MLHUB_NATS_SYNC): 'always' fsyncs every write before it is acknowledged.\n"
-        f"  sync_interval: {sync_value}\n"
+        f"{sync_line}"
         "}\n"
     )
 
@@ -86,7 +92,7 @@ class EmbeddedNats:
         *,
         port: int = 0,
         host: str = "127.0.0.1",
-        sync: str = "always",
+        sync: str | None = "always",
         binary: Path | None = None,
     ) -> None:
         self.nats_dir = Path(nats_dir)
