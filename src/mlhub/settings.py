@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     #: SQLAlchemy URL of the SQL read model; unset: SQLite at <data_dir>/readmodel.db.
     #: PostgreSQL: postgresql+psycopg://user@host:5432/db
     database_url: str | None = None
+    #: Seconds between audit seals written by `mlhub projector` (0: never; `mlhub audit seal` seals at once).
+    seal_interval_s: Annotated[float, Field(ge=0)] = 60.0
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 

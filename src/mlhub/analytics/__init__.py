@@ -1,1 +1,33 @@
-"""Metric tables (Parquet) and DuckDB queries; SQL views come from top-level projections/*.sql."""
+"""Metric tables (Parquet via Delta Lake) and DuckDB queries; SQL views come from top-level projections/*.sql.
+
+- `MetricTableWriter`: the projector that writes metric points exactly once (Delta app transactions).
+- `MetricTables`: snapshots for readers, sorted compaction and vacuum.
+- `QueryEngine`: read-only DuckDB SQL over the metric tables and the read model's tables (passed as Arrow).
+"""
+
+from mlhub.analytics.engine import READMODEL_TABLES, QueryEngine, default_views_dir
+from mlhub.analytics.errors import MetricTableError, QueryFailed, QueryRefused
+from mlhub.analytics.guard import check_read_only
+from mlhub.analytics.layout import DEFAULT_APP_ID, NUM_BUCKETS, POINTS_SCHEMA, RUNS_SCHEMA, run_bucket
+from mlhub.analytics.tables import CompactionResult, MetricTables, Snapshot
+from mlhub.analytics.writer import MetricTableWriter, build_points_table
+
+__all__ = [
+    "DEFAULT_APP_ID",
+    "NUM_BUCKETS",
+    "POINTS_SCHEMA",
+    "READMODEL_TABLES",
+    "RUNS_SCHEMA",
+    "CompactionResult",
+    "MetricTableError",
+    "MetricTableWriter",
+    "MetricTables",
+    "QueryEngine",
+    "QueryFailed",
+    "QueryRefused",
+    "Snapshot",
+    "build_points_table",
+    "check_read_only",
+    "default_views_dir",
+    "run_bucket",
+]

@@ -8,6 +8,7 @@ from mlhub.eventlog.client import (
     Recorded,
     StoredMessage,
 )
+from mlhub.eventlog.seals import SealReport, run_sealer, seal, seal_digest, verify_seals
 from mlhub.eventlog.server import EmbeddedNats, nats_endpoint, nats_server_binary, running_embedded_url
 from mlhub.eventlog.stream import MAX_EVENT_BYTES, STREAM_NAME, StreamSpec, ensure_stream
 
@@ -19,10 +20,15 @@ __all__ = [
     "EmbeddedNats",
     "EventLog",
     "Recorded",
+    "SealReport",
     "StoredMessage",
     "StreamSpec",
     "ensure_stream",
     "nats_endpoint",
     "nats_server_binary",
+    "run_sealer",
     "running_embedded_url",
+    "seal",
+    "seal_digest",
+    "verify_seals",
 ]

@@ -204,6 +204,11 @@ class EventLog:
         msg = await self._direct_get({"last_by_subj": subject_filter})
         return 0 if msg is None else _direct_seq(msg)
 
+    async def last_event(self, subject_filter: str) -> Recorded | None:
+        """The last event matching subject_filter (wildcards allowed), decoded; None when there is none."""
+        msg = await self._direct_get({"last_by_subj": subject_filter})
+        return None if msg is None else Recorded(_direct_seq(msg), decode(msg.data))
+
     # -- appending ----------------------------------------------------------------------------------------
 
     async def append(self, envelope: Envelope, *, expected_version: int | None = None) -> AppendResult:

@@ -1,0 +1,88 @@
+"""The read-only guard of user queries: one SELECT, parsed by DuckDB itself, over mlhub's views only.
+
+Two layers. This module refuses, with a message naming what it refused, any statement that is not a single
+SELECT (INSERT, CREATE, COPY, ATTACH, INSTALL, LOAD, PRAGMA, SET, CALL, ...) and any SELECT that calls a table
+function other than a few pure generators, or names a file path as a table (DuckDB's replacement scans). The
+query engine then runs accepted queries on a connection whose external access is disabled and whose
+configuration is locked, so a file read that slipped past the parse still fails.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import duckdb
+
+from mlhub.analytics.errors import QueryRefused
+
+#: Table functions a query may call: pure generators that touch no file, setting or catalog outside the views.
+ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+#: Scalar functions refused although they read no file: they reveal the process environment or settings.
+REFUSED_FUNCTIONS = frozenset({"getenv", "current_setting", "query", "query_table"})
+#: The one macro (defined by the engine) that may be called as a table function.
+ENGINE_TABLE_MACROS = frozenset({"run_metrics"})
+
+
+def check_read_only(sql: str) -> None:
+    """Raise QueryRefused unless sql is exactly one SELECT that reads only tables and views by name."""
+    text = sql.strip()
+    if not text:
+        raise QueryRefused("empty query: give one SELECT statement")
+    parser = duckdb.connect(":memory:")
+    try:
+        try:
+            statements = parser.extract_statements(text)
+        except duckdb.Error as e:
+            raise QueryRefused(f"the query does not parse: {_first_line(e)}") from e
+        if len(statements) != 1:
+            raise QueryRefused(f"give exactly one statement, got {len(statements)}")
+        kind = statements[0].type
+        if kind != duckdb.StatementType.SELECT:
+            raise QueryRefused(
+                f"{kind.name} statements are refused: queries are read-only, only SELECT is allowed"
+            )
+        row = parser.execute("SELECT json_serialize_sql($1)", [text]).fetchone()
+    finally:
+        parser.close()
+    tree = json.loads(row[0]) if row is not None else {"error": True, "error_message": "no parse tree"}
+    if tree.get("error"):
+        raise QueryRefused(f"only a plain SELECT is allowed: {tree.get('error_message', 'it could not be parsed')}")
+    for node in _nodes(tree):
+        node_type = node.get("type")
+        if node_type == "TABLE_FUNCTION":
+            name = _function_name(node.get("function"))
+            if name not in ALLOWED_TABLE_FUNCTIONS and name not in ENGINE_TABLE_MACROS:
+                raise QueryRefused(
+                    f"table function {name}() is refused: queries may read mlhub's views only "
+                    f"(allowed table functions: {', '.join(sorted(ALLOWED_TABLE_FUNCTIONS | ENGINE_TABLE_MACROS))})"
+                )
+        elif node_type == "BASE_TABLE":
+            name = str(node.get("table_name", ""))
+            if any(ch in name for ch in "/\\.:*?") or name.startswith("~"):
+                raise QueryRefused(f"reading the file {name!r} is refused: queries may read mlhub's views only")
+        elif node.get("class") == "FUNCTION" and _function_name(node) in REFUSED_FUNCTIONS:
+            raise QueryRefused(f"function {_function_name(node)}() is refused in queries")
+
+
+def _function_name(node: Any) -> str:
+    if not isinstance(node, dict):
+        return "?"
+    return str(node.get("function_name", "?")).lower()
+
+
+def _nodes(value: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in the parse tree, depth first."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

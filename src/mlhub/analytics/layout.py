@@ -1,0 +1,73 @@
+"""Where the metric tables live and what they hold: Arrow schemas, the run bucket function, writer settings.
+
+Two Delta Lake tables sit under the metrics folder (``Settings.metrics_dir``):
+
+- ``points/``: one row per metric point (run_id, experiment_id, key, step, epoch, value, timestamp), partitioned
+  by ``bucket`` = a stable hash of run_id modulo ``NUM_BUCKETS`` and sorted by (run_id, key, step) within each
+  file, so one run's history lives in one partition and a few row groups.
+- ``runs/``: one row per run the writer has seen created (run_id -> experiment_id), so a restarted writer knows
+  the experiment of a run whose ``run.created`` event lies before its checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import WriterProperties
+
+#: Number of hash buckets (partitions) of the points table. Changing it needs a rebuild (``mlhub replay``).
+NUM_BUCKETS = 64
+#: Application id under which the writer records its last applied stream sequence in each Delta commit.
+DEFAULT_APP_ID = "mlhub.metric-tables"
+
+POINTS_SCHEMA = pa.schema(
+    [
+        pa.field("bucket", pa.int32(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("experiment_id", pa.string(), nullable=True),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("step", pa.int64(), nullable=False),
+        pa.field("epoch", pa.int64(), nullable=False),
+        pa.field("value", pa.float64(), nullable=False),
+        #: milliseconds since the Unix epoch, as in the MetricsLogged event
+        pa.field("timestamp", pa.int64(), nullable=False),
+        #: stream sequence of the MetricsLogged event that carried the point (provenance, and a tie-breaker)
+        pa.field("seq", pa.int64(), nullable=False),
+    ]
+)
+RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+    ]
+)
+PARTITION_COLUMN = "bucket"
+#: The order of rows inside each data file (and of files' row groups' statistics).
+SORT_KEYS = [("run_id", "ascending"), ("key", "ascending"), ("step", "ascending"), ("seq", "ascending")]
+
+
+def run_bucket(run_id: str, num_buckets: int = NUM_BUCKETS) -> int:
+    """The partition of a run: the first 32 bits of md5(run_id) modulo num_buckets.
+
+    md5 (not Python's salted hash, not crc32) because DuckDB computes the same value in SQL:
+    ``('0x' || md5(run_id)[1:8])::UBIGINT % 64`` (the ``metric_bucket`` macro), so queries can prune partitions.
+    """
+    return int(hashlib.md5(run_id.encode(), usedforsecurity=False).hexdigest()[:8], 16) % num_buckets
+
+
+def points_path(metrics_dir: Path) -> Path:
+    """Folder of the points Delta table."""
+    return metrics_dir / "points"
+
+
+def runs_path(metrics_dir: Path) -> Path:
+    """Folder of the runs side table (run_id -> experiment_id)."""
+    return metrics_dir / "runs"
+
+
+def writer_properties() -> WriterProperties:
+    """Parquet settings: snappy pages, row groups small enough that row-group statistics prune well."""
+    return WriterProperties(compression="SNAPPY", max_row_group_size=128 * 1024)

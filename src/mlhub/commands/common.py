@@ -1,0 +1,54 @@
+"""Helpers shared by the CLI subcommands: settings, the event log endpoint, clean error exits."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, NoReturn
+
+import click
+
+from mlhub.errors import MlhubError
+
+if TYPE_CHECKING:
+    from mlhub.eventlog import EventLog
+    from mlhub.settings import Settings
+
+
+def load_settings() -> Settings:
+    """The settings, or a usage error naming the bad MLHUB_* variable."""
+    from pydantic import ValidationError
+
+    from mlhub.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise click.UsageError(f"invalid MLHUB_* setting: {e}") from e
+
+
+def fail(e: MlhubError) -> NoReturn:
+    """Print an mlhub error as one line with its code and exit 1."""
+    click.echo(f"error [{e.code}]: {e}", err=True)
+    sys.exit(1)
+
+
+@contextmanager
+def event_log_url(settings: Settings) -> Iterator[str]:
+    """MLHUB_NATS_URL, a running embedded server of the data dir, or an embedded server for this command."""
+    from mlhub.eventlog import nats_endpoint
+
+    with nats_endpoint(settings.nats_url, settings.nats_dir, port=settings.nats_port, sync=settings.nats_sync) as url:
+        yield url
+
+
+@asynccontextmanager
+async def open_event_log(settings: Settings, url: str, name: str) -> AsyncIterator[EventLog]:
+    """A connected EventLog with the stream checked, closed on exit."""
+    from mlhub.eventlog import EventLog, StreamSpec
+
+    spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
+    async with EventLog(url, spec=spec, name=name, ack_timeout_s=settings.ack_timeout_s,
+                        append_deadline_s=settings.append_deadline_s) as log:
+        yield log

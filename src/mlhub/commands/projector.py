@@ -1,0 +1,132 @@
+"""`mlhub projector`: migrate the read model, then run every projector in the foreground until Ctrl-C/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from mlhub.errors import MlhubError
+
+if TYPE_CHECKING:
+    from mlhub.eventlog import EventLog
+    from mlhub.projections import ProjectorRunner
+    from mlhub.settings import Settings
+
+
+@click.command("projector")
+@click.option("--no-wait", is_flag=True,
+              help="Exit with an error when another instance runs a projector (default: wait as a standby and "
+                   "take over when it stops).")
+@click.option("--until-caught-up", is_flag=True,
+              help="Apply everything stored now, then exit (instead of following the stream).")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=1000, show_default=True,
+              help="Most events applied in one transaction.")
+@click.option("--status-every", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds between progress lines on stderr (0: none).")
+def projector(no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float) -> None:
+    """Build the read models from the event log: the SQL read model and every registered projector.
+
+    Runs `alembic upgrade head` on the read model first (MLHUB_DATABASE_URL, default SQLite in MLHUB_DATA_DIR),
+    then follows the event log (MLHUB_NATS_URL, or the embedded server) from each projector's checkpoint.
+    Only one instance per projector writes: a second one waits until the first stops (or, --no-wait, exits).
+    Every MLHUB_SEAL_INTERVAL_S seconds (default 60) it also appends an audit seal over the new events.
+    """
+    from pydantic import ValidationError
+
+    from mlhub.eventlog import nats_endpoint
+    from mlhub.settings import Settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        raise click.UsageError(f"invalid MLHUB_* setting: {e}") from e
+    try:
+        with nats_endpoint(settings.nats_url, settings.nats_dir, sync=settings.nats_sync) as url:
+            positions = _run_in_loop(settings, url, no_wait=no_wait, until_caught_up=until_caught_up,
+                                     batch_size=batch_size, status_every=status_every)
+    except MlhubError as e:
+        click.echo(f"error [{e.code}]: {e}", err=True)
+        sys.exit(1)
+    if positions is not None:
+        click.echo(", ".join(f"{name}: seq {seq}" for name, seq in positions.items()))
+
+
+def _run_in_loop(
+    settings: Settings, url: str, *, no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float
+) -> dict[str, int] | None:
+    async def main() -> dict[str, int] | None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await _serve(settings, url, no_wait=no_wait, until_caught_up=until_caught_up,
+                                batch_size=batch_size, status_every=status_every)
+        except asyncio.CancelledError:
+            click.echo("projectors stopped", err=True)
+            return None
+
+    return asyncio.run(main())
+
+
+async def _serve(
+    settings: Settings, url: str, *, no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float
+) -> dict[str, int]:
+    from mlhub.eventlog import EventLog, StreamSpec, run_sealer
+    from mlhub.projections import (
+        SqlDeadLetterSink,
+        build_projectors,
+        projector_lock,
+        run_projectors,
+    )
+    from mlhub.readmodel import create_engine, migrate
+
+    engine = create_engine(settings.resolved_database_url, writer=True)
+    try:
+        await asyncio.to_thread(migrate, engine)
+        projectors = build_projectors(settings, engine)
+        spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
+        async with EventLog(url, spec=spec, name="mlhub-projector") as event_log:
+            until = await event_log.last_sequence() if until_caught_up else None
+            runners: list[ProjectorRunner] = []
+            reporter = asyncio.create_task(_report(event_log, runners, status_every))
+            stop_sealing = asyncio.Event()
+            sealer = None
+            if settings.seal_interval_s > 0 and not until_caught_up:
+                sealer = asyncio.create_task(run_sealer(event_log, producer=settings.producer,
+                                                        interval_s=settings.seal_interval_s, stop=stop_sealing))
+            try:
+                return await run_projectors(
+                    event_log, projectors, until_seq=until, locks=lambda name: projector_lock(engine, name),
+                    wait_for_lock=not no_wait, dead_letters=SqlDeadLetterSink(engine), max_batch=batch_size,
+                    on_start=runners.extend,
+                )
+            finally:
+                reporter.cancel()
+                stop_sealing.set()
+                if sealer is not None:
+                    sealer.cancel()
+    finally:
+        engine.dispose()
+
+
+async def _report(event_log: EventLog, runners: list[ProjectorRunner], every: float) -> None:
+    """A progress line per projector every `every` seconds: position, lag, events applied, dead letters."""
+    if every <= 0:
+        return
+    while True:
+        await asyncio.sleep(every)
+        try:
+            last = await event_log.last_sequence()
+        except MlhubError:
+            continue
+        for runner in runners:
+            click.echo(f"projector {runner.name}: at seq {runner.position}, lag {max(0, last - runner.position)}, "
+                       f"applied {runner.applied}, dead letters {runner.dead_lettered}", err=True)

@@ -1,0 +1,162 @@
+"""`mlhub query "SQL"`: read-only SQL (DuckDB) over the metric tables and the SQL read model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import click
+import pyarrow as pa
+
+from mlhub.errors import MlhubError
+from mlhub.settings import Settings
+
+#: Read-model tables handed to the query engine (the views runs, params, ... select from them).
+READMODEL_TABLE_NAMES = ("experiments", "runs", "params", "tags", "metric_definitions")
+
+
+@click.command()
+@click.argument("sql")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="Output format: an aligned text table, CSV with a header, or a JSON array of objects.")
+def query(sql: str, fmt: str) -> None:
+    """Run one read-only SELECT over the views metrics, runs, params, tags, experiments, metric_definitions,
+    metric_summary and leaderboard (and the table macro run_metrics(run_id, key)).
+
+    Example: mlhub query "SELECT r.name, p.value AS lr, s.max_value FROM runs r JOIN params p USING (run_id)
+    JOIN metric_summary s USING (run_id) WHERE p.key = 'lr' AND s.key = 'val/acc'"
+    """
+    from mlhub.analytics import QueryEngine
+
+    try:
+        settings = Settings()
+        tables = load_readmodel_tables(settings.resolved_database_url)
+        with QueryEngine(settings.metrics_dir, tables) as engine:
+            result = engine.query(sql)
+    except MlhubError as e:
+        click.echo(f"error [{e.code}]: {e}", err=True)
+        sys.exit(1)
+    click.echo(render(result, fmt), nl=False)
+
+
+def load_readmodel_tables(url: str) -> dict[str, pa.Table]:
+    """The read model's tables named in READMODEL_TABLE_NAMES that exist, as Arrow (none if no database yet)."""
+    import sqlalchemy as sa
+
+    from mlhub.readmodel.database import create_engine, sqlite_path
+
+    engine = create_engine(url)
+    try:
+        path = sqlite_path(engine)
+        if path is not None and not path.exists():
+            click.echo(f"note: no read model at {path} yet: runs, params, ... are empty", err=True)
+            return {}
+        try:
+            names = set(sa.inspect(engine).get_table_names())
+            metadata = sa.MetaData()
+            wanted = [n for n in READMODEL_TABLE_NAMES if n in names]
+            metadata.reflect(engine, only=wanted)
+            result: dict[str, pa.Table] = {}
+            with engine.connect() as conn:
+                for name in wanted:
+                    table = metadata.tables[name]
+                    rows = conn.execute(sa.select(table)).mappings().all()
+                    result[name] = _to_arrow(table, rows)
+            return result
+        except sa.exc.SQLAlchemyError as e:
+            raise MlhubError(f"cannot read the read model at {engine.url!r}: {e}") from e
+    finally:
+        engine.dispose()
+
+
+def _arrow_type(column: Any) -> pa.DataType:
+    import sqlalchemy as sa
+
+    t = column.type
+    if isinstance(t, sa.Boolean):
+        return pa.bool_()
+    if isinstance(t, sa.Integer):
+        return pa.int64()
+    if isinstance(t, sa.Float | sa.Numeric):
+        return pa.float64()
+    if isinstance(t, sa.DateTime):
+        return pa.timestamp("us", tz="UTC")
+    if isinstance(t, sa.LargeBinary):
+        return pa.binary()
+    return pa.string()  # strings, text, and JSON (serialized)
+
+
+def _to_arrow(table: Any, rows: Any) -> pa.Table:
+    """Rows of a reflected table as Arrow with types from the column types (JSON columns as JSON text)."""
+    import sqlalchemy as sa
+
+    fields = [pa.field(c.name, _arrow_type(c)) for c in table.columns]
+    columns: dict[str, list[Any]] = {f.name: [] for f in fields}
+    json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
+    for row in rows:
+        for name in columns:
+            value = row[name]
+            if name in json_columns and value is not None and not isinstance(value, str):
+                value = json.dumps(value, sort_keys=True)
+            elif isinstance(value, datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=_utc())
+            columns[name].append(value)
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in fields}, schema=pa.schema(fields))
+
+
+def _utc() -> Any:
+    from datetime import UTC
+
+    return UTC
+
+
+def render(table: pa.Table, fmt: str) -> str:
+    """The result in one of the output formats (each ends with a newline)."""
+    names = list(table.column_names)
+    rows = [[row[n] for n in names] for row in table.to_pylist()]
+    if fmt == "json":
+        return json.dumps([dict(zip(names, map(_json_value, r), strict=True)) for r in rows], indent=None) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows([["" if v is None else _text(v) for v in r] for r in rows])
+        return buffer.getvalue()
+    cells = [[_text(v) for v in r] for r in rows]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    lines = [" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)),
+             "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines) + "\n"
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    """JSON-ready: non-finite floats as "NaN"/"Infinity"/"-Infinity" (like the event log), times as ISO text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict | list | str | int | float | bool) or value is None:
+        return value
+    return str(value)

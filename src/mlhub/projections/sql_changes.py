@@ -1,0 +1,423 @@
+"""How each event changes the SQL read model, applied to many events at once.
+
+`ReadModelChanges` loads every row a list of events touches with a few `IN (...)` queries, applies the events
+to those rows in memory, in stream order, and writes the changed rows back with one executemany upsert per
+table. That keeps a batch of thousands of events to a handful of statements.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from mlhub.errors import MlhubError
+from mlhub.events import (
+    ArtifactStored,
+    AuditSealed,
+    CodeVersionRecorded,
+    ConfigSnapshotted,
+    DatasetVersionRecorded,
+    DomainEvent,
+    Envelope,
+    EnvironmentRecorded,
+    ExperimentCreated,
+    JobCancelled,
+    JobFailed,
+    JobHeartbeat,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    MetricDefined,
+    MetricMigrated,
+    MetricsLogged,
+    ModelAliasRemoved,
+    ModelAliasSet,
+    ModelVersionRegistered,
+    ParamsLogged,
+    RunCancelled,
+    RunCreated,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    SeedRecorded,
+    TagsSet,
+)
+from mlhub.readmodel import tables as t
+
+Row = dict[str, Any]
+Key = tuple[Any, ...]
+_DELETED: Row = {}
+_IN_CHUNK = 500
+#: Run events whose rows live in a table of their own, keyed by run id first (the other run events change `runs`).
+_RUN_CHILD_TABLES: dict[type[DomainEvent], sa.Table] = {ParamsLogged: t.params, MetricsLogged: t.metric_summaries}
+
+
+class ProjectionConflict(MlhubError):
+    """An event contradicts the read model (a param changed, a model version registered twice): a poison event."""
+
+    code = "PROJECTION_CONFLICT"
+
+
+def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[Row], *, replace: bool = True) -> None:
+    """Insert rows, replacing (or, replace=False, keeping) a row with the same primary key; one executemany."""
+    if not rows:
+        return
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(table)
+    pk = [c.name for c in table.primary_key.columns]
+    if replace:
+        stmt = stmt.on_conflict_do_update(
+            index_elements=pk, set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in pk}
+        )
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=pk)
+    conn.execute(stmt, list(rows))
+
+
+@functools.cache
+def _column_names(table: sa.Table) -> tuple[str, ...]:
+    return tuple(table.columns.keys())
+
+
+def _template(table: sa.Table, **values: Any) -> Row:
+    row: Row = dict.fromkeys(_column_names(table))
+    row.update(values)
+    return row
+
+
+class ReadModelChanges:
+    """The read-model rows a list of events changes: load, apply in order, flush. One use per list of events."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        #: table -> primary key -> full row (or _DELETED); only rows in here are written by flush().
+        self.rows: dict[sa.Table, dict[Key, Row]] = defaultdict(dict)
+        self._handlers: dict[type[Any], Callable[[int, Envelope, Any], None]] = {
+            ExperimentCreated: self._experiment_created,
+            RunCreated: self._run_created,
+            RunStarted: self._run_started,
+            RunFinished: self._run_ended,
+            RunFailed: self._run_ended,
+            RunCancelled: self._run_ended,
+            ConfigSnapshotted: self._run_config,
+            SeedRecorded: self._run_fields,
+            DatasetVersionRecorded: self._run_fields,
+            CodeVersionRecorded: self._run_fields,
+            EnvironmentRecorded: self._run_fields,
+            ParamsLogged: self._params_logged,
+            TagsSet: self._tags_set,
+            MetricsLogged: self._metrics_logged,
+            ArtifactStored: self._artifact_stored,
+            JobQueued: self._job_queued,
+            JobStarted: self._job_event,
+            JobHeartbeat: self._job_event,
+            JobSucceeded: self._job_event,
+            JobFailed: self._job_event,
+            JobCancelled: self._job_event,
+            ModelVersionRegistered: self._model_version_registered,
+            ModelAliasSet: self._model_alias,
+            ModelAliasRemoved: self._model_alias,
+            MetricDefined: self._metric_definition,
+            MetricMigrated: self._metric_definition,
+            AuditSealed: self._audit_sealed,
+        }
+
+    # -- driver -------------------------------------------------------------------------------------------
+
+    def handles(self, event_class: type[DomainEvent]) -> bool:
+        """Whether events of this class change the read model (every class of the catalogue must)."""
+        return event_class in self._handlers
+
+    def apply(self, events: Sequence[tuple[int, Envelope]]) -> None:
+        """Load the rows these events touch, then apply them in order (nothing is written until flush())."""
+        self._load(events)
+        for seq, envelope in events:
+            handler = self._handlers.get(type(envelope.event))
+            if handler is None:
+                raise ProjectionConflict(f"the SQL projector has no handler for {envelope.type}")
+            handler(seq, envelope, envelope.event)
+
+    def flush(self) -> None:
+        """Write every changed row: one upsert (and one delete) statement per table."""
+        for table, rows in self.rows.items():
+            pk = [c.name for c in table.primary_key.columns]
+            upsert(self.conn, table, [row for row in rows.values() if row is not _DELETED])
+            gone = [dict(zip(pk, key, strict=True)) for key, row in rows.items() if row is _DELETED]
+            if gone:
+                where = sa.and_(*(table.c[name] == sa.bindparam(f"k_{name}") for name in pk))
+                self.conn.execute(table.delete().where(where), [{f"k_{k}": v for k, v in g.items()} for g in gone])
+
+    def _load(self, events: Sequence[tuple[int, Envelope]]) -> None:
+        wanted: dict[sa.Table, set[Any]] = defaultdict(set)
+        for _, envelope in events:
+            event = envelope.event
+            kind = type(event)
+            if envelope.aggregate_type == "run" and kind not in (TagsSet, ArtifactStored):
+                wanted[_RUN_CHILD_TABLES.get(kind, t.runs)].add(envelope.aggregate_id)
+            elif isinstance(event, JobQueued):
+                wanted[t.jobs].add(event.job_id)
+                wanted[t.runs].add(event.run_id)
+            elif envelope.aggregate_type == "job":
+                wanted[t.jobs].add(envelope.aggregate_id)
+            elif isinstance(event, ModelVersionRegistered):
+                wanted[t.registered_models].add(event.model_name)
+                wanted[t.model_versions].add(event.model_name)
+            elif envelope.aggregate_type == "metric":
+                wanted[t.metric_definitions].add(envelope.aggregate_id)
+        for table, ids in wanted.items():
+            self._load_rows(table, table.primary_key.columns.values()[0], ids)
+
+    def _load_rows(self, table: sa.Table, column: sa.Column[Any], ids: Iterable[Any]) -> None:
+        pk = [c.name for c in table.primary_key.columns]
+        found = self.rows[table]
+        ordered = sorted(ids)
+        postgres = self.conn.dialect.name == "postgresql"
+        step = max(len(ordered), 1) if postgres else _IN_CHUNK
+        for start in range(0, len(ordered), step):
+            chunk = ordered[start : start + step]
+            if postgres:  # one array parameter instead of thousands of bound names
+                where = column == sa.any_(sa.bindparam("ids", chunk, type_=postgresql.ARRAY(column.type)))
+            else:
+                where = column.in_(chunk)
+            for row in self.conn.execute(sa.select(table).where(where)).mappings():
+                found[tuple(row[name] for name in pk)] = dict(row)
+
+    def _put(self, table: sa.Table, key: Key, row: Row) -> None:
+        self.rows[table][key] = row
+
+    def _run(self, run_id: str, seq: int, at: datetime) -> Row:
+        """The run's row (a new "queued" one if it has none yet), marked as touched by event seq."""
+        row = self.rows[t.runs].get((run_id,))
+        if row is None:
+            row = _template(t.runs, run_id=run_id, status="queued")
+            self.rows[t.runs][(run_id,)] = row
+        row["last_seq"] = seq
+        row["updated_at"] = at
+        return row
+
+    # -- experiments and runs -----------------------------------------------------------------------------
+
+    def _experiment_created(self, seq: int, env: Envelope, e: ExperimentCreated) -> None:
+        self._put(t.experiments, (e.experiment_id,), _template(
+            t.experiments, experiment_id=e.experiment_id, name=e.name, description=e.description,
+            tags=dict(e.tags), created_at=env.occurred_at, created_by=env.producer, last_seq=seq,
+        ))
+
+    def _run_created(self, seq: int, env: Envelope, e: RunCreated) -> None:
+        row = self._run(e.run_id, seq, env.occurred_at)
+        row.update(experiment_id=e.experiment_id, name=e.name, source=e.source, created_by=env.producer)
+        row["created_at"] = row["created_at"] or env.occurred_at
+        if e.job_id is not None:
+            row["job_id"] = e.job_id
+        if e.reproduces_run_id is not None:
+            row["reproduces_run_id"] = e.reproduces_run_id
+
+    def _run_started(self, seq: int, env: Envelope, e: RunStarted) -> None:
+        row = self._run(e.run_id, seq, env.occurred_at)
+        row.update(status="running", started_at=env.occurred_at, attempt=e.attempt, ended_at=None,
+                   error_type=None, error=None)
+        if e.worker_id is not None:
+            row["worker_id"] = e.worker_id
+
+    def _run_ended(self, seq: int, env: Envelope, e: RunFinished | RunFailed | RunCancelled) -> None:
+        row = self._run(e.run_id, seq, env.occurred_at)
+        row["ended_at"] = env.occurred_at
+        if isinstance(e, RunFinished):
+            row.update(status="finished", attempt=e.attempt)
+        elif isinstance(e, RunFailed):
+            row.update(status="failed", attempt=e.attempt, error_type=e.error_type, error=e.error)
+        else:
+            row.update(status="cancelled", cancel_reason=e.reason)
+
+    def _run_config(self, seq: int, env: Envelope, e: ConfigSnapshotted) -> None:
+        row = self._run(e.run_id, seq, env.occurred_at)
+        row.update(config=e.config, config_sha256=e.sha256, config_overrides=list(e.overrides))
+
+    def _run_fields(
+        self, seq: int, env: Envelope, e: SeedRecorded | DatasetVersionRecorded | CodeVersionRecorded
+        | EnvironmentRecorded,
+    ) -> None:
+        row = self._run(e.run_id, seq, env.occurred_at)
+        if isinstance(e, SeedRecorded):
+            row.update(seed=e.seed, seed_source=e.source)
+        elif isinstance(e, DatasetVersionRecorded):
+            row.update(dataset_name=e.name, dataset_fingerprint=e.fingerprint, dataset_size_bytes=e.size_bytes,
+                       dataset_num_examples=e.num_examples)
+        elif isinstance(e, CodeVersionRecorded):
+            row.update(git_commit=e.git_commit, git_dirty=e.dirty, git_diff_sha256=e.diff_sha256,
+                       git_repository=e.repository)
+        else:
+            row.update(env_python=e.python, env_platform=e.platform, env_torch=e.torch, env_lightning=e.lightning,
+                       env_cuda=e.cuda, env_device_name=e.device_name, env_packages_sha256=e.packages_sha256)
+
+    def _params_logged(self, seq: int, env: Envelope, e: ParamsLogged) -> None:
+        rows = self.rows[t.params]
+        changed: list[tuple[Key, Row]] = []
+        for key, value in e.params.items():
+            old = rows.get((e.run_id, key))
+            if old is not None and old["value"] != value:
+                raise ProjectionConflict(
+                    f"run {e.run_id}: param {key!r} was logged as {old['value']!r} (seq {old['last_seq']}); "
+                    f"a param cannot change, got {value!r}"
+                )
+            if old is None:
+                changed.append(((e.run_id, key), {"run_id": e.run_id, "key": key, "value": value, "last_seq": seq}))
+        rows.update(changed)  # only after every key passed, so a rejected event changes nothing
+
+    def _tags_set(self, seq: int, env: Envelope, e: TagsSet) -> None:
+        rows = self.rows[t.tags]
+        for key, value in e.tags.items():
+            rows[(e.run_id, key)] = {"run_id": e.run_id, "key": key, "value": value, "last_seq": seq}
+
+    def _metrics_logged(self, seq: int, env: Envelope, e: MetricsLogged) -> None:
+        rows = self.rows[t.metric_summaries]
+        for series in e.series:
+            row = rows.get((e.run_id, series.key))
+            if row is None:
+                row = {"run_id": e.run_id, "key": series.key, "last_value": None, "last_step": -1,
+                       "last_timestamp": -1, "min_value": None, "max_value": None, "count": 0, "nan_count": 0}
+                rows[(e.run_id, series.key)] = row
+            _fold_series(row, series.values, series.steps, series.timestamps)
+            row["last_seq"] = seq
+
+    def _artifact_stored(self, seq: int, env: Envelope, e: ArtifactStored) -> None:
+        self._put(t.artifacts, (e.run_id, e.path), {
+            "run_id": e.run_id, "path": e.path, "sha256": e.sha256, "size_bytes": e.size_bytes, "uri": e.uri,
+            "kind": e.kind, "stored_at": env.occurred_at, "last_seq": seq,
+        })
+
+    # -- jobs ---------------------------------------------------------------------------------------------
+
+    def _job(self, job_id: str, seq: int, at: datetime) -> Row:
+        row = self.rows[t.jobs].get((job_id,))
+        if row is None:
+            row = _template(t.jobs, job_id=job_id, status="queued", attempts=0)
+            self.rows[t.jobs][(job_id,)] = row
+        row["last_seq"] = seq
+        row["updated_at"] = at
+        return row
+
+    def _job_queued(self, seq: int, env: Envelope, e: JobQueued) -> None:
+        row = self._job(e.job_id, seq, env.occurred_at)
+        row.update(run_id=e.run_id, experiment_id=e.experiment_id, plugin=e.plugin, pool=e.pool, status="queued",
+                   config=e.config, config_sha256=e.config_sha256, timeout_s=e.timeout_s,
+                   max_attempts=e.max_attempts, queued_at=env.occurred_at)
+        run = self._run(e.run_id, seq, env.occurred_at)
+        run["job_id"] = e.job_id
+        run["experiment_id"] = run["experiment_id"] or e.experiment_id
+        run["created_at"] = run["created_at"] or env.occurred_at
+        if run["config_sha256"] is None:
+            run.update(config=e.config, config_sha256=e.config_sha256)
+
+    def _job_event(
+        self, seq: int, env: Envelope, e: JobStarted | JobHeartbeat | JobSucceeded | JobFailed | JobCancelled
+    ) -> None:
+        row = self._job(e.job_id, seq, env.occurred_at)
+        at = env.occurred_at
+        if isinstance(e, JobStarted):
+            row.update(status="running", attempts=max(row["attempts"], e.attempt), worker_id=e.worker_id,
+                       started_at=at, heartbeat_at=at, ended_at=None, progress=None, error_type=None, error=None,
+                       retryable=None)
+            row["run_id"] = row["run_id"] or e.run_id
+        elif isinstance(e, JobHeartbeat):
+            if e.attempt >= row["attempts"]:  # a late heartbeat of an earlier attempt says nothing now
+                row.update(heartbeat_at=at, worker_id=e.worker_id)
+                if e.progress is not None:
+                    row["progress"] = e.progress
+        elif isinstance(e, JobSucceeded):
+            row.update(status="succeeded", ended_at=at, progress=1.0)
+        elif isinstance(e, JobFailed):
+            retry = e.retryable and e.attempt < (row["max_attempts"] or 1)
+            row.update(status="queued" if retry else "failed", error_type=e.error_type, error=e.error,
+                       retryable=e.retryable, ended_at=None if retry else at)
+        else:
+            row.update(status="cancelled", ended_at=at, cancel_reason=e.reason, cancelled_by=e.requested_by)
+
+    # -- model registry, metric definitions, audit --------------------------------------------------------
+
+    def _model_version_registered(self, seq: int, env: Envelope, e: ModelVersionRegistered) -> None:
+        key = (e.model_name, e.version)
+        old = self.rows[t.model_versions].get(key)
+        if old is not None:
+            if (old["run_id"], old["artifact_sha256"]) != (e.run_id, e.artifact_sha256):
+                raise ProjectionConflict(
+                    f"model {e.model_name} version {e.version} is registered already (seq {old['last_seq']}, run "
+                    f"{old['run_id']}); a second registration from run {e.run_id} cannot replace it"
+                )
+            return
+        self._put(t.model_versions, key, {
+            "model_name": e.model_name, "version": e.version, "run_id": e.run_id, "artifact_path": e.artifact_path,
+            "artifact_sha256": e.artifact_sha256, "description": e.description, "registered_by": e.registered_by,
+            "registered_at": env.occurred_at, "last_seq": seq,
+        })
+        model = self.rows[t.registered_models].get((e.model_name,))
+        if model is None:
+            model = _template(t.registered_models, model_name=e.model_name, created_at=env.occurred_at)
+            self._put(t.registered_models, (e.model_name,), model)
+        model.update(latest_version=max(model["latest_version"] or 0, e.version), updated_at=env.occurred_at,
+                     last_seq=seq)
+
+    def _model_alias(self, seq: int, env: Envelope, e: ModelAliasSet | ModelAliasRemoved) -> None:
+        key = (e.model_name, e.alias)
+        if isinstance(e, ModelAliasSet):
+            self._put(t.model_aliases, key, {
+                "model_name": e.model_name, "alias": e.alias, "version": e.version, "set_by": e.actor,
+                "set_at": env.occurred_at, "reason": e.reason, "last_seq": seq,
+            })
+            action, from_version, to_version = "set", e.previous_version, e.version
+        else:
+            self._put(t.model_aliases, key, _DELETED)
+            action, from_version, to_version = "removed", e.previous_version, None
+        self._put(t.model_alias_history, (seq,), {
+            "seq": seq, "model_name": e.model_name, "alias": e.alias, "action": action, "from_version": from_version,
+            "to_version": to_version, "actor": e.actor, "reason": e.reason, "occurred_at": env.occurred_at,
+        })
+
+    def _metric_definition(self, seq: int, env: Envelope, e: MetricDefined | MetricMigrated) -> None:
+        old = self.rows[t.metric_definitions].get((e.name,))
+        spec = e.spec
+        values = {"direction": spec.direction, "unit": spec.unit, "description": spec.description,
+                  "min_value": spec.min_value, "max_value": spec.max_value}
+        if isinstance(e, MetricDefined) and old is not None:
+            if any(old[k] != v for k, v in values.items()):
+                raise ProjectionConflict(
+                    f"metric {e.name} is defined already (seq {old['last_seq']}); a new definition needs a "
+                    f"migration (metric.migrated), not a second metric.defined"
+                )
+            return
+        row = old or _template(t.metric_definitions, name=e.name, revision=0, defined_at=env.occurred_at)
+        row.update(values, revision=row["revision"] + 1, updated_at=env.occurred_at, last_seq=seq)
+        if isinstance(e, MetricMigrated):
+            row["last_migration_id"] = e.migration_id
+        self._put(t.metric_definitions, (e.name,), row)
+
+    def _audit_sealed(self, seq: int, env: Envelope, e: AuditSealed) -> None:
+        self._put(t.audit_seals, (seq,), {
+            "seq": seq, "chain": e.chain, "first_seq": e.first_seq, "last_seq": e.last_seq,
+            "message_count": e.message_count, "digest": e.digest, "previous_digest": e.previous_digest,
+            "algorithm": e.algorithm, "sealed_at": env.occurred_at,
+        })
+
+
+def _fold_series(row: Row, values: Sequence[float], steps: Sequence[int], timestamps: Sequence[int]) -> None:
+    """Fold points into a summary: count (NaN included), min/max over non-NaN, last by (step, timestamp)."""
+    finite = [v for v in values if not math.isnan(v)]
+    row["count"] += len(values)
+    row["nan_count"] += len(values) - len(finite)
+    if finite:
+        lo, hi = min(finite), max(finite)
+        row["min_value"] = lo if row["min_value"] is None else min(row["min_value"], lo)
+        row["max_value"] = hi if row["max_value"] is None else max(row["max_value"], hi)
+    last = (row["last_step"], row["last_timestamp"])
+    for value, step, ts in zip(values, steps, timestamps, strict=True):
+        if (step, ts) >= last:  # a later point at the same step and time wins
+            last = (step, ts)
+            row["last_value"] = None if math.isnan(value) else value
+    row["last_step"], row["last_timestamp"] = last

@@ -1,0 +1,93 @@
+"""`mlhub projector` as a user runs it: a real process against a real nats-server and a SQLite read model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from mlhub.eventlog import EventLog
+from mlhub.events import Envelope, ExperimentCreated
+from mlhub.projections import projector_lock
+from mlhub.readmodel import create_engine
+from mlhub.readmodel import tables as t
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mlhub.cli", "projector", *args]
+
+
+def _env(nats_url: str, data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_")}
+    return {**env, "MLHUB_NATS_URL": nats_url, "MLHUB_DATA_DIR": str(data_dir)}
+
+
+def _experiments(db: Path) -> int:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t.experiments)).scalar_one())
+    finally:
+        engine.dispose()
+
+
+async def test_projector_command_migrates_catches_up_and_refuses_a_second_instance(
+    event_log: EventLog, nats_url: str, tmp_path: Path
+) -> None:
+    for i in range(3):
+        await event_log.append(Envelope(event=ExperimentCreated(experiment_id=f"e{i}", name="x"), producer="t"))
+    env = _env(nats_url, tmp_path)
+    done = subprocess.run(_command("--until-caught-up"), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "sql: seq 3" in done.stdout
+    db = tmp_path / "readmodel.db"
+    assert _experiments(db) == 3
+
+    engine = create_engine(f"sqlite:///{db}")
+    lock = projector_lock(engine, "sql")
+    assert lock.try_acquire()
+    try:
+        refused = subprocess.run(_command("--no-wait", "--until-caught-up"), env=env, capture_output=True,
+                                 text=True, timeout=60)
+    finally:
+        lock.release()
+        engine.dispose()
+    assert refused.returncode == 1
+    assert "PROJECTOR_LOCKED" in refused.stderr and "already running elsewhere" in refused.stderr
+
+
+async def test_projector_command_follows_the_log_and_stops_cleanly_on_sigterm(
+    event_log: EventLog, nats_url: str, tmp_path: Path
+) -> None:
+    process = subprocess.Popen(_command("--status-every", "0"), env=_env(nats_url, tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        db = tmp_path / "readmodel.db"
+        await event_log.append(Envelope(event=ExperimentCreated(experiment_id="e", name="x"), producer="t"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if db.exists() and _has_table(db) and _experiments(db) == 1:
+                break
+            time.sleep(0.1)
+        assert _experiments(db) == 1
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert "projectors stopped" in stderr
+
+
+def _has_table(db: Path) -> bool:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        return "experiments" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
