@@ -166,6 +166,10 @@ def test_demo_runs_end_to_end_on_a_fresh_data_dir(tmp_path: Path) -> None:
     assert "experiment 'demo' created" in result.stdout
     assert "1010 metric points in 10 batch events" in result.stdout
     assert re.search(r"read back 16 events, version 17, final val_acc 0\.9\d\d", result.stdout)
+    # Projected into the read model and the metric tables, then queried through DuckDB.
+    assert "projected up to seq 17" in result.stdout
+    assert re.search(r"\| finished \| train_loss \| 1000 +\|", result.stdout)
+    assert re.search(r"\| finished \| val_acc +\| 10 +\| 0\.1 +\| 0\.955\d", result.stdout)
     # The store survives: a second demo appends to the same log, and nothing is left running.
     again = subprocess.run(MLHUB + ["demo"], env=cli_env(tmp_path / "data"), capture_output=True, text=True,
                            timeout=120)

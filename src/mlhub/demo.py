@@ -1,7 +1,8 @@
-"""The foundation demo: a scripted run appended to the embedded event log, read back and tailed.
+"""The demo: a scripted run appended to the embedded event log, read back, projected and queried.
 
 Later issues replace this with `mlhub up` plus real training jobs; until then this shows the event log at
-work: conditional appends, a metric batch, an aggregate read and a replay.
+work (conditional appends, metric batches, an aggregate read, a replay) and its projections (the SQL read
+model and the metric tables, queried through DuckDB).
 """
 
 from __future__ import annotations
@@ -92,6 +93,42 @@ async def _demo(url: str, settings: Settings, echo: Callable[[str], None]) -> No
                 summary["points"] = env.event.num_points
             echo(json.dumps(summary))
         echo(f"stream {spec.name} holds {await log.last_sequence()} events in all")
+        await _project_and_query(log, settings, run_id, echo)
+
+
+async def _project_and_query(log: EventLog, settings: Settings, run_id: str, echo: Callable[[str], None]) -> None:
+    """Bring the read model and metric tables up to date (unless a running `mlhub projector` does) and query."""
+    from mlhub.analytics import MetricTables, QueryEngine
+    from mlhub.commands.query import load_readmodel_tables, render
+    from mlhub.projections import ProjectorLocked, SqlDeadLetterSink, build_projectors, projector_lock, run_projectors
+    from mlhub.readmodel import checkpoints, create_engine, migrate
+
+    target = await log.last_sequence()
+    engine = create_engine(settings.resolved_database_url, writer=True)
+    try:
+        await asyncio.to_thread(migrate, engine)
+        try:
+            await run_projectors(log, build_projectors(settings, engine), until_seq=target, wait_for_lock=False,
+                                 locks=lambda name: projector_lock(engine, name), max_failures=3,
+                                 dead_letters=SqlDeadLetterSink(engine))
+        except ProjectorLocked:
+            echo("a running `mlhub projector` owns the projections: waiting for it to catch up")
+            while True:
+                with engine.connect() as conn:
+                    sql_at = checkpoints(conn).get("sql", 0)
+                if sql_at >= target and MetricTables(settings.metrics_dir).snapshot().checkpoint >= target:
+                    break
+                await asyncio.sleep(0.2)
+    finally:
+        engine.dispose()
+    echo(f"projected up to seq {target}: read model {settings.resolved_database_url}, "
+         f"metric tables {settings.metrics_dir}")
+    sql = ("SELECT r.name, r.status, s.key, s.count AS points, round(s.min_value, 4) AS min, "
+           "round(s.max_value, 4) AS max, round(s.last_value, 4) AS last FROM runs r "
+           f"JOIN metric_summary s USING (run_id) WHERE r.run_id = '{run_id}' ORDER BY s.key")
+    echo(f"mlhub query \"{sql}\"")
+    with QueryEngine(settings.metrics_dir, load_readmodel_tables(settings.resolved_database_url)) as query:
+        echo(render(query.query(sql), "table").rstrip())
 
 
 def run_demo(settings: Settings, echo: Callable[[str], None]) -> None:
