@@ -42,11 +42,11 @@ async def test_sigkilled_projector_equals_a_clean_replay(tmp_path: Path, event_l
     lifecycles = {f"run{i:02d}": run_lifecycle(f"run{i:02d}", f"exp{i % 3}", finished=i % 7 != 0)
                   for i in range(RUNS)}
     plan: list[list[Envelope]] = []  # chunks appended one after another, with pauses between them
-    for run_id, (before, _) in lifecycles.items():
+    for before, _ in lifecycles.values():
         plan.append([Envelope(event=e, producer="test") for e in before])
     for b in range(BATCHES_PER_RUN):
         plan.append([Envelope(event=metric_batch(r, b), producer="test") for r in lifecycles])
-    for run_id, (_, after) in lifecycles.items():
+    for _, after in lifecycles.values():
         plan.append([Envelope(event=e, producer="test") for e in after])
 
     async def produce() -> None:
