@@ -91,3 +91,42 @@ def _has_table(db: Path) -> bool:
         return "experiments" in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+async def test_projector_command_seals_and_compacts_periodically(
+    event_log: EventLog, nats_url: str, tmp_path: Path
+) -> None:
+    """With short intervals, a following projector appends audit seals and compacts the metric tables' files."""
+    import asyncio
+
+    from mlhub.analytics import MetricTables, run_bucket
+    from mlhub.eventlog import verify_seals
+    from mlhub.events import MetricsLogged
+
+    env = {**_env(nats_url, tmp_path), "MLHUB_SEAL_INTERVAL_S": "1", "MLHUB_COMPACT_INTERVAL_S": "3"}
+    process = subprocess.Popen(_command("--status-every", "0"), env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    tables = MetricTables(tmp_path / "metrics")
+    bucket = run_bucket("wave")
+    try:
+        for wave in range(3):  # three waves, each flushed on its own when the stream goes idle: three files
+            points = [("loss", float(i), wave * 100 + i, wave, i) for i in range(100)]
+            await event_log.append(Envelope(event=MetricsLogged.from_points("wave", points), producer="t"))
+            deadline = time.monotonic() + 20
+            while tables.snapshot().checkpoint < await event_log.last_sequence() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        files_before = len(tables.partition_files(bucket))
+        deadline = time.monotonic() + 30
+        while len(tables.partition_files(bucket)) > 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert files_before >= 2 and len(tables.partition_files(bucket)) == 1
+        assert tables.count_points() == 300
+        report = await verify_seals(event_log)
+        assert report.ok and report.seals >= 1, report.problems
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr

@@ -82,7 +82,7 @@ class MetricTables:
         points = open_table(points_path(self.metrics_dir))
         if points is None:
             return []
-        return [_local_path(u) for u in points.file_uris([(PARTITION_COLUMN, "=", str(bucket))])]
+        return [_local_path(u) for u in points.file_uris(file_pruning_predicate=[(PARTITION_COLUMN, "=", str(bucket))])]
 
     def compact(self, *, min_files: int = 2, max_rows: int = 50_000_000) -> CompactionResult:
         """Rewrite every bucket holding at least min_files files as one file sorted by (run_id, key, step).

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from mlhub.analytics.errors import MetricTableError
 from mlhub.analytics.layout import (
@@ -234,7 +234,7 @@ class MetricTableWriter:
         try:
             if self._new_runs:
                 self._commit_runs(version)
-            self._commit_points(version)
+            self._commit_points_retrying(version)
         except (DeltaError, OSError) as e:
             raise MetricTableError(
                 f"committing metric points up to stream sequence {version} to {self.metrics_dir} failed: {e}"
@@ -255,6 +255,21 @@ class MetricTableWriter:
         write_deltalake(target, table, mode="append", commit_properties=props)
         if self._runs is None:
             self._runs = DeltaTable(str(runs_path(self.metrics_dir)))
+
+    def _commit_points_retrying(self, version: int, attempts: int = 5) -> None:
+        """Commit the points; a commit that lost a race with a compaction (which rewrote a bucket this append
+        does not read) is retried on the refreshed table: nothing was committed, so a retry cannot double."""
+        for attempt in range(attempts):
+            if self._points is not None:
+                self._points.update_incremental()  # commit on top of the newest version (e.g. after a compaction)
+            try:
+                self._commit_points(version)
+                return
+            except CommitFailedError as e:
+                if attempt == attempts - 1:
+                    raise
+                log.info("metric tables: commit up to seq %d raced a concurrent commit, retrying: %s", version, e)
+                time.sleep(0.05 * (attempt + 1))
 
     def _commit_points(self, version: int) -> None:
         table = build_points_table(self._pending, self._experiments)

@@ -34,7 +34,8 @@ def projector(no_wait: bool, until_caught_up: bool, batch_size: int, status_ever
     Runs `alembic upgrade head` on the read model first (MLHUB_DATABASE_URL, default SQLite in MLHUB_DATA_DIR),
     then follows the event log (MLHUB_NATS_URL, or the embedded server) from each projector's checkpoint.
     Only one instance per projector writes: a second one waits until the first stops (or, --no-wait, exits).
-    Every MLHUB_SEAL_INTERVAL_S seconds (default 60) it also appends an audit seal over the new events.
+    Every MLHUB_SEAL_INTERVAL_S seconds (default 60) it also appends an audit seal over the new events, and every
+    MLHUB_COMPACT_INTERVAL_S seconds (default 600) it compacts the metric tables' small files.
     """
     from pydantic import ValidationError
 
@@ -98,10 +99,12 @@ async def _serve(
             runners: list[ProjectorRunner] = []
             reporter = asyncio.create_task(_report(event_log, runners, status_every))
             stop_sealing = asyncio.Event()
-            sealer = None
+            housekeeping: list[asyncio.Task[None]] = []
             if settings.seal_interval_s > 0 and not until_caught_up:
-                sealer = asyncio.create_task(run_sealer(event_log, producer=settings.producer,
-                                                        interval_s=settings.seal_interval_s, stop=stop_sealing))
+                housekeeping.append(asyncio.create_task(run_sealer(
+                    event_log, producer=settings.producer, interval_s=settings.seal_interval_s, stop=stop_sealing)))
+            if settings.compact_interval_s > 0 and not until_caught_up:
+                housekeeping.append(asyncio.create_task(_compact_periodically(settings)))
             try:
                 return await run_projectors(
                     event_log, projectors, until_seq=until, locks=lambda name: projector_lock(engine, name),
@@ -111,10 +114,29 @@ async def _serve(
             finally:
                 reporter.cancel()
                 stop_sealing.set()
-                if sealer is not None:
-                    sealer.cancel()
+                for task in housekeeping:
+                    task.cancel()
     finally:
         engine.dispose()
+
+
+async def _compact_periodically(settings: Settings) -> None:
+    """Compact the metric tables' small files every MLHUB_COMPACT_INTERVAL_S (one atomic commit per bucket)."""
+    from mlhub.analytics import MetricTables
+
+    tables = MetricTables(settings.metrics_dir)
+    while True:
+        await asyncio.sleep(settings.compact_interval_s)
+        try:
+            result = await asyncio.to_thread(tables.compact)
+        except MlhubError as e:
+            logging.getLogger(__name__).warning("metric table compaction failed: %s", e)
+            continue
+        if result.files_removed:
+            logging.getLogger(__name__).info(
+                "compacted %d metric buckets: %d files -> %d (%d rows)%s", len(result.partitions),
+                result.files_removed, result.files_added, result.rows,
+                f", skipped {result.skipped} (written meanwhile)" if result.skipped else "")
 
 
 async def _report(event_log: EventLog, runners: list[ProjectorRunner], every: float) -> None:

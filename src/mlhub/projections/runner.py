@@ -98,7 +98,10 @@ class ProjectorRunner:
                 if buffering:
                     done, _ = await asyncio.wait({pending}, timeout=self.idle_flush_s)
                     if not done:  # the stream is idle: make what was applied durable
-                        await self._flush()
+                        try:
+                            await self._flush()
+                        except MlhubError as e:  # still buffered: the next idle moment or the stop retries
+                            log.warning("projector %s: flush failed, will retry: %s", self.name, e)
                 try:
                     messages = await pending
                 except StopAsyncIteration:
