@@ -8,33 +8,16 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from mlhub import __version__
+from mlhub.commands.common import fail as _fail
+from mlhub.commands.common import load_settings as _settings
 from mlhub.errors import MlhubError
 
-if TYPE_CHECKING:
-    from mlhub.settings import Settings
-
 T = TypeVar("T")
-
-
-def _settings() -> Settings:
-    from pydantic import ValidationError
-
-    from mlhub.settings import Settings
-
-    try:
-        return Settings()
-    except ValidationError as e:
-        raise click.UsageError(f"invalid MLHUB_* setting: {e}") from e
-
-
-def _fail(e: MlhubError) -> NoReturn:
-    click.echo(f"error [{e.code}]: {e}", err=True)
-    sys.exit(1)
 
 
 def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:

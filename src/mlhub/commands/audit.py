@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
 
-from mlhub.commands.common import event_log_url, fail, load_settings, open_event_log
-from mlhub.errors import MlhubError
+from mlhub.commands.common import load_settings, progress_bar, run_with_event_log
 
 
 @click.group("audit")
@@ -23,37 +21,18 @@ def verify(no_seals: bool) -> None:
 
     Prints each difference (table and rows, metric runs, broken seals) and exits 1 on any drift.
     """
-    from tqdm import tqdm
-
     from mlhub.projections.audit import verify as run_verify
     from mlhub.readmodel import create_engine
 
     settings = load_settings()
     live = create_engine(settings.resolved_database_url)
-    bar = tqdm(total=0, unit="ev", desc="rebuild", dynamic_ncols=True, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    async def main(url: str) -> object:
-        async with open_event_log(settings, url, "mlhub-audit") as log:
-            return await run_verify(log, live, settings.metrics_dir, check_seals=not no_seals, progress=progress,
-                                    scratch_dir=settings.data_dir if settings.data_dir.exists() else None)
-
     try:
-        with event_log_url(settings) as url:
-            report = asyncio.run(main(url))
-    except MlhubError as e:
-        bar.close()
-        fail(e)
+        with progress_bar("rebuild") as progress:
+            report = run_with_event_log(settings, "mlhub-audit", lambda log: run_verify(
+                log, live, settings.metrics_dir, check_seals=not no_seals, progress=progress,
+                scratch_dir=settings.data_dir if settings.data_dir.exists() else None))
     finally:
         live.dispose()
-    bar.close()
-    from mlhub.projections.audit import AuditReport
-
-    assert isinstance(report, AuditReport)
     click.echo(f"read model: {report.tables_compared} tables compared at seq {report.checkpoint_sql}; "
                f"metric table: {report.metric_points} points compared at seq {report.checkpoint_metrics}")
     if report.seals is not None:
@@ -78,17 +57,8 @@ def seal_now() -> None:
 
     settings = load_settings()
 
-    async def main(url: str) -> None:
-        async with open_event_log(settings, url, "mlhub-audit") as log:
-            sealed = await seal(log, producer=settings.producer)
-            if sealed is None:
-                click.echo("nothing to seal")
-            else:
-                click.echo(f"sealed events {sealed.first_seq}..{sealed.last_seq} ({sealed.message_count}): "
-                           f"{sealed.digest}")
-
-    try:
-        with event_log_url(settings) as url:
-            asyncio.run(main(url))
-    except MlhubError as e:
-        fail(e)
+    sealed = run_with_event_log(settings, "mlhub-audit", lambda log: seal(log, producer=settings.producer))
+    if sealed is None:
+        click.echo("nothing to seal")
+    else:
+        click.echo(f"sealed events {sealed.first_seq}..{sealed.last_seq} ({sealed.message_count}): {sealed.digest}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 
@@ -14,6 +15,8 @@ from mlhub.errors import MlhubError
 if TYPE_CHECKING:
     from mlhub.eventlog import EventLog
     from mlhub.settings import Settings
+
+T = TypeVar("T")
 
 
 def load_settings() -> Settings:
@@ -52,3 +55,35 @@ async def open_event_log(settings: Settings, url: str, name: str) -> AsyncIterat
     async with EventLog(url, spec=spec, name=name, ack_timeout_s=settings.ack_timeout_s,
                         append_deadline_s=settings.append_deadline_s) as log:
         yield log
+
+
+def run_with_event_log(settings: Settings, name: str, work: Callable[[EventLog], Awaitable[T]]) -> T:
+    """Run `work` against the event log the settings name; an mlhub error exits 1 with one line."""
+
+    async def main(url: str) -> T:
+        async with open_event_log(settings, url, name) as log:
+            return await work(log)
+
+    try:
+        with event_log_url(settings) as url:
+            return asyncio.run(main(url))
+    except MlhubError as e:
+        fail(e)
+
+
+@contextmanager
+def progress_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr, updated by calling the yielded function with (done, total)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="ev", desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from typing import TYPE_CHECKING
 
 import click
 
+from mlhub.commands.common import event_log_url, fail, load_settings
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
@@ -37,23 +37,14 @@ def projector(no_wait: bool, until_caught_up: bool, batch_size: int, status_ever
     Every MLHUB_SEAL_INTERVAL_S seconds (default 60) it also appends an audit seal over the new events, and every
     MLHUB_COMPACT_INTERVAL_S seconds (default 600) it compacts the metric tables' small files.
     """
-    from pydantic import ValidationError
-
-    from mlhub.eventlog import nats_endpoint
-    from mlhub.settings import Settings
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
     try:
-        settings = Settings()
-    except ValidationError as e:
-        raise click.UsageError(f"invalid MLHUB_* setting: {e}") from e
-    try:
-        with nats_endpoint(settings.nats_url, settings.nats_dir, sync=settings.nats_sync) as url:
+        with event_log_url(settings) as url:
             positions = _run_in_loop(settings, url, no_wait=no_wait, until_caught_up=until_caught_up,
                                      batch_size=batch_size, status_every=status_every)
     except MlhubError as e:
-        click.echo(f"error [{e.code}]: {e}", err=True)
-        sys.exit(1)
+        fail(e)
     if positions is not None:
         click.echo(", ".join(f"{name}: seq {seq}" for name, seq in positions.items()))
 

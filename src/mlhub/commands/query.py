@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import sys
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -14,8 +13,8 @@ from typing import Any
 import click
 import pyarrow as pa
 
+from mlhub.commands.common import fail, load_settings
 from mlhub.errors import MlhubError
-from mlhub.settings import Settings
 
 #: Read-model tables handed to the query engine (the views runs, params, ... select from them).
 READMODEL_TABLE_NAMES = ("experiments", "runs", "params", "tags", "metric_definitions")
@@ -34,14 +33,13 @@ def query(sql: str, fmt: str) -> None:
     """
     from mlhub.analytics import QueryEngine
 
+    settings = load_settings()
     try:
-        settings = Settings()
         tables = load_readmodel_tables(settings.resolved_database_url)
         with QueryEngine(settings.metrics_dir, tables) as engine:
             result = engine.query(sql)
     except MlhubError as e:
-        click.echo(f"error [{e.code}]: {e}", err=True)
-        sys.exit(1)
+        fail(e)
     click.echo(render(result, fmt), nl=False)
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
-from mlhub.commands.common import event_log_url, fail, load_settings, open_event_log
-from mlhub.errors import MlhubError
+from mlhub.commands.common import load_settings, progress_bar, run_with_event_log
 
 
 @click.command("replay")
@@ -20,8 +18,6 @@ from mlhub.errors import MlhubError
               help="Fresh folder for the metric tables [default: <data dir>/replays/<UTC time>/metrics].")
 def replay(into: str, metrics_dir: Path | None) -> None:
     """Rebuild the SQL read model and the metric tables from the whole event log into a fresh target."""
-    from tqdm import tqdm
-
     from mlhub.projections.rebuild import open_target, rebuild
 
     settings = load_settings()
@@ -31,24 +27,11 @@ def replay(into: str, metrics_dir: Path | None) -> None:
         engine = open_target(into)
     except Exception as e:  # SQLAlchemy raises several types for a malformed URL
         raise click.BadParameter(f"{into!r} is not a usable database URL: {e}", param_hint="--into") from e
-    bar = tqdm(total=0, unit="ev", desc="replay", dynamic_ncols=True)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    async def main(url: str) -> dict[str, int]:
-        async with open_event_log(settings, url, "mlhub-replay") as log:
-            return await rebuild(log, engine=engine, metrics_dir=metrics_dir, progress=progress)
-
     try:
-        with event_log_url(settings) as url:
-            positions = asyncio.run(main(url))
-    except MlhubError as e:
-        bar.close()
-        fail(e)
+        with progress_bar("replay") as progress:
+            positions = run_with_event_log(
+                settings, "mlhub-replay",
+                lambda log: rebuild(log, engine=engine, metrics_dir=metrics_dir, progress=progress))
     finally:
         engine.dispose()
-    bar.close()
     click.echo(f"rebuilt into {into} and {metrics_dir}: " + ", ".join(f"{k} at seq {v}" for k, v in positions.items()))
