@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     #: Seconds between audit seals written by `mlhub projector` (0: never; `mlhub audit seal` seals at once).
     seal_interval_s: Annotated[float, Field(ge=0)] = 60.0
     #: Seconds between compactions of the metric tables' small files by `mlhub projector` (0: never).
-    compact_interval_s: Annotated[float, Field(ge=0)] = 600.0
+    compact_interval_s: Annotated[float, Field(ge=0)] = 60.0
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 

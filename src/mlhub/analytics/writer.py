@@ -106,7 +106,7 @@ class MetricTableWriter:
         metrics_dir: Path,
         *,
         app_id: str = DEFAULT_APP_ID,
-        flush_points: int = 500_000,
+        flush_points: int = 200_000,
         flush_interval_s: float = 5.0,
         advance_every: int = 10_000,
         num_buckets: int = NUM_BUCKETS,

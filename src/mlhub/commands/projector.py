@@ -35,7 +35,7 @@ def projector(no_wait: bool, until_caught_up: bool, batch_size: int, status_ever
     then follows the event log (MLHUB_NATS_URL, or the embedded server) from each projector's checkpoint.
     Only one instance per projector writes: a second one waits until the first stops (or, --no-wait, exits).
     Every MLHUB_SEAL_INTERVAL_S seconds (default 60) it also appends an audit seal over the new events, and every
-    MLHUB_COMPACT_INTERVAL_S seconds (default 600) it compacts the metric tables' small files.
+    MLHUB_COMPACT_INTERVAL_S seconds (default 60) it compacts the metric tables' small files.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()

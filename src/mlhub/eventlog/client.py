@@ -39,8 +39,11 @@ _RETRYABLE = (
     nats.errors.ConnectionReconnectingError,
     asyncio.TimeoutError,
 )
-#: Messages buffered by a replay before delivery pauses (and flow control holds back the server).
+#: A replay pauses delivery (and flow control then holds back the server) when its buffer holds this many
+#: messages or this many bytes, and resumes below half of both: memory stays bounded for big metric events
+#: (a count alone let 20,000 events of 42 KB pile up) and the pipeline stays full for small ones.
 _REPLAY_HIGH_WATER = 20_000
+_REPLAY_HIGH_WATER_BYTES = 16 * 1024 * 1024
 
 
 class Recorded(NamedTuple):
@@ -394,8 +397,10 @@ class EventLog:
         until_seq: int | None = None,
         follow: bool = False,
         max_batch: int = 1000,
+        max_batch_bytes: int = 4 * 1024 * 1024,
     ) -> AsyncIterator[list[StoredMessage]]:
-        """Stored messages in stream order, in batches of whatever has arrived (at most max_batch).
+        """Stored messages in stream order, in batches of whatever has arrived (at most max_batch messages and,
+        past the first message, about max_batch_bytes: a batch of 1,000 metric events would decode to ~100 MB).
 
         An ordered push consumer (ephemeral, no acks, flow-controlled, reset by the client on a gap) delivers
         into a callback that only buffers; the buffer is bounded by pausing the callback, which in turn
@@ -409,14 +414,17 @@ class EventLog:
         if end is not None and end < from_seq:
             return
         buffer: deque[StoredMessage] = deque()
+        buffered_bytes = 0
         arrived = asyncio.Event()
         room = asyncio.Event()
         room.set()
 
         async def on_message(msg: Msg) -> None:
+            nonlocal buffered_bytes
             buffer.append(StoredMessage(stream_sequence(msg.reply), msg.subject, msg.data))
+            buffered_bytes += len(msg.data)
             arrived.set()
-            if len(buffer) >= _REPLAY_HIGH_WATER:
+            if len(buffer) >= _REPLAY_HIGH_WATER or buffered_bytes >= _REPLAY_HIGH_WATER_BYTES:
                 room.clear()
                 await room.wait()
 
@@ -427,7 +435,9 @@ class EventLog:
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             config=ConsumerConfig(opt_start_seq=from_seq),
-            pending_msgs_limit=4 * _REPLAY_HIGH_WATER,
+            # nats-py's own queue ahead of the callback (reaching these limits would drop messages, and the ordered
+            # consumer would start over from the gap).
+            pending_msgs_limit=1_000_000,
             pending_bytes_limit=512 * 1024 * 1024,
             idle_heartbeat=2.0,
         )
@@ -436,8 +446,13 @@ class EventLog:
                 while not buffer:
                     arrived.clear()
                     await arrived.wait()
-                batch = [buffer.popleft() for _ in range(min(max_batch, len(buffer)))]
-                if len(buffer) < _REPLAY_HIGH_WATER // 2:
+                batch: list[StoredMessage] = []
+                batch_bytes = 0
+                while buffer and len(batch) < max_batch and batch_bytes < max_batch_bytes:
+                    batch.append(buffer.popleft())
+                    batch_bytes += len(batch[-1].data)
+                buffered_bytes -= batch_bytes
+                if len(buffer) < _REPLAY_HIGH_WATER // 2 and buffered_bytes < _REPLAY_HIGH_WATER_BYTES // 2:
                     room.set()
                 if end is not None and batch[-1].seq >= end:
                     yield [m for m in batch if m.seq <= end]

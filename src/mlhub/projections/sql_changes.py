@@ -69,16 +69,19 @@ def upsert(conn: sa.Connection, table: sa.Table, rows: Sequence[Row], *, replace
     """Insert rows, replacing (or, replace=False, keeping) a row with the same primary key; one executemany."""
     if not rows:
         return
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(table)
+    conn.execute(_upsert_statement(conn.dialect.name == "postgresql", table, replace), list(rows))
+
+
+@functools.cache
+def _upsert_statement(postgres: bool, table: sa.Table, replace: bool) -> sa.Executable:
+    """The upsert of one table, built once: building `excluded` columns per batch cost a quarter of apply()."""
+    stmt = (postgresql.insert if postgres else sqlite.insert)(table)
     pk = [c.name for c in table.primary_key.columns]
     if replace:
-        stmt = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=pk, set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in pk}
         )
-    else:
-        stmt = stmt.on_conflict_do_nothing(index_elements=pk)
-    conn.execute(stmt, list(rows))
+    return stmt.on_conflict_do_nothing(index_elements=pk)
 
 
 @functools.cache
