@@ -18,6 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
+from baselines import nats_py_replay_rate
+
 from mlhub.eventlog import EmbeddedNats, EventLog
 from mlhub.events import Envelope, MetricSeries, MetricsLogged, RunStarted, TagsSet, encode
 
@@ -98,21 +100,7 @@ async def bench_replay(log: EventLog) -> dict[str, float]:
     total = await log.last_sequence()
     results: dict[str, float] = {}
 
-    done = asyncio.Event()
-    count = 0
-
-    async def on_msg(msg: object) -> None:
-        nonlocal count
-        count += 1
-        if count == total:
-            done.set()
-
-    start = time.perf_counter()
-    sub = await log.js.subscribe("mlhub.ev.>", ordered_consumer=True, cb=on_msg,
-                                 pending_bytes_limit=512 * 1024 * 1024)
-    await done.wait()
-    results["baseline: nats-py ordered consumer, callback, no decode"] = total / (time.perf_counter() - start)
-    await sub.unsubscribe()
+    results["baseline: nats-py ordered consumer, callback, no decode"] = await nats_py_replay_rate(log)
 
     start = time.perf_counter()
     n = 0

@@ -52,6 +52,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+from baselines import nats_py_replay_rate
 from sqlalchemy.engine import Engine
 
 from mlhub.analytics import (
@@ -484,21 +485,7 @@ def bench_duckdb(metrics_dir: Path, plain_file: Path, run: str, key: str, repeat
 async def bench_replay(log: EventLog, tmp: Path, lifecycle_last: int, points: int, report: Report) -> None:
     total = await log.last_sequence()
     report.section(f"3. replay of the whole log: {total:,} events ({points:,} metric points)")
-    done = asyncio.Event()
-    count = 0
-
-    async def on_msg(msg: object) -> None:
-        nonlocal count
-        count += 1
-        if count == total:
-            done.set()
-
-    start = time.perf_counter()
-    sub = await log.js.subscribe("mlhub.ev.>", ordered_consumer=True, cb=on_msg,
-                                 pending_bytes_limit=512 * 1024 * 1024)
-    await done.wait()
-    base = total / (time.perf_counter() - start)
-    await sub.unsubscribe()
+    base = await nats_py_replay_rate(log)
     report.rate("baseline: nats-py ordered consumer, callback, no decode", base)
 
     start = time.perf_counter()
