@@ -182,3 +182,24 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
     result = subprocess.run(MLHUB + ["demo"], env=cli_env(tmp_path, MLHUB_NATS_SYNC="sometimes"),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "nats_sync" in result.stderr and "sometimes" in result.stderr
+
+
+def test_demo_waits_for_a_running_projector_instead_of_writing_beside_it(
+    running_nats: tuple[subprocess.Popen[str], str], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    projector = subprocess.Popen(MLHUB + ["projector", "--status-every", "0"], env=cli_env(data_dir),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (data_dir / "readmodel.db.sql.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result = subprocess.run(MLHUB + ["demo"], env=cli_env(data_dir), capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "a running `mlhub projector` owns the projections: waiting for it to catch up" in result.stdout
+        assert re.search(r"\| finished \| val_acc +\| 10 +\|", result.stdout)
+    finally:
+        projector.send_signal(signal.SIGTERM)
+        projector.wait(30)
+    assert projector.returncode == 0
