@@ -34,6 +34,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "query": "mlhub.commands.query:query",
     "replay": "mlhub.commands.replay:replay",
     "audit": "mlhub.commands.audit:audit",
+    "submit": "mlhub.commands.jobs:submit",
+    "cancel": "mlhub.commands.jobs:cancel",
 }
 
 
