@@ -44,7 +44,7 @@ try:
     main()
 except SystemExit as e:
     assert e.code == 0, e.code
-for cmd in ('nats', 'events', 'demo'):
+for cmd in ('nats', 'events', 'demo', 'projector', 'query', 'replay', 'audit', 'submit', 'cancel'):
     sys.argv = ['mlhub', cmd, '--help']
     try:
         main()

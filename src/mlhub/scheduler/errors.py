@@ -1,0 +1,38 @@
+"""Errors of the scheduler, each with a stable code (see `mlhub.errors` for the codes of the rest of mlhub)."""
+
+from __future__ import annotations
+
+from mlhub.errors import InvalidInput, MlhubError
+
+
+class ConfigError(InvalidInput):
+    """An experiment config that cannot be used: bad YAML, a bad field, an unknown key or a bad override.
+
+    The message names the file and, one problem a line, the field path and what is wrong with it, e.g.
+    `configs/x.yaml: trainer.max_epochs: Input should be greater than 0`. Nothing was appended.
+    """
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        #: The file the config came from, as the user named it.
+        self.source = source
+        #: (field path, message) pairs; the path is "" for a problem of the whole file.
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {path}: {msg}" if path else f"{source}: {msg}"
+                                   for path, msg in problems))
+
+
+class JobNotFound(MlhubError):
+    """No job with that id was ever queued."""
+
+    code = "JOB_NOT_FOUND"
+
+
+class JobAlreadyEnded(MlhubError):
+    """The job has ended (succeeded, failed or cancelled): it can no longer be cancelled."""
+
+    code = "INVALID_STATE"
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message)
+        #: The state the job ended in.
+        self.state = state

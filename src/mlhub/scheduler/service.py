@@ -1,0 +1,220 @@
+"""Submitting and cancelling jobs.
+
+`submit` turns a validated config into events: the experiment (once), then the run's provenance (created,
+config snapshot, seed, tags) and last `job.queued`, so a worker never sees a job whose run is incomplete.
+`cancel` appends `job.cancelled` to a job that has not ended, guarded by the job's version.
+
+The scheduler knows a plugin name and a config, nothing about models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mlhub.errors import ConcurrencyError, InvalidInput
+from mlhub.eventlog import EventLog, Recorded
+from mlhub.events import (
+    SUBJECT_PREFIX,
+    ConfigSnapshotted,
+    DomainEvent,
+    Envelope,
+    ExperimentCreated,
+    JobCancelled,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    RunCancelled,
+    RunCreated,
+    SeedRecorded,
+    TagsSet,
+    sha256_of,
+)
+from mlhub.scheduler.config import ExperimentConfig
+from mlhub.scheduler.errors import JobAlreadyEnded, JobNotFound
+
+_ENTITY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: Job states after which nothing more happens to a job.
+ENDED_STATES = frozenset({"succeeded", "failed", "cancelled"})
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """What `submit` queued: the ids, the seed the run will use, the snapshot's hash and the sequences written."""
+
+    job_id: str
+    run_id: str
+    experiment_id: str
+    seed: int
+    seed_source: Literal["config", "drawn"]
+    config_sha256: str
+    experiment_created: bool
+    #: Stream sequences of the appended events, in order (experiment.created first when it was appended).
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """A cancelled job: its status before, and the stream sequences of its job.cancelled and run.cancelled."""
+
+    job_id: str
+    previous_status: JobStatus
+    seq: int
+    #: Sequence of the run.cancelled appended for a job that was not running; None for a running job (the
+    #: worker running it ends its run).
+    run_seq: int | None = None
+
+
+def experiment_id_for(name: str) -> str:
+    """The experiment id of a name: the name itself when it is a valid id, else its slug + a short hash.
+
+    The hash keeps names that slug alike apart ("My exp" and "my-exp!" differ) and is stable across runs.
+    """
+    if _ENTITY_ID.fullmatch(name):
+        return name
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:100] or "experiment"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
+def resolve_snapshot(config: ExperimentConfig, seed: int) -> dict[str, Any]:
+    """The fully resolved config a run records: every default filled in and the seed it uses."""
+    snapshot = config.model_dump(mode="json")
+    snapshot["seed"] = seed
+    return snapshot
+
+
+async def submit(
+    event_log: EventLog,
+    config: ExperimentConfig,
+    *,
+    overrides: Sequence[str] = (),
+    producer: str,
+    draw_seed: Callable[[], int] = lambda: secrets.randbelow(2**32),
+) -> SubmitResult:
+    """Queue a job for a validated config; returns its ids, seed and config hash.
+
+    overrides: the `--set` overrides already applied to config, recorded with the snapshot. A seed missing
+    from config is drawn (draw_seed) and written into the snapshot, so re-running the snapshot reproduces it.
+    Events are appended in order, each guarded by its aggregate's version; job.queued comes last.
+    """
+    job_id, run_id = uuid.uuid4().hex, uuid.uuid4().hex
+    seed_source: Literal["config", "drawn"] = "config" if config.seed is not None else "drawn"
+    seed = config.seed if config.seed is not None else draw_seed()
+    snapshot = resolve_snapshot(config, seed)
+    config_sha256 = sha256_of(snapshot)
+    experiment_id = experiment_id_for(config.experiment)
+
+    def envelope(event: DomainEvent) -> Envelope:
+        return Envelope(event=event, producer=producer, correlation_id=job_id)
+
+    seqs: list[int] = []
+    created_seq = await _ensure_experiment(event_log, experiment_id, config.experiment, envelope)
+    if created_seq is not None:
+        seqs.append(created_seq)
+
+    run_events: list[DomainEvent] = [
+        RunCreated(run_id=run_id, experiment_id=experiment_id, name=f"{config.plugin}-{run_id[:8]}",
+                   job_id=job_id, source="job"),
+        ConfigSnapshotted(run_id=run_id, config=snapshot, sha256=config_sha256, overrides=tuple(overrides)),
+        SeedRecorded(run_id=run_id, seed=seed, source=seed_source),
+    ]
+    if config.tags:
+        run_events.append(TagsSet(run_id=run_id, tags=dict(config.tags)))
+    version = 0
+    for event in run_events:
+        version = (await event_log.append(envelope(event), expected_version=version)).seq
+        seqs.append(version)
+
+    queued = JobQueued(
+        job_id=job_id, run_id=run_id, experiment_id=experiment_id, plugin=config.plugin, pool=config.pool,
+        config=snapshot, config_sha256=config_sha256, timeout_s=config.timeout_s, max_attempts=config.max_attempts,
+    )
+    seqs.append((await event_log.append(envelope(queued), expected_version=0)).seq)
+    return SubmitResult(job_id=job_id, run_id=run_id, experiment_id=experiment_id, seed=seed,
+                        seed_source=seed_source, config_sha256=config_sha256,
+                        experiment_created=created_seq is not None, seqs=tuple(seqs))
+
+
+async def _ensure_experiment(
+    event_log: EventLog, experiment_id: str, name: str, envelope: Callable[[DomainEvent], Envelope]
+) -> int | None:
+    """Append experiment.created when the experiment is new; its sequence, or None when it existed."""
+    try:
+        result = await event_log.append(
+            envelope(ExperimentCreated(experiment_id=experiment_id, name=name)), expected_version=0
+        )
+    except ConcurrencyError:
+        existing = await event_log.last_event(f"{SUBJECT_PREFIX}.experiment.{experiment_id}.created")
+        if existing is not None and isinstance(existing.envelope.event, ExperimentCreated) \
+                and existing.envelope.event.name != name:
+            raise InvalidInput(
+                f"experiment id {experiment_id!r} belongs to the experiment named "
+                f"{existing.envelope.event.name!r}, not {name!r}: choose another experiment name"
+            ) from None
+        return None
+    return None if result.duplicate else result.seq
+
+
+def job_status(events: Sequence[Recorded]) -> JobStatus | None:
+    """A job's status from its events (None when it was never queued); a retryable failure re-queues it."""
+    status: JobStatus | None = None
+    max_attempts = 1
+    for recorded in events:
+        event = recorded.envelope.event
+        if isinstance(event, JobQueued):
+            status, max_attempts = "queued", event.max_attempts
+        elif isinstance(event, JobStarted):
+            status = "running"
+        elif isinstance(event, JobSucceeded):
+            status = "succeeded"
+        elif isinstance(event, JobFailed):
+            status = "queued" if event.retryable and event.attempt < max_attempts else "failed"
+        elif isinstance(event, JobCancelled):
+            status = "cancelled"
+    return status
+
+
+async def cancel(
+    event_log: EventLog, job_id: str, reason: str = "", requested_by: str | None = None, *, producer: str = "mlhub"
+) -> CancelResult:
+    """Cancel a job that is queued or running; JobNotFound or JobAlreadyEnded (naming its state) otherwise.
+
+    The append is guarded by the job's version; when another event of the job wins the race, the job is read
+    again and the cancel retried once (it may have ended in between: then JobAlreadyEnded). A job that was
+    queued has no worker to end its run, so its run is cancelled here too (run.cancelled, same reason); a
+    worker appends job.started guarded by the job's version, so none can start the job after its cancel.
+    """
+    if not _ENTITY_ID.fullmatch(job_id):
+        raise InvalidInput(f"job id {job_id!r} is not a valid id (letters, digits, '_' and '-', 1 to 128)")
+    if len(reason) > 2000:
+        raise InvalidInput(f"reason is {len(reason)} characters long; 2000 at most")
+    for attempt in (1, 2):
+        job = await event_log.read_aggregate("job", job_id)
+        status = job_status(job.events)
+        if status is None:
+            raise JobNotFound(f"no job {job_id} was ever queued")
+        if status in ENDED_STATES:
+            raise JobAlreadyEnded(f"job {job_id} has already ended ({status}): nothing to cancel", state=status)
+        event = JobCancelled(job_id=job_id, reason=reason, requested_by=requested_by)
+        try:
+            result = await event_log.append(Envelope(event=event, producer=producer, correlation_id=job_id),
+                                            expected_version=job.version)
+        except ConcurrencyError:
+            if attempt == 2:
+                raise
+            continue
+        run_seq = None
+        queued = next((r.envelope.event for r in job.events if isinstance(r.envelope.event, JobQueued)), None)
+        if status == "queued" and queued is not None:
+            run_event = RunCancelled(run_id=queued.run_id, reason=reason)
+            run_seq = (await event_log.append(Envelope(event=run_event, producer=producer,
+                                                       correlation_id=job_id))).seq
+        return CancelResult(job_id=job_id, previous_status=status, seq=result.seq, run_seq=run_seq)
+    raise AssertionError("unreachable")  # pragma: no cover
