@@ -1,7 +1,7 @@
 """`mlhub submit` and `mlhub cancel`: queue a training job from a YAML config, or cancel one.
 
-Until workers exist (a later issue), a submitted job stays queued; there is no `--wait` yet, since nothing
-would ever end the wait.
+A submitted job waits until an `mlhub worker` of its pool takes it. There is no `--wait` yet (it will follow
+the job's events until it ends).
 """
 
 from __future__ import annotations

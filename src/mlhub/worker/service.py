@@ -1,0 +1,292 @@
+"""The worker: takes queued jobs of its pool from a shared durable pull consumer and runs them.
+
+Consumption: one durable pull consumer per pool (`mlhub-worker-cpu`, `mlhub-worker-gpu`) on
+`mlhub.ev.job.*.queued`, shared by every worker of the pool. A subject cannot say the pool, so each pool's
+consumer sees every queued job and a worker acks (skips) the jobs of the other pool: the other pool's own
+consumer delivers them to its workers. Explicit acks, `ack_wait_s`, `max_deliver`; while a job runs the worker
+calls `msg.in_progress()` every ack_wait/3 seconds, so only a dead worker's job is redelivered.
+
+Per job: read the job aggregate; skip (ack) a job that ended or was cancelled. A started attempt that no
+job.succeeded/job.failed closed belongs to a worker that died: it is recorded as `job.failed` (retryable,
+error_type "WorkerLost") before the new attempt. `job.started` is appended guarded by the job's version (a
+cancel or another worker in between makes it fail; the job is read again and decided again), then
+`run.started` with the attempt number. Outcomes: success -> run.finished + job.succeeded, ack; plugin error
+-> run.failed + job.failed (not retryable), term; cancel -> run.cancelled, ack; timeout -> job.cancelled
+(reason "timeout") + run.cancelled, ack; worker shutdown -> job.failed (retryable, "WorkerStopped"), nak.
+A retryable failure of the last allowed attempt ends the job: run.failed is appended too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from mlhub.artifacts import ArtifactStore, LocalArtifactStore
+from mlhub.errors import ConcurrencyError, EventDecodeError, EventLogUnavailable
+from mlhub.eventlog import STREAM_NAME, EventLog
+from mlhub.events import (
+    SUBJECT_PREFIX,
+    DomainEvent,
+    Envelope,
+    JobCancelled,
+    JobFailed,
+    JobHeartbeat,
+    JobQueued,
+    JobStarted,
+    JobSucceeded,
+    RunCancelled,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    decode,
+)
+from mlhub.worker.state import JobView, job_view
+from mlhub.worker.training import TrainingContext, TrainingResult, train_job
+
+log = logging.getLogger(__name__)
+
+#: The subject of every queued job.
+QUEUED_SUBJECTS = f"{SUBJECT_PREFIX}.job.*.queued"
+Pool = Literal["cpu", "gpu"]
+Outcome = Literal["succeeded", "failed", "cancelled", "timeout", "abandoned", "skipped", "conflict"]
+
+
+def consumer_name(pool: str) -> str:
+    """The durable consumer a pool's workers share."""
+    return f"mlhub-worker-{pool}"
+
+
+def default_worker_id() -> str:
+    """host-pid-random: unique per worker process."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def artifacts_root(data_dir: Path) -> Path:
+    """Where the worker's local artifact store lives: `<data_dir>/artifacts`."""
+    return data_dir / "artifacts"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """A worker's settings; the consumer settings are applied to the pool's shared consumer on start."""
+
+    pool: Pool = "cpu"
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    #: Seconds between job.heartbeat events (in_progress acks are sent every ack_wait_s / 3).
+    heartbeat_event_s: float = 10.0
+    worker_id: str = field(default_factory=default_worker_id)
+    producer: str = "mlhub-worker"
+    code_dir: Path | None = None
+    metric_interval_s: float = 0.5
+
+
+class Worker:
+    """Consumes queued jobs of one pool and runs them one at a time (training in a thread)."""
+
+    def __init__(self, event_log: EventLog, store: ArtifactStore, config: WorkerConfig | None = None) -> None:
+        self.log = event_log
+        self.store = store
+        self.config = config or WorkerConfig()
+        self.jobs_handled: list[tuple[str, Outcome]] = []
+        #: The TrainingResult of each attempt that ran to the end, by job id (for tools and tests).
+        self.results: dict[str, TrainingResult] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlhub-train")
+        self._current_stop: Any = None
+
+    @classmethod
+    def local(cls, event_log: EventLog, data_dir: Path, config: WorkerConfig | None = None) -> Worker:
+        """A worker storing artifacts in the local store under `<data_dir>/artifacts`."""
+        return cls(event_log, LocalArtifactStore(artifacts_root(data_dir)), config)
+
+    async def ensure_consumer(self) -> None:
+        """Create the pool's durable consumer, or update it to this worker's settings."""
+        cfg = ConsumerConfig(
+            durable_name=consumer_name(self.config.pool), filter_subject=QUEUED_SUBJECTS,
+            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=self.config.ack_wait_s,
+            max_deliver=self.config.max_deliver, max_ack_pending=1000,
+        )
+        await self.log.js.add_consumer(STREAM_NAME, cfg)
+
+    async def run(self, stop: asyncio.Event, *, finish_current: bool = False, fetch_timeout_s: float = 1.0) -> None:
+        """Take and run jobs until `stop` is set; then the running job is abandoned (nak: another worker takes
+        it), or finished first when finish_current."""
+        await self.ensure_consumer()
+        sub = await self.log.js.pull_subscribe_bind(durable=consumer_name(self.config.pool), stream=STREAM_NAME)
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(1, timeout=fetch_timeout_s)
+                except TimeoutError:  # nats.errors.TimeoutError derives from it
+                    continue
+                for msg in msgs:
+                    handling = asyncio.create_task(self.handle(msg))
+                    stopper = asyncio.create_task(stop.wait())
+                    await asyncio.wait({handling, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if not handling.done() and not finish_current and self._current_stop is not None:
+                        self._current_stop("shutdown")
+                    await handling
+                    stopper.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            self._executor.shutdown(wait=False)
+
+    async def handle(self, msg: Any) -> Outcome:
+        """Decide about one delivered job.queued message and run the job when it is ours to run."""
+        try:
+            envelope = decode(msg.data)
+        except EventDecodeError as e:
+            log.error("undecodable queued message on %s: %s", msg.subject, e)
+            await msg.term()
+            return self._done("?", "skipped")
+        job = envelope.event
+        if not isinstance(job, JobQueued) or job.pool != self.config.pool:
+            await msg.ack()  # the other pool's consumer delivers it to that pool's workers
+            return self._done(getattr(job, "job_id", "?"), "skipped")
+        for _ in range(5):
+            aggregate = await self.log.read_aggregate("job", job.job_id)
+            view = job_view(aggregate.events, aggregate.version)
+            if view.ended:
+                await msg.ack()
+                return self._done(job.job_id, "skipped")
+            try:
+                if view.open_attempt is not None:  # its worker died: close that attempt first
+                    await self._attempt_failed(view, job, view.open_attempt, "WorkerLost",
+                                               "the worker running this attempt stopped responding; the job "
+                                               "was redelivered", retryable=True, expected_version=view.version)
+                    continue
+                started = JobStarted(job_id=job.job_id, run_id=job.run_id, attempt=view.next_attempt,
+                                     worker_id=self.config.worker_id)
+                await self._append(started, job, expected_version=view.version)
+            except ConcurrencyError:
+                continue  # something happened to the job meanwhile (cancel, another worker): decide again
+            return await self._run_attempt(msg, job, view.next_attempt)
+        await msg.nak(delay=1)
+        return self._done(job.job_id, "conflict")
+
+    async def _run_attempt(self, msg: Any, job: JobQueued, attempt: int) -> Outcome:
+        await self._append(RunStarted(run_id=job.run_id, attempt=attempt, worker_id=self.config.worker_id), job)
+        loop = asyncio.get_running_loop()
+        deadline = self.log.append_deadline_s + 30
+
+        def publish(event: DomainEvent) -> None:
+            asyncio.run_coroutine_threadsafe(self._append(event, job), loop).result(deadline)
+
+        def send_metrics(envelopes: Any) -> None:
+            asyncio.run_coroutine_threadsafe(self.log.append_many(envelopes), loop).result(deadline)
+
+        ctx = TrainingContext(job=job, attempt=attempt, pool=self.config.pool, producer=self.config.producer,
+                              publish=publish, send_metrics=send_metrics, store=self.store,
+                              code_dir=self.config.code_dir, metric_interval_s=self.config.metric_interval_s)
+        reason: list[str] = []
+
+        def request_stop(why: str) -> None:
+            if not reason:
+                reason.append(why)
+            ctx.stop.set()
+
+        self._current_stop = request_stop
+        training = loop.run_in_executor(self._executor, train_job, ctx)
+        keepalive = asyncio.create_task(self._keep_alive(msg, job, attempt, training, request_stop))
+        try:
+            result: TrainingResult = await training
+        except EventLogUnavailable as e:
+            log.error("job %s: event log unavailable during the run (%s); leaving it to another attempt", job.job_id, e)
+            await _quietly(msg.nak(delay=self.config.ack_wait_s))
+            return self._done(job.job_id, "abandoned")
+        except Exception as e:  # a plugin or training error: record it, never retry the same config
+            error_type, error = type(e).__name__, str(e)[:19_000] or repr(e)[:19_000]
+            log.warning("job %s attempt %d failed: %s: %s", job.job_id, attempt, error_type, error)
+            await self._append(RunFailed(run_id=job.run_id, attempt=attempt, error_type=error_type, error=error), job)
+            await self._append(JobFailed(job_id=job.job_id, attempt=attempt, error_type=error_type, error=error,
+                                         retryable=False), job)
+            await msg.term()
+            return self._done(job.job_id, "failed")
+        finally:
+            self._current_stop = None
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+        self.results[job.job_id] = result
+        if result.stopped:
+            return await self._stopped(msg, job, attempt, reason[0] if reason else "shutdown")
+        await self._append(RunFinished(run_id=job.run_id, attempt=attempt), job)
+        await self._append(JobSucceeded(job_id=job.job_id, attempt=attempt), job)
+        await msg.ack()
+        return self._done(job.job_id, "succeeded")
+
+    async def _stopped(self, msg: Any, job: JobQueued, attempt: int, why: str) -> Outcome:
+        """Record how a stopped attempt ended: cancelled, timed out, or abandoned by a stopping worker."""
+        if why == "cancelled":
+            await self._append(RunCancelled(run_id=job.run_id, reason="job cancelled"), job)
+            await msg.ack()
+            return self._done(job.job_id, "cancelled")
+        if why == "timeout":
+            await self._append(JobCancelled(job_id=job.job_id, reason="timeout",
+                                            requested_by=self.config.worker_id), job)
+            await self._append(RunCancelled(run_id=job.run_id, reason="timeout"), job)
+            await msg.ack()
+            return self._done(job.job_id, "timeout")
+        aggregate = await self.log.read_aggregate("job", job.job_id)
+        view = job_view(aggregate.events, aggregate.version)
+        await self._attempt_failed(view, job, attempt, "WorkerStopped", "the worker was stopped during the run",
+                                   retryable=True)
+        await msg.nak(delay=0)
+        return self._done(job.job_id, "abandoned")
+
+    async def _attempt_failed(self, view: JobView, job: JobQueued, attempt: int, error_type: str, error: str, *,
+                              retryable: bool, expected_version: int | None = None) -> None:
+        """Append job.failed for an attempt; when no retry is left, the run ends too (run.failed)."""
+        last = not (retryable and view.retry_left(attempt))
+        await self._append(JobFailed(job_id=job.job_id, attempt=attempt, error_type=error_type, error=error,
+                                     retryable=retryable), job, expected_version=expected_version)
+        if last:
+            await self._append(RunFailed(run_id=job.run_id, attempt=attempt, error_type=error_type, error=error), job)
+
+    async def _keep_alive(self, msg: Any, job: JobQueued, attempt: int, training: Any, request_stop: Any) -> None:
+        """While training runs: in_progress every ack_wait/3, job.heartbeat events, cancel and timeout checks."""
+        started = time.monotonic()
+        last_event = started
+        tick = max(0.1, self.config.ack_wait_s / 3)
+        cancelled_subject = f"{SUBJECT_PREFIX}.job.{job.job_id}.cancelled"
+        await self._append(JobHeartbeat(job_id=job.job_id, attempt=attempt, worker_id=self.config.worker_id), job)
+        while not training.done():
+            await asyncio.sleep(tick)
+            try:
+                await msg.in_progress()
+                if await self.log.last_event(cancelled_subject) is not None:
+                    request_stop("cancelled")
+                elif job.timeout_s is not None and time.monotonic() - started > job.timeout_s:
+                    request_stop("timeout")
+                if time.monotonic() - last_event >= self.config.heartbeat_event_s:
+                    last_event = time.monotonic()
+                    await self._append(JobHeartbeat(job_id=job.job_id, attempt=attempt,
+                                                    worker_id=self.config.worker_id), job)
+            except Exception as e:  # keep training whatever the event log does; try again next tick
+                log.warning("job %s: heartbeat failed: %r", job.job_id, e)
+
+    async def _append(self, event: DomainEvent, job: JobQueued, *, expected_version: int | None = None) -> int:
+        envelope = Envelope(event=event, producer=self.config.producer, correlation_id=job.job_id)
+        return (await self.log.append(envelope, expected_version=expected_version)).seq
+
+    def _done(self, job_id: str, outcome: Outcome) -> Outcome:
+        self.jobs_handled.append((job_id, outcome))
+        log.info("job %s: %s", job_id, outcome)
+        return outcome
+
+
+async def _quietly(awaitable: Any) -> None:
+    with contextlib.suppress(Exception):
+        await awaitable

@@ -1,0 +1,146 @@
+"""One training attempt, run in a worker thread: plugin, provenance events, Lightning fit, evaluation,
+checkpoint and ONNX artifacts. torch and lightning are imported inside `train_job` only.
+
+Run events are appended through `TrainingContext.publish` (blocking; the worker routes it to its asyncio loop),
+metric points through the MLHubLogger's background sender. Lifecycle events (run.started/finished/failed,
+job.*) are the worker's business, not this module's.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlhub.artifacts import ArtifactStore
+from mlhub.events import (
+    ArtifactStored,
+    CodeVersionRecorded,
+    DatasetVersionRecorded,
+    DomainEvent,
+    EnvironmentRecorded,
+    JobQueued,
+    ParamsLogged,
+)
+from mlhub.plugins import load_plugin
+from mlhub.worker.logger import metric_points, mlhub_logger_class, run_control_callback_class
+from mlhub.worker.metrics import MetricSender, Send
+from mlhub.worker.provenance import code_version, environment_info, flatten_params
+
+#: Trainer settings of the config passed to lightning.Trainer as they are (accelerator is resolved first).
+_TRAINER_KEYS = ("max_epochs", "devices", "precision", "deterministic", "limit_train_batches", "limit_val_batches",
+                 "gradient_clip_val", "accumulate_grad_batches", "check_val_every_n_epoch", "log_every_n_steps")
+
+
+@dataclass
+class TrainingContext:
+    """What one attempt needs from the worker."""
+
+    job: JobQueued
+    attempt: int
+    pool: str
+    producer: str
+    publish: Callable[[DomainEvent], None]
+    send_metrics: Send
+    store: ArtifactStore
+    #: Set by the worker to stop the run (cancel, timeout, shutdown): the Trainer stops after the current batch.
+    stop: threading.Event = field(default_factory=threading.Event)
+    code_dir: Path | None = None
+    metric_interval_s: float = 0.5
+
+
+@dataclass
+class TrainingResult:
+    """What an attempt produced: whether it was stopped early, final metrics, artifacts, points logged."""
+
+    stopped: bool
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[ArtifactStored] = field(default_factory=list)
+    points_logged: int = 0
+    metrics_delivered: bool = True
+
+
+def resolve_accelerator(requested: str, pool: str) -> str:
+    """`auto` becomes gpu on the gpu pool when CUDA is available, else cpu; explicit choices are kept."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "gpu" if pool == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def trainer_kwargs(trainer_config: dict[str, Any], pool: str) -> dict[str, Any]:
+    """The lightning.Trainer arguments of a config's `trainer` section (None values left to Lightning)."""
+    kwargs = {k: trainer_config[k] for k in _TRAINER_KEYS if trainer_config.get(k) is not None}
+    kwargs["accelerator"] = resolve_accelerator(str(trainer_config.get("accelerator", "auto")), pool)
+    return kwargs
+
+
+def train_job(ctx: TrainingContext) -> TrainingResult:
+    """Run one attempt of `ctx.job` to the end; plugin errors propagate (the worker records them)."""
+    import lightning as L
+    import torch
+
+    config = ctx.job.config
+    run_id = ctx.job.run_id
+    plugin = load_plugin(config["plugin"])
+    plugin.validate_config(config)
+    spec = plugin.build_datamodule(config)
+    version = spec.dataset_version
+    ctx.publish(DatasetVersionRecorded(run_id=run_id, name=version.name, fingerprint=version.fingerprint,
+                                       size_bytes=version.size_bytes, num_examples=version.num_examples))
+    code = code_version(ctx.code_dir)
+    ctx.publish(CodeVersionRecorded(run_id=run_id, git_commit=code.git_commit, dirty=code.dirty,
+                                    diff_sha256=code.diff_sha256, repository=code.repository))
+    ctx.publish(EnvironmentRecorded(run_id=run_id, **environment_info()))
+    ctx.publish(ParamsLogged(run_id=run_id, params=flatten_params(config)))
+
+    kwargs = trainer_kwargs(dict(config.get("trainer", {})), ctx.pool)
+    if kwargs.get("deterministic"):
+        if kwargs["accelerator"] == "gpu":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=kwargs["accelerator"] == "gpu")
+    L.seed_everything(int(config["seed"]), workers=True, verbose=False)
+    module = plugin.build_module(config)
+
+    sender = MetricSender(run_id, ctx.send_metrics, producer=ctx.producer, correlation_id=ctx.job.job_id,
+                          interval_s=ctx.metric_interval_s)
+    logger = mlhub_logger_class()(sender)
+    result = TrainingResult(stopped=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlhub-run-") as tmp:
+            trainer = L.Trainer(**kwargs, logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                                enable_checkpointing=False, default_root_dir=tmp,
+                                callbacks=[run_control_callback_class()(logger, ctx.stop)])
+            trainer.fit(module, spec.datamodule)
+            if ctx.stop.is_set():
+                result.stopped = True
+                return result
+            final = {k: float(v) for k, v in plugin.evaluate(module, spec.datamodule).items()}
+            result.final_metrics = final
+            if final:
+                # The final evaluation is one more batch at the last global step and epoch.
+                sender.add(metric_points(final, int(trainer.global_step), logger.current_epoch))
+                logger.points_logged += len(final)
+            checkpoint = Path(tmp) / "final.ckpt"
+            trainer.save_checkpoint(checkpoint)
+            result.artifacts.append(_store(ctx, checkpoint, "checkpoints/final.ckpt", "checkpoint"))
+            onnx_path = Path(tmp) / "model.onnx"
+            if plugin.export_onnx(module, onnx_path):
+                result.artifacts.append(_store(ctx, onnx_path, "model.onnx", "onnx"))
+    finally:
+        result.metrics_delivered = sender.close()
+        result.points_logged = logger.points_logged
+    return result
+
+
+def _store(ctx: TrainingContext, path: Path, logical: str, kind: str) -> ArtifactStored:
+    stored = ctx.store.put_file(path)
+    event = ArtifactStored(run_id=ctx.job.run_id, path=logical, sha256=stored.sha256, size_bytes=stored.size_bytes,
+                           uri=stored.uri, kind=kind)  # type: ignore[arg-type]  # kind is one of the literals
+    ctx.publish(event)
+    return event
