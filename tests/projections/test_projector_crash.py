@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -52,26 +53,35 @@ async def test_sigkilled_projector_equals_a_clean_replay(tmp_path: Path, event_l
     async def produce() -> None:
         for chunk in plan:
             await event_log.append_many(chunk, max_in_flight=16)
-            await asyncio.sleep(rng.uniform(0.0, 0.08))
+            await asyncio.sleep(rng.uniform(0.05, 0.25))
+
+    def sql_checkpoint() -> int:
+        engine = create_engine(f"sqlite:///{live_dir / 'readmodel.db'}")
+        try:
+            with engine.connect() as conn:
+                return checkpoints(conn).get("sql", 0)
+        except Exception:
+            return 0  # no database or no tables yet: the process is still starting
+        finally:
+            engine.dispose()
 
     producer = asyncio.create_task(produce())
     kills: list[int] = []
     proc = _projector(env)
     try:
         for _ in range(5):
-            await asyncio.sleep(rng.uniform(0.8, 2.0))
+            # Kill at a random moment once this instance is projecting (start-up time varies a lot: a fresh
+            # checkout compiles bytecode on first import), so the kill lands while events stream in.
+            before = kills[-1] if kills else 0
+            deadline = time.monotonic() + 60
+            while sql_checkpoint() <= before and not producer.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(rng.uniform(0.05, 0.6))
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            engine = create_engine(f"sqlite:///{live_dir / 'readmodel.db'}")
-            try:
-                with engine.connect() as conn:
-                    kills.append(checkpoints(conn).get("sql", 0))
-            except Exception:
-                kills.append(0)  # killed before the first migration finished
-            finally:
-                engine.dispose()
+            kills.append(sql_checkpoint())
             proc = _projector(env)
-        await asyncio.wait_for(producer, 120)
+        await asyncio.wait_for(producer, 180)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
