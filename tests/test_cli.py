@@ -203,3 +203,35 @@ def test_demo_waits_for_a_running_projector_instead_of_writing_beside_it(
         projector.send_signal(signal.SIGTERM)
         projector.wait(30)
     assert projector.returncode == 0
+
+
+def test_projector_and_scheduler_leave_torch_and_lightning_unimported(tmp_path: Path) -> None:
+    """The projector's and the scheduler's whole code paths load without torch (an import hook catches attempts)."""
+    probe = f"""
+import sys
+attempts = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning'):
+            attempts.append(name)
+        return None
+sys.meta_path.insert(0, Spy())
+from pathlib import Path
+import mlhub.commands.projector, mlhub.commands.jobs, mlhub.commands.query, mlhub.commands.audit
+from mlhub.projections import build_projectors, run_until
+from mlhub.projections.audit import verify
+from mlhub.readmodel import create_engine, migrate
+from mlhub.scheduler import load_config
+from mlhub.settings import Settings
+engine = create_engine('sqlite:///{tmp_path / "probe.db"}', writer=True)
+migrate(engine)
+build_projectors(Settings(data_dir=Path({str(tmp_path)!r})), engine)
+load_config('configs/digits-mlp.yaml')
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning'))
+print('ATTEMPTS', attempts, 'LOADED', heavy)
+assert not attempts and not heavy
+"""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ATTEMPTS [] LOADED []" in result.stdout
