@@ -1,0 +1,265 @@
+"""Tracking overhead benchmark: training steps/s of the digits-mlp model with no logger, CSVLogger, MLHubLogger.
+
+The model and datamodule are the digits-mlp plugin's, built from configs/digits-mlp.yaml (trainer settings as the
+worker turns them into Trainer arguments), trained for `--steps` steps with log_every_n_steps=1 and a callback that
+logs the training loss at every step (the plugin itself logs per epoch only), so every step hands a point to the
+logger. Variants, each run `--rounds` times, interleaved with the order rotated per round, same seed every time:
+
+  (a) no logger (baseline)   (b) Lightning's CSVLogger   (c) MLHubLogger -> MetricSender -> a real embedded
+  nats-server (fsync always, mlhub's default), sending through an asyncio loop thread as the worker does.
+
+Only the fit loop is timed (a callback's on_train_start..on_train_end): imports, data and Trainer setup, and the
+logger's finalize (flush) are not; the flush wait is printed separately. Validation is off (limit_val_batches=0)
+so the figure is steps/s of training alone, which makes per-step logging costs as visible as they can be.
+Afterwards every MLHubLogger run's stored metrics_logged events are read back and their points counted.
+
+    uv run python tools/bench/tracking_overhead.py                 # 3 rounds of 3,000 steps
+    uv run python tools/bench/tracking_overhead.py --steps 4000 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlhub.eventlog import EmbeddedNats, EventLog
+from mlhub.events import MetricsLogged
+from mlhub.plugins import load_plugin
+from mlhub.scheduler import load_config
+from mlhub.worker import MetricSender, mlhub_logger_class
+from mlhub.worker.training import trainer_kwargs
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "digits-mlp.yaml"
+TARGET_OVERHEAD_PCT = 2.0
+VARIANTS = ("no logger", "CSVLogger", "MLHubLogger")
+
+
+def cpu_s(stat_path: str) -> float | None:
+    """User+system CPU seconds of a process or thread from its /proc stat file (None where there is none)."""
+    try:
+        fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def background_cpu(sender: MetricSender, loop: LoopThread, server: EmbeddedNats) -> list[float | None]:
+    """CPU seconds so far of the sender thread, the event log's loop thread and the nats-server process."""
+    pid = server.process.pid if server.process is not None else 0
+    return [cpu_s(f"/proc/self/task/{sender._thread.native_id}/stat"),
+            cpu_s(f"/proc/self/task/{loop.thread.native_id}/stat"), cpu_s(f"/proc/{pid}/stat")]
+
+
+def log_metrics_cost_us(logger: Any, calls: int = 5_000) -> float:
+    """Microseconds of one MLHubLogger.log_metrics call as Lightning makes it per step (a loss and the epoch)."""
+    start = time.perf_counter()
+    for step in range(calls):
+        logger.log_metrics({"train_loss_step": 0.5, "epoch": 3.0}, step=step)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread holding the EventLog (what the worker's loop is to train_job)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="bench-loop", daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Any, timeout_s: float = 90.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def callbacks_classes() -> tuple[type[Any], type[Any]]:
+    import lightning as L
+
+    class FitTimer(L.Callback):
+        """Times the fit loop only: on_train_start .. on_train_end (the logger's finalize comes after)."""
+
+        def __init__(self) -> None:
+            self.start = self.end = 0.0
+            self.steps = 0
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            self.end = time.perf_counter()
+            self.steps = int(trainer.global_step)
+
+    class StepLoss(L.Callback):
+        """Logs the training loss at every step (the plugin logs train_loss per epoch only)."""
+
+        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            pl_module.log("train_loss_step", outputs["loss"], on_step=True, on_epoch=False, batch_size=len(batch[1]))
+
+    return FitTimer, StepLoss
+
+
+def fit_once(config: dict[str, Any], steps: int, logger: Any, tmp: Path) -> tuple[int, float, float]:
+    """Train `steps` steps; (steps done, fit-loop seconds, seconds from on_train_end until fit returned)."""
+    import lightning as L
+    import torch
+
+    fit_timer_class, step_loss_class = callbacks_classes()
+    plugin = load_plugin(config["plugin"])
+    kwargs = trainer_kwargs(dict(config["trainer"]), "cpu")
+    kwargs.update(max_epochs=-1, max_steps=steps, limit_train_batches=None, limit_val_batches=0,
+                  log_every_n_steps=1)
+    if kwargs.get("deterministic"):
+        torch.use_deterministic_algorithms(True)
+    L.seed_everything(int(config["seed"]), workers=True, verbose=False)
+    spec = plugin.build_datamodule(config)
+    module = plugin.build_module(config)
+    timer = fit_timer_class()
+    trainer = L.Trainer(**kwargs, logger=logger, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=str(tmp),
+                        callbacks=[timer, step_loss_class()])
+    trainer.fit(module, spec.datamodule)
+    returned = time.perf_counter()
+    return timer.steps, timer.end - timer.start, returned - timer.end
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3_000, help="training steps per run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant (interleaved)")
+    parser.add_argument("--interval", type=float, default=0.5, help="MetricSender interval_s (worker default 0.5)")
+    args = parser.parse_args()
+
+    warnings.filterwarnings("ignore")
+    from lightning.pytorch.loggers import CSVLogger
+
+    for name in ("lightning.pytorch", "lightning.fabric"):  # after the import, which sets them to INFO
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    config = load_config(CONFIG).config.model_dump(mode="json")
+    mlhub_logger = mlhub_logger_class()
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    finalize_s: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    runs: list[tuple[str, int]] = []  # MLHubLogger runs: (run_id, points the logger was given)
+    background: list[list[float | None]] = []  # MLHubLogger runs: CPU s of sender thread, loop thread, nats-server
+
+    with tempfile.TemporaryDirectory(prefix="mlhub-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        with EmbeddedNats(tmp / "nats", sync="always") as server:
+            assert server.url is not None
+            loop = LoopThread()
+            event_log = EventLog(server.url)
+            loop.call(event_log.__aenter__())
+            try:
+                def send(envelopes: Any) -> None:  # as the worker's send_metrics
+                    loop.call(event_log.append_many(envelopes), event_log.append_deadline_s + 30)
+
+                def no_logger(run: str) -> Any:
+                    return False
+
+                def csv_logger(run: str) -> Any:
+                    return CSVLogger(str(tmp / "csv"), name=run)
+
+                def mlhub(run: str) -> Any:
+                    sender = MetricSender(run, send, producer="bench", interval_s=args.interval)
+                    return mlhub_logger(sender)
+
+                makers: dict[str, Callable[[str], Any]] = {
+                    "no logger": no_logger, "CSVLogger": csv_logger, "MLHubLogger": mlhub}
+                fit_once(config, 100, False, tmp / "warmup")  # first-use costs (kernels, lazy init) off the clock
+                print(f"digits-mlp, {args.steps:,} steps/run, log_every_n_steps=1, seed {config['seed']}, "
+                      f"torch threads {torch_threads()}, cores {os.cpu_count()}")
+                for r in range(args.rounds):
+                    order = VARIANTS[r % 3:] + VARIANTS[: r % 3]
+                    for variant in order:
+                        run_id = f"bench-{uuid.uuid4().hex[:12]}"
+                        logger = makers[variant](run_id)
+                        cpu_before = background_cpu(logger.sender, loop, server) if variant == "MLHubLogger" else []
+                        steps, fit_s, fin_s = fit_once(config, args.steps, logger, tmp / run_id)
+                        assert steps == args.steps, (variant, steps)
+                        rates[variant].append(steps / fit_s)
+                        finalize_s[variant].append(fin_s)
+                        extra = ""
+                        if variant == "MLHubLogger":
+                            used = [None if a is None or b is None else b - a
+                                    for a, b in zip(cpu_before, background_cpu(logger.sender, loop, server),
+                                                    strict=True)]
+                            background.append(used)
+                            delivered = logger.sender.close()
+                            runs.append((run_id, logger.points_logged))
+                            extra = (f"  points {logger.points_logged:,}, events {logger.sender.events_sent}, "
+                                     f"failures {logger.sender.failures}, delivered {delivered}")
+                        print(f"  round {r + 1} {variant:<12} {steps / fit_s:>8,.1f} steps/s  "
+                              f"(fit loop {fit_s:.2f}s, after on_train_end {fin_s * 1000:.0f} ms){extra}")
+
+                print("\n== median of", args.rounds, "runs")
+                base = statistics.median(rates["no logger"])
+                verdicts = []
+                for variant in VARIANTS:
+                    median = statistics.median(rates[variant])
+                    spread = f"[{min(rates[variant]):,.1f} .. {max(rates[variant]):,.1f}]"
+                    if variant == "no logger":
+                        print(f"  baseline: {variant:<12} {median:>8,.1f} steps/s {spread}")
+                        continue
+                    overhead = (base - median) / base * 100
+                    verdict = ""
+                    if variant == "MLHubLogger":
+                        ok = overhead <= TARGET_OVERHEAD_PCT
+                        verdicts.append(ok)
+                        verdict = f"  target <= {TARGET_OVERHEAD_PCT:g}%: {'met' if ok else 'MISSED'}"
+                    print(f"  {variant:<22} {median:>8,.1f} steps/s {spread}  overhead {overhead:+.2f}%{verdict}"
+                          f"  (finalize median {statistics.median(finalize_s[variant]) * 1000:.0f} ms, untimed)")
+
+                print("\n== where MLHubLogger's time goes")
+                # A sender that sends nothing until close: the training thread's own cost, no GIL contention.
+                probe = mlhub_logger(MetricSender(f"bench-probe-{uuid.uuid4().hex[:8]}", send, producer="bench",
+                                                  interval_s=3600, max_points=10**9))
+                cost = log_metrics_cost_us(probe)
+                probe.sender.close()
+                step_us = 1e6 / base
+                print(f"  training thread: log_metrics {cost:.1f} us/call, one call per step = "
+                      f"{cost / step_us * 100:.2f}% of a baseline step ({step_us:,.0f} us)")
+                fit_s_all = args.steps / statistics.median(rates["MLHubLogger"])
+                for i, name in enumerate(("sender thread", "event-log loop thread", "nats-server process")):
+                    values = [b[i] for b in background if b[i] is not None]
+                    if values:
+                        print(f"  {name:<21} CPU per run: median {statistics.median(values) * 1000:,.0f} ms "
+                              f"= {statistics.median(values) / fit_s_all * 100:.2f}% of the fit loop's wall time "
+                              f"(/proc, 10 ms ticks)")
+                noise = (max(rates["no logger"]) - min(rates["no logger"])) / base * 100
+                print(f"  run-to-run spread of the baseline itself: {noise:.2f}% of its median")
+
+                print("\n== stored points (metrics_logged events read back from the event log)")
+                for run_id, given in runs:
+                    agg = loop.call(event_log.read_aggregate("run", run_id))
+                    events = [r.envelope.event for r in agg.events if isinstance(r.envelope.event, MetricsLogged)]
+                    stored = sum(e.num_points for e in events)
+                    print(f"  {run_id}: given {given:,}, stored {stored:,} in {len(events)} events: "
+                          f"{'all arrived' if stored == given else 'MISMATCH'}")
+            finally:
+                loop.call(event_log.__aexit__(None, None, None))
+                loop.stop()
+
+
+def torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+if __name__ == "__main__":
+    main()
