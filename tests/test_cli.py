@@ -19,6 +19,17 @@ from mlhub.eventlog import EventLog
 from mlhub.events import Envelope, TagsSet
 
 MLHUB = [sys.executable, "-m", "mlhub.cli"]
+#: Prelude of the subprocess probes: records every attempt to import torch or lightning, even a failing one.
+HEAVY_IMPORT_SPY = """
+import sys
+attempts = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning'):
+            attempts.append(name)
+        return None
+sys.meta_path.insert(0, Spy())
+"""
 
 
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -29,15 +40,7 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def test_help_leaves_torch_and_lightning_unimported() -> None:
     """Checked with an import hook, so even an attempt that fails (package not installed) is caught."""
-    probe = """
-import sys
-attempts = []
-class Spy:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning'):
-            attempts.append(name)
-        return None
-sys.meta_path.insert(0, Spy())
+    probe = HEAVY_IMPORT_SPY + """
 sys.argv = ['mlhub', '--help']
 from mlhub.cli import main
 try:
@@ -207,15 +210,7 @@ def test_demo_waits_for_a_running_projector_instead_of_writing_beside_it(
 
 def test_projector_and_scheduler_leave_torch_and_lightning_unimported(tmp_path: Path) -> None:
     """The projector's and the scheduler's whole code paths load without torch (an import hook catches attempts)."""
-    probe = f"""
-import sys
-attempts = []
-class Spy:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'lightning', 'pytorch_lightning'):
-            attempts.append(name)
-        return None
-sys.meta_path.insert(0, Spy())
+    probe = HEAVY_IMPORT_SPY + f"""
 from pathlib import Path
 import mlhub.commands.projector, mlhub.commands.jobs, mlhub.commands.query, mlhub.commands.audit
 from mlhub.projections import build_projectors, run_until
