@@ -78,7 +78,8 @@ def main() -> None:
 @main.command()
 def nats() -> None:
     """Run the embedded nats-server (JetStream under MLHUB_DATA_DIR) in the foreground until Ctrl-C."""
-    from mlhub.eventlog import EmbeddedNats, EventLog, StreamSpec
+    from mlhub.commands.common import open_event_log
+    from mlhub.eventlog import STREAM_NAME, EmbeddedNats
 
     settings = _settings()
     if settings.nats_url:
@@ -90,16 +91,15 @@ def nats() -> None:
     stop = _stop_on_signals()
     try:
         url = server.start()
-        spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
 
         async def setup() -> None:
-            async with EventLog(url, spec=spec):
+            async with open_event_log(settings, url, "mlhub-nats"):  # creates or checks the stream
                 pass
 
         _run(setup)
         click.echo(f"nats-server listening at {url}")
         click.echo(f"  JetStream store: {server.store_dir.resolve()}  (fsync: {settings.nats_sync})")
-        click.echo(f"  stream {spec.name} ready; other mlhub commands on this data dir will use it")
+        click.echo(f"  stream {STREAM_NAME} ready; other mlhub commands on this data dir will use it")
         click.echo("  press Ctrl-C to stop")
         while not stop.is_set() and server.process is not None and server.process.poll() is None:
             stop.wait(0.5)
@@ -140,14 +140,13 @@ def events() -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep waiting for new events (Ctrl-C to stop).")
 def events_tail(subject: str, from_seq: int, follow: bool) -> None:
     """Print events as JSON lines: {"seq", "subject", "event_id", "type", ..., "payload"}."""
-    from mlhub.eventlog import EventLog, StreamSpec, nats_endpoint
+    from mlhub.commands.common import event_log_url, open_event_log
     from mlhub.events import decode, to_json_dict
 
     settings = _settings()
-    spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
 
     async def tail(url: str) -> None:
-        async with EventLog(url, spec=spec) as log:
+        async with open_event_log(settings, url, "mlhub-tail") as log:
             async for stored in log.replay_raw(from_seq, subject_filter=subject, follow=follow):
                 try:
                     line = {"seq": stored.seq, "subject": stored.subject, **to_json_dict(decode(stored.data))}
@@ -157,7 +156,7 @@ def events_tail(subject: str, from_seq: int, follow: bool) -> None:
                 click.echo(json.dumps(line, separators=(",", ":")))
 
     try:
-        with nats_endpoint(settings.nats_url, settings.nats_dir, sync=settings.nats_sync) as url:
+        with event_log_url(settings) as url:
             _run(lambda: tail(url))
     except KeyboardInterrupt:
         pass

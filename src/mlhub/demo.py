@@ -14,8 +14,9 @@ import time
 import uuid
 from collections.abc import Callable
 
+from mlhub.commands.common import event_log_url, open_event_log
 from mlhub.errors import ConcurrencyError
-from mlhub.eventlog import EventLog, StreamSpec, nats_endpoint
+from mlhub.eventlog import STREAM_NAME, EventLog
 from mlhub.events import (
     ConfigSnapshotted,
     Envelope,
@@ -35,9 +36,8 @@ DEMO_CONFIG = {"experiment": "demo", "plugin": "scripted", "model": {"lr": 0.01,
 
 
 async def _demo(url: str, settings: Settings, echo: Callable[[str], None]) -> None:
-    spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
     producer = settings.producer
-    async with EventLog(url, spec=spec) as log:
+    async with open_event_log(settings, url, "mlhub-demo") as log:
         try:
             await log.append(
                 Envelope(event=ExperimentCreated(experiment_id="demo", name="demo"), producer=producer),
@@ -92,7 +92,7 @@ async def _demo(url: str, settings: Settings, echo: Callable[[str], None]) -> No
             if isinstance(env.event, MetricsLogged):
                 summary["points"] = env.event.num_points
             echo(json.dumps(summary))
-        echo(f"stream {spec.name} holds {await log.last_sequence()} events in all")
+        echo(f"stream {STREAM_NAME} holds {await log.last_sequence()} events in all")
         await _project_and_query(log, settings, run_id, echo)
 
 
@@ -133,6 +133,6 @@ async def _project_and_query(log: EventLog, settings: Settings, run_id: str, ech
 
 def run_demo(settings: Settings, echo: Callable[[str], None]) -> None:
     """Run the demo against MLHUB_NATS_URL, or the embedded server (started for the demo if not running)."""
-    with nats_endpoint(settings.nats_url, settings.nats_dir, port=settings.nats_port, sync=settings.nats_sync) as url:
+    with event_log_url(settings) as url:
         echo(f"event log at {url} (data dir {settings.data_dir.resolve()})")
         asyncio.run(_demo(url, settings, echo))

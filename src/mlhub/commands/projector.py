@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mlhub.commands.common import event_log_url, fail, load_settings
+from mlhub.commands.common import event_log_url, fail, load_settings, open_event_log
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def _run_in_loop(
 async def _serve(
     settings: Settings, url: str, *, no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float
 ) -> dict[str, int]:
-    from mlhub.eventlog import EventLog, StreamSpec, run_sealer
+    from mlhub.eventlog import run_sealer
     from mlhub.projections import (
         SqlDeadLetterSink,
         build_projectors,
@@ -84,8 +84,7 @@ async def _serve(
     try:
         await asyncio.to_thread(migrate, engine)
         projectors = build_projectors(settings, engine)
-        spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
-        async with EventLog(url, spec=spec, name="mlhub-projector") as event_log:
+        async with open_event_log(settings, url, "mlhub-projector") as event_log:
             until = await event_log.last_sequence() if until_caught_up else None
             runners: list[ProjectorRunner] = []
             reporter = asyncio.create_task(_report(event_log, runners, status_every))
