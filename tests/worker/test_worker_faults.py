@@ -14,7 +14,7 @@ import pytest
 from tests.worker.helpers import RunningWorker, events_of, submit_digits, wait_for
 
 from mlhub.eventlog import EventLog
-from mlhub.events import JobFailed, JobStarted, JobSucceeded, MetricsLogged, RunFinished, RunStarted
+from mlhub.events import Envelope, JobFailed, JobStarted, JobSucceeded, MetricsLogged, RunFinished, RunStarted
 
 #: Long enough (in epochs) that the killed worker is surely still training when its first metrics arrive.
 LONG = ("trainer.max_epochs=60", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
@@ -65,3 +65,26 @@ async def test_killed_worker_job_is_redelivered_and_completes_as_attempt_2(
     run = await events_of(event_log, "run", job.run_id)
     assert [e.attempt for e in run if isinstance(e, RunStarted)] == [1, 2]
     assert isinstance(run[-1], RunFinished) and run[-1].attempt == 2
+
+
+async def test_a_worker_that_lost_its_job_does_not_record_a_late_success(event_log: EventLog, tmp_path: Path) -> None:
+    """A worker presumed dead (its attempt closed as WorkerLost by the worker that took over) may still finish
+    training: its success must not end the job, which now belongs to the next attempt."""
+    job = await submit_digits(event_log, *LONG)
+    async with RunningWorker(event_log, tmp_path, ack_wait_s=30.0) as worker:
+        async def training() -> bool:
+            return any(isinstance(e, MetricsLogged) for e in await events_of(event_log, "run", job.run_id))
+
+        await wait_until(training, 60, "training to start")
+        # What a worker taking over the redelivered job appends first (Worker.handle: open attempt -> WorkerLost).
+        takeover = JobFailed(job_id=job.job_id, attempt=1, error_type="WorkerLost", error="presumed dead",
+                             retryable=True)
+        await event_log.append(Envelope(event=takeover, producer="test", correlation_id=job.job_id))
+
+        async def handled() -> bool:
+            return bool(worker.jobs_handled)
+
+        await wait_until(handled, 60, "the first worker to finish training")
+    assert worker.jobs_handled == [(job.job_id, "conflict")]
+    assert not any(isinstance(e, JobSucceeded) for e in await events_of(event_log, "job", job.job_id))
+    assert not any(isinstance(e, RunFinished) for e in await events_of(event_log, "run", job.run_id))

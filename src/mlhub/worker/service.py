@@ -10,7 +10,8 @@ Per job: read the job aggregate; skip (ack) a job that ended or was cancelled. A
 job.succeeded/job.failed closed belongs to a worker that died: it is recorded as `job.failed` (retryable,
 error_type "WorkerLost") before the new attempt. `job.started` is appended guarded by the job's version (a
 cancel or another worker in between makes it fail; the job is read again and decided again), then
-`run.started` with the attempt number. Outcomes: success -> run.finished + job.succeeded, ack; plugin error
+`run.started` with the attempt number. Outcomes: success -> job.succeeded (guarded by the job's version: an
+attempt that lost the job records nothing more) + run.finished, ack; plugin error
 -> run.failed + job.failed (not retryable), term; cancel -> run.cancelled, ack; timeout -> job.cancelled
 (reason "timeout") + run.cancelled, ack; worker shutdown -> job.failed (retryable, "WorkerStopped"), nak.
 A retryable failure of the last allowed attempt ends the job: run.failed is appended too.
@@ -222,10 +223,39 @@ class Worker:
         self.results[job.job_id] = result
         if result.stopped:
             return await self._stopped(msg, job, attempt, reason[0] if reason else "shutdown")
+        lost = await self._succeed(job, attempt)
+        if lost is not None:
+            # The job's message now belongs to whoever took over: ack only when the job has ended anyway,
+            # else leave it to its ack wait so a live worker (or a redelivery) decides.
+            if lost.ended:
+                await msg.ack()
+            return self._done(job.job_id, "conflict")
         await self._append(RunFinished(run_id=job.run_id, attempt=attempt), job)
-        await self._append(JobSucceeded(job_id=job.job_id, attempt=attempt), job)
         await msg.ack()
         return self._done(job.job_id, "succeeded")
+
+    async def _succeed(self, job: JobQueued, attempt: int) -> JobView | None:
+        """Append job.succeeded for `attempt`, guarded by the job's version; the job's view when it lost the job.
+
+        A worker presumed dead (its in_progress acks stopped long enough for a redelivery) may still finish:
+        by then its attempt was closed as WorkerLost, or the job was cancelled or ended by another attempt.
+        Its success is then not recorded, so a job never ends twice. Only this worker's own heartbeats can
+        move the version in between; a conflict re-reads the job and decides again.
+        """
+        for _ in range(5):
+            aggregate = await self.log.read_aggregate("job", job.job_id)
+            view = job_view(aggregate.events, aggregate.version)
+            if view.ended or view.open_attempt != attempt:
+                log.warning("job %s attempt %d finished after it lost the job (ended=%s, open attempt %s); "
+                            "its success is not recorded", job.job_id, attempt, view.ended, view.open_attempt)
+                return view
+            try:
+                await self._append(JobSucceeded(job_id=job.job_id, attempt=attempt), job,
+                                   expected_version=view.version)
+                return None
+            except ConcurrencyError:
+                continue
+        raise ConcurrencyError(f"job {job.job_id}: could not record the success of attempt {attempt} after 5 tries")
 
     async def _stopped(self, msg: Any, job: JobQueued, attempt: int, why: str) -> Outcome:
         """Record how a stopped attempt ended: cancelled, timed out, or abandoned by a stopping worker."""
