@@ -229,6 +229,28 @@ async def test_metric_summaries_are_folded_incrementally_with_nan_counted(
         2, 1, 0.5, 0.5, 0.5)
 
 
+async def test_epoch_metrics_keep_each_epochs_last_point_across_batches_and_out_of_order_points(
+    event_log: EventLog, database: Engine, sql_projector: SqlProjector
+) -> None:
+    nan = math.nan
+    await append(
+        event_log,
+        # In order (the fast path): epoch 0 ends at step 2, epoch 1 is still going.
+        MetricsLogged.from_points("r", [("loss", 3.0, 0, 0, 100), ("loss", 2.0, 1, 0, 101), ("loss", 1.5, 2, 0, 102),
+                                        ("loss", 1.0, 3, 1, 103), ("val_acc", 0.5, 2, 0, 102)]),
+        MetricsLogged.from_points("r", [("loss", 0.75, 4, 1, 104), ("val_acc", nan, 4, 1, 104)]),
+    )
+    await run_until(event_log, [sql_projector], max_batch=1)
+    # Out of order (the point-by-point path), one batch later: an older point never replaces a later one.
+    await append(event_log, MetricsLogged.from_points("r", [("loss", 9.0, 1, 0, 150), ("loss", 0.5, 5, 1, 105),
+                                                            ("loss", 0.25, 6, 2, 106), ("loss", 7.0, 3, 1, 99)]))
+    await run_until(event_log, [sql_projector])
+    with database.connect() as conn:
+        got = {(r.key, r.epoch): (r.value, r.step, r.timestamp) for r in conn.execute(sa.select(t.epoch_metrics))}
+    assert got == {("loss", 0): (1.5, 2, 102), ("loss", 1): (0.5, 5, 105), ("loss", 2): (0.25, 6, 106),
+                   ("val_acc", 0): (0.5, 2, 102), ("val_acc", 1): (None, 4, 104)}
+
+
 async def test_model_versions_aliases_and_alias_history(
     event_log: EventLog, database: Engine, sql_projector: SqlProjector
 ) -> None:

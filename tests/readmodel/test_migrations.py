@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from mlhub.readmodel import current_revision, downgrade, migrate, tables
+from mlhub.readmodel import current_revision, downgrade, migrate, migrations_dir, tables
+
+#: The newest revision: migrations form one line (a second head would be a merge mistake).
+_HEADS = ScriptDirectory.from_config(Config(str(migrations_dir() / "alembic.ini"))).get_heads()
+HEAD = _HEADS[0]
+
+
+def test_the_migrations_have_one_head() -> None:
+    assert len(_HEADS) == 1, f"several Alembic heads: {_HEADS}"
 
 
 def _tables(engine: Engine) -> set[str]:
@@ -17,7 +27,7 @@ def _tables(engine: Engine) -> set[str]:
 def test_upgrade_creates_exactly_the_declared_schema(database: Engine) -> None:
     assert current_revision(database) is None
     migrate(database)
-    assert current_revision(database) == "0001_read_model"
+    assert current_revision(database) == HEAD
     assert _tables(database) == set(tables.metadata.tables)
     with database.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), tables.metadata)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
 
 from mlhub.errors import MlhubError
 from mlhub.eventlog import EventLog, StoredMessage
@@ -87,9 +86,9 @@ class ProjectorRunner:
         if until_seq is not None and self.position >= until_seq:
             return self.position
         # An async generator (so aclose() runs its cleanup: the consumer is unsubscribed).
-        batches = cast(AsyncGenerator[list[StoredMessage], None], self.event_log.replay_batches(
+        batches = self.event_log.replay_batches(
             self.position + 1, until_seq=until_seq, follow=True, max_batch=self.max_batch
-        ))
+        )
         buffering = isinstance(self.projector, BufferingProjector)
         pending: asyncio.Future[list[StoredMessage]] | None = None
         try:

@@ -7,6 +7,7 @@ table. That keeps a batch of thousands of events to a handful of statements.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections import defaultdict
@@ -36,6 +37,7 @@ from mlhub.events import (
     JobSucceeded,
     MetricDefined,
     MetricMigrated,
+    MetricSeries,
     MetricsLogged,
     ModelAliasRemoved,
     ModelAliasSet,
@@ -82,6 +84,20 @@ def _upsert_statement(postgres: bool, table: sa.Table, replace: bool) -> sa.Exec
             index_elements=pk, set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name not in pk}
         )
     return stmt.on_conflict_do_nothing(index_elements=pk)
+
+
+@functools.cache
+def _later_point_upsert(postgres: bool) -> sa.Executable:
+    """Upsert of epoch_metrics rows that replaces a stored row only with a point at a later (step, timestamp)."""
+    table = t.epoch_metrics
+    stmt = (postgresql.insert if postgres else sqlite.insert)(table)
+    new = stmt.excluded
+    later = (new.step > table.c.step) | ((new.step == table.c.step) & (new.timestamp >= table.c.timestamp))
+    return stmt.on_conflict_do_update(
+        index_elements=["run_id", "key", "epoch"],
+        set_={c: new[c] for c in ("value", "step", "timestamp", "last_seq")},
+        where=later,
+    )
 
 
 @functools.cache
@@ -151,6 +167,10 @@ class ReadModelChanges:
         """Write every changed row: one upsert (and one delete) statement per table."""
         for table, rows in self.rows.items():
             pk = [c.name for c in table.primary_key.columns]
+            if table is t.epoch_metrics:  # never loaded: the database keeps whichever point is later
+                if rows:
+                    self.conn.execute(_later_point_upsert(self.conn.dialect.name == "postgresql"), list(rows.values()))
+                continue
             upsert(self.conn, table, [row for row in rows.values() if row is not _DELETED])
             gone = [dict(zip(pk, key, strict=True)) for key, row in rows.items() if row is _DELETED]
             if gone:
@@ -281,6 +301,7 @@ class ReadModelChanges:
 
     def _metrics_logged(self, seq: int, env: Envelope, e: MetricsLogged) -> None:
         rows = self.rows[t.metric_summaries]
+        epochs = self.rows[t.epoch_metrics]
         for series in e.series:
             row = rows.get((e.run_id, series.key))
             if row is None:
@@ -289,6 +310,7 @@ class ReadModelChanges:
                 rows[(e.run_id, series.key)] = row
             _fold_series(row, series.values, series.steps, series.timestamps)
             row["last_seq"] = seq
+            _fold_epochs(epochs, e.run_id, series, seq)
 
     def _artifact_stored(self, seq: int, env: Envelope, e: ArtifactStored) -> None:
         self._put(t.artifacts, (e.run_id, e.path), {
@@ -424,3 +446,29 @@ def _fold_series(row: Row, values: Sequence[float], steps: Sequence[int], timest
             last = (step, ts)
             row["last_value"] = None if math.isnan(value) else value
     row["last_step"], row["last_timestamp"] = last
+
+
+def _fold_epochs(rows: dict[Key, Row], run_id: str, series: MetricSeries, seq: int) -> None:
+    """Keep, per epoch of the series, its last point by (step, timestamp) in rows (keyed run, key, epoch).
+
+    Series almost always come with epochs, steps and timestamps in order; then the last point of an epoch is
+    found by bisection (C-speed checks, no loop over points). Anything else takes the point-by-point path.
+    """
+    epochs, steps, stamps, values = series.epochs, series.steps, series.timestamps, series.values
+    if _ordered(epochs) and _ordered(steps) and _ordered(stamps):
+        candidates: Iterable[int] = (bisect.bisect_right(epochs, epoch) - 1 for epoch in sorted(set(epochs)))
+    else:
+        candidates = range(len(values))
+    for i in candidates:
+        key = (run_id, series.key, epochs[i])
+        old = rows.get(key)
+        if old is None or (steps[i], stamps[i]) >= (old["step"], old["timestamp"]):
+            value = values[i]
+            rows[key] = {"run_id": run_id, "key": series.key, "epoch": epochs[i],
+                         "value": None if math.isnan(value) else value, "step": steps[i],
+                         "timestamp": stamps[i], "last_seq": seq}
+
+
+def _ordered(column: Sequence[int]) -> bool:
+    """Whether a column is non-decreasing (sorted() is linear on sorted input)."""
+    return len(column) < 2 or (column[0] <= column[-1] and list(column) == sorted(column))

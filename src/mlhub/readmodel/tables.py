@@ -127,6 +127,21 @@ metric_summaries = Table(
     Column("last_seq", BigInteger, nullable=False),
 )
 
+#: One row per run, key and epoch: the epoch's last point (by step, then timestamp), what an epoch-level chart
+#: or a "metrics per epoch" table shows. Every point stays in the metric tables (Parquet); this is the SQL view.
+epoch_metrics = Table(
+    "epoch_metrics",
+    metadata,
+    Column("run_id", Id, primary_key=True),
+    Column("key", String(250), primary_key=True),
+    Column("epoch", BigInteger, primary_key=True),
+    #: NULL when the value is NaN.
+    Column("value", Double),
+    Column("step", BigInteger, nullable=False),
+    Column("timestamp", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+)
+
 artifacts = Table(
     "artifacts",
     metadata,
