@@ -36,6 +36,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "audit": "mlhub.commands.audit:audit",
     "submit": "mlhub.commands.jobs:submit",
     "cancel": "mlhub.commands.jobs:cancel",
+    "reproduce": "mlhub.commands.jobs:reproduce",
     "worker": "mlhub.commands.worker:worker",
 }
 

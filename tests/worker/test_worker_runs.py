@@ -85,20 +85,6 @@ async def test_submitted_job_is_trained_and_recorded(event_log: EventLog, tmp_pa
     assert any(isinstance(e, JobHeartbeat) for e in job_events)
 
 
-async def test_same_config_and_seed_give_identical_metrics(event_log: EventLog, tmp_path: Path) -> None:
-    first, second = await submit_digits(event_log), await submit_digits(event_log)
-    async with RunningWorker(event_log, tmp_path):
-        await wait_for(event_log, [first.job_id, second.job_id])
-    a = final_metrics(await events_of(event_log, "run", first.run_id))
-    b = final_metrics(await events_of(event_log, "run", second.run_id))
-    assert set(a) >= {"test_acc", "test_loss", "val_loss", "train_loss"}
-    assert a == b  # exact float equality
-    other = await submit_digits(event_log, "seed=7")
-    async with RunningWorker(event_log, tmp_path):
-        await wait_for(event_log, [other.job_id])
-    assert final_metrics(await events_of(event_log, "run", other.run_id)) != a
-
-
 @pytest.mark.parametrize(("override", "error_type"), [
     ("plugin=no-such-plugin", "PluginNotFound"),
     ("model.dropout=1.5", "PluginConfigError"),

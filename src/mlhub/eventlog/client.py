@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -362,7 +362,7 @@ class EventLog:
         subject_filter: str = STREAM_SUBJECTS,
         until_seq: int | None = None,
         follow: bool = False,
-    ) -> AsyncIterator[Recorded]:
+    ) -> AsyncGenerator[Recorded, None]:
         """Events from from_seq on, in stream order, as (sequence, envelope), upcast to the current classes.
 
         Stops at until_seq, or at the last event stored when the replay began, unless follow is true (then
@@ -381,7 +381,7 @@ class EventLog:
         subject_filter: str = STREAM_SUBJECTS,
         until_seq: int | None = None,
         follow: bool = False,
-    ) -> AsyncIterator[StoredMessage]:
+    ) -> AsyncGenerator[StoredMessage, None]:
         """Like replay, but the stored bytes undecoded (for audits and tools that must see exact bytes)."""
         async for batch in self.replay_batches(
             from_seq, subject_filter=subject_filter, until_seq=until_seq, follow=follow
@@ -398,7 +398,7 @@ class EventLog:
         follow: bool = False,
         max_batch: int = 1000,
         max_batch_bytes: int = 4 * 1024 * 1024,
-    ) -> AsyncIterator[list[StoredMessage]]:
+    ) -> AsyncGenerator[list[StoredMessage], None]:
         """Stored messages in stream order, in batches of whatever has arrived (at most max_batch messages and,
         past the first message, about max_batch_bytes: a batch of 1,000 metric events would decode to ~100 MB).
 

@@ -16,7 +16,9 @@ from mlhub.scheduler.config import (
     parse_override,
     validate_config,
 )
-from mlhub.scheduler.errors import ConfigError, JobAlreadyEnded, JobNotFound
+from mlhub.scheduler.errors import ConfigError, JobAlreadyEnded, JobNotFound, NotReproducible, RunNotFound, WaitTimeout
+from mlhub.scheduler.follow import JobOutcome, wait_for_job
+from mlhub.scheduler.reproduce import Comparison, MetricMatch, RunRecord, compare, fold_run, read_run, reproduce
 from mlhub.scheduler.service import (
     ENDED_STATES,
     CancelResult,
@@ -27,9 +29,23 @@ from mlhub.scheduler.service import (
     job_status,
     resolve_snapshot,
     submit,
+    submit_snapshot,
 )
 
 __all__ = [
+    "Comparison",
+    "JobOutcome",
+    "MetricMatch",
+    "NotReproducible",
+    "RunNotFound",
+    "RunRecord",
+    "WaitTimeout",
+    "compare",
+    "fold_run",
+    "read_run",
+    "reproduce",
+    "submit_snapshot",
+    "wait_for_job",
     "ENDED_STATES",
     "CancelResult",
     "ConfigError",

@@ -36,3 +36,21 @@ class JobAlreadyEnded(MlhubError):
         super().__init__(message)
         #: The state the job ended in.
         self.state = state
+
+
+class RunNotFound(MlhubError):
+    """No run with that id was ever created."""
+
+    code = "RUN_NOT_FOUND"
+
+
+class NotReproducible(MlhubError):
+    """The run cannot be resubmitted as it was: no config snapshot, or a snapshot that no longer validates."""
+
+    code = "INVALID_STATE"
+
+
+class WaitTimeout(MlhubError):
+    """A job did not end within the time the caller was willing to wait (the job itself goes on)."""
+
+    code = "TIMEOUT"

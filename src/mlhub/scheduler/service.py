@@ -104,10 +104,51 @@ async def submit(
     from config is drawn (draw_seed) and written into the snapshot, so re-running the snapshot reproduces it.
     Events are appended in order, each guarded by its aggregate's version; job.queued comes last.
     """
-    job_id, run_id = uuid.uuid4().hex, uuid.uuid4().hex
     seed_source: Literal["config", "drawn"] = "config" if config.seed is not None else "drawn"
     seed = config.seed if config.seed is not None else draw_seed()
-    snapshot = resolve_snapshot(config, seed)
+    return await _queue(event_log, config, resolve_snapshot(config, seed), seed_source, overrides=overrides,
+                        producer=producer)
+
+
+async def submit_snapshot(
+    event_log: EventLog,
+    snapshot: dict[str, Any],
+    *,
+    overrides: Sequence[str] = (),
+    producer: str,
+    reproduces_run_id: str | None = None,
+) -> SubmitResult:
+    """Queue a job for a resolved snapshot exactly as recorded (a reproduction): same seed, same sha256.
+
+    The snapshot must still validate as an ExperimentConfig with a seed (NotReproducible otherwise, naming the
+    fields); it is queued as it is, never re-resolved, so defaults added to the schema since cannot change it.
+    """
+    from mlhub.scheduler.config import validate_config
+    from mlhub.scheduler.errors import ConfigError, NotReproducible
+
+    try:
+        config = validate_config(snapshot, "recorded config snapshot")
+    except ConfigError as e:
+        raise NotReproducible(f"the recorded config snapshot no longer validates: {e}") from None
+    if config.seed is None:
+        raise NotReproducible("the recorded config snapshot has no seed")
+    return await _queue(event_log, config, dict(snapshot), "config", overrides=overrides, producer=producer,
+                        reproduces_run_id=reproduces_run_id)
+
+
+async def _queue(
+    event_log: EventLog,
+    config: ExperimentConfig,
+    snapshot: dict[str, Any],
+    seed_source: Literal["config", "drawn"],
+    *,
+    overrides: Sequence[str],
+    producer: str,
+    reproduces_run_id: str | None = None,
+) -> SubmitResult:
+    """Append the experiment (once), the run's provenance and last job.queued for a resolved snapshot."""
+    job_id, run_id = uuid.uuid4().hex, uuid.uuid4().hex
+    seed = int(snapshot["seed"])
     config_sha256 = sha256_of(snapshot)
     experiment_id = experiment_id_for(config.experiment)
 
@@ -121,7 +162,7 @@ async def submit(
 
     run_events: list[DomainEvent] = [
         RunCreated(run_id=run_id, experiment_id=experiment_id, name=f"{config.plugin}-{run_id[:8]}",
-                   job_id=job_id, source="job"),
+                   job_id=job_id, source="job", reproduces_run_id=reproduces_run_id),
         ConfigSnapshotted(run_id=run_id, config=snapshot, sha256=config_sha256, overrides=tuple(overrides)),
         SeedRecorded(run_id=run_id, seed=seed, source=seed_source),
     ]
