@@ -41,6 +41,8 @@ READMODEL_TABLES: dict[str, pa.Schema] = {
     "params": pa.schema([("run_id", _S), ("key", _S), ("value", _S)]),
     "tags": pa.schema([("run_id", _S), ("key", _S), ("value", _S)]),
     "metric_definitions": pa.schema([("name", _S), ("direction", _S), ("unit", _S), ("description", _S)]),
+    "epoch_metrics": pa.schema([("run_id", _S), ("key", _S), ("epoch", pa.int64()), ("value", pa.float64()),
+                                ("step", pa.int64()), ("timestamp", pa.int64())]),
 }
 
 

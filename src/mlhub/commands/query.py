@@ -17,7 +17,7 @@ from mlhub.commands.common import fail, load_settings
 from mlhub.errors import MlhubError
 
 #: Read-model tables handed to the query engine (the views runs, params, ... select from them).
-READMODEL_TABLE_NAMES = ("experiments", "runs", "params", "tags", "metric_definitions")
+READMODEL_TABLE_NAMES = ("experiments", "runs", "params", "tags", "metric_definitions", "epoch_metrics")
 
 
 @click.command()
@@ -26,7 +26,7 @@ READMODEL_TABLE_NAMES = ("experiments", "runs", "params", "tags", "metric_defini
               help="Output format: an aligned text table, CSV with a header, or a JSON array of objects.")
 def query(sql: str, fmt: str) -> None:
     """Run one read-only SELECT over the views metrics, runs, params, tags, experiments, metric_definitions,
-    metric_summary and leaderboard (and the table macro run_metrics(run_id, key)).
+    metric_summary, epoch_metrics and leaderboard (and the table macro run_metrics(run_id, key)).
 
     Example: mlhub query "SELECT r.name, p.value AS lr, s.max_value FROM runs r JOIN params p USING (run_id)
     JOIN metric_summary s USING (run_id) WHERE p.key = 'lr' AND s.key = 'val/acc'"
