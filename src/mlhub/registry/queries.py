@@ -183,7 +183,7 @@ def _aliases_of(conn: sa.Connection, names: list[str] | None = None) -> dict[str
 def list_models(conn: sa.Connection) -> list[ModelSummary]:
     """Every registered model, by name."""
     counts: dict[str, int] = dict(conn.execute(sa.select(t.model_versions.c.model_name, sa.func.count())
-                               .group_by(t.model_versions.c.model_name)).tuples().all())
+                               .group_by(t.model_versions.c.model_name)).all())
     aliases = _aliases_of(conn)
     return [
         ModelSummary(r.model_name, r.latest_version, int(counts.get(r.model_name, 0)), aliases.get(r.model_name, {}),
@@ -273,7 +273,7 @@ def lineage(conn: sa.Connection, model_name: str, *, alias: str | None = None,
                                                           t.artifacts.c.path == mv.artifact_path)).scalar()
     metrics = {k: val for k, val in conn.execute(
         sa.select(t.metric_summaries.c.key, t.metric_summaries.c.last_value)
-        .where(t.metric_summaries.c.run_id == mv.run_id).order_by(t.metric_summaries.c.key)).tuples()}
+        .where(t.metric_summaries.c.run_id == mv.run_id).order_by(t.metric_summaries.c.key))}
     missing: list[str] = []
     if run is None:
         missing = ["run", "config", "seed", "dataset", "code", "environment"]
