@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.registry.helpers import CONFIG, add_run
 
 from mlhub.eventlog import EventLog
 from mlhub.registry import GateFailed, GatesConfigError, load_gates, parse_gates, promote, register
-from tests.registry.helpers import CONFIG, add_run
 
 ROOT = Path(__file__).resolve().parents[2]
 GATES = parse_gates({

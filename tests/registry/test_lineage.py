@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
+from tests.registry.helpers import COMMIT, CONFIG, add_run, append, project, sha
+from tests.worker.helpers import RunningWorker, submit_digits, wait_for
 
 from mlhub.eventlog import EventLog
-from mlhub.events import RunCreated, RunFinished, sha256_of
+from mlhub.events import ArtifactStored, RunCreated, RunFinished, sha256_of
 from mlhub.readmodel import create_engine, migrate
 from mlhub.registry import AliasNotFound, ModelNotFound, ModelVersionNotFound, promote, read_run, register
 from mlhub.registry.queries import lineage, to_json
-from tests.registry.helpers import CONFIG, COMMIT, add_run, append, project, sha
-from tests.worker.helpers import RunningWorker, submit_digits, wait_for
 
 
 async def test_lineage_of_production_is_the_whole_chain(event_log: EventLog, database: Engine) -> None:
@@ -48,8 +48,6 @@ async def test_lineage_of_production_is_the_whole_chain(event_log: EventLog, dat
 async def test_links_a_run_never_recorded_are_named_missing(event_log: EventLog, database: Engine) -> None:
     run_id = "sdk-run-1"
     await append(event_log, RunCreated(run_id=run_id, experiment_id="e", name="script", source="sdk"))
-    from mlhub.events import ArtifactStored
-
     await append(event_log, ArtifactStored(run_id=run_id, path="model.pt", sha256=sha("x"), size_bytes=1,
                                            uri="file:///x"), RunFinished(run_id=run_id))
     await register(event_log, "script-model", run_id, "model.pt")

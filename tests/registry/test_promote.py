@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.engine import Engine
+from tests.registry.helpers import add_run, project
 
 from mlhub.eventlog import AppendResult, EventLog
 from mlhub.events import Envelope, ModelAliasSet
@@ -19,7 +20,6 @@ from mlhub.registry import (
     register,
 )
 from mlhub.registry.queries import alias_history, model_details
-from tests.registry.helpers import add_run, project
 
 
 async def registered(log: EventLog, count: int, model: str = "digits") -> list[str]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.registry.helpers import add_run, sha
 
 from mlhub.errors import InvalidInput
 from mlhub.eventlog import EventLog
 from mlhub.events import ModelVersionRegistered
 from mlhub.registry import RunNotRegistrable, model_state, register
-from tests.registry.helpers import add_run, sha
 
 
 async def test_versions_count_up_and_record_the_artifact_hash(event_log: EventLog) -> None:
