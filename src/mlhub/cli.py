@@ -38,6 +38,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "cancel": "mlhub.commands.jobs:cancel",
     "reproduce": "mlhub.commands.jobs:reproduce",
     "worker": "mlhub.commands.worker:worker",
+    "models": "mlhub.commands.models:models",
 }
 
 

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     seal_interval_s: Annotated[float, Field(ge=0)] = 60.0
     #: Seconds between compactions of the metric tables' small files by `mlhub projector` (0: never).
     compact_interval_s: Annotated[float, Field(ge=0)] = 60.0
+    #: The model registry's promotion gates file (YAML); unset: configs/registry.yaml when it exists.
+    registry_gates: Path | None = None
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 

@@ -1,0 +1,95 @@
+"""What the registry needs to know about a run, read from the run's own events (not the read model).
+
+Reading the log makes register and the promotion gates correct without a projector, and exactly as current
+as the log itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mlhub.eventlog import EventLog
+from mlhub.events import (
+    SUBJECT_PREFIX,
+    ArtifactStored,
+    ConfigSnapshotted,
+    MetricsLogged,
+    RunCancelled,
+    RunCreated,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+)
+
+RunStatus = Literal["queued", "running", "finished", "failed", "cancelled"]
+
+
+@dataclass
+class RunFacts:
+    """A run as its events tell it: status, config hash, final metric values and stored artifacts."""
+
+    run_id: str
+    exists: bool = False
+    status: RunStatus = "queued"
+    config_sha256: str | None = None
+    #: The final value of each metric key: the point with the highest (step, timestamp), a later event winning
+    #: a tie (the rule of the read model's metric_summaries.last_value). NaN stays NaN.
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    #: Logical artifact path -> the artifact.stored event (a later one of the same path replaces it).
+    artifacts: dict[str, ArtifactStored] = field(default_factory=dict)
+
+
+async def read_run(event_log: EventLog, run_id: str) -> RunFacts:
+    """The facts of one run from the event log (exists=False when no event of it was stored)."""
+    recorded = await event_log.read_aggregate("run", run_id)
+    facts = RunFacts(run_id=run_id)
+    last: dict[str, tuple[int, int]] = {}
+    for r in recorded.events:
+        e = r.envelope.event
+        if isinstance(e, RunCreated):
+            facts.exists = True
+        elif isinstance(e, RunStarted):
+            facts.status = "running"
+        elif isinstance(e, RunFinished):
+            facts.status = "finished"
+        elif isinstance(e, RunFailed):
+            facts.status = "failed"
+        elif isinstance(e, RunCancelled):
+            facts.status = "cancelled"
+        elif isinstance(e, ConfigSnapshotted):
+            facts.config_sha256 = e.sha256
+        elif isinstance(e, MetricsLogged):
+            for s in e.series:
+                at = last.get(s.key, (-1, -1))
+                for value, step, ts in zip(s.values, s.steps, s.timestamps, strict=True):
+                    if (step, ts) >= at:
+                        at = (step, ts)
+                        facts.final_metrics[s.key] = value
+                last[s.key] = at
+        elif isinstance(e, ArtifactStored):
+            facts.artifacts[e.path] = e
+    return facts
+
+
+async def runs_with_config(event_log: EventLog, config_sha256: str) -> list[str]:
+    """Ids of every run whose config snapshot has this sha256, in the order they were snapshotted.
+
+    Scans the `run.config_snapshotted` subjects only (one small event per run).
+    """
+    found: list[str] = []
+    async for r in event_log.replay(subject_filter=f"{SUBJECT_PREFIX}.run.*.config_snapshotted"):
+        e = r.envelope.event
+        if isinstance(e, ConfigSnapshotted) and e.sha256 == config_sha256 and e.run_id not in found:
+            found.append(e.run_id)
+    return found
+
+
+def same_value(a: float, b: float, tolerance: float) -> bool:
+    """Whether two final metric values agree within an absolute tolerance (NaN agrees with nothing)."""
+    if math.isnan(a) or math.isnan(b):
+        return False
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= tolerance

@@ -1,0 +1,209 @@
+"""Registering model versions and promoting aliases, as events on the model aggregate.
+
+Both commands read the model aggregate (`mlhub.ev.model.<name>.>`) and append guarded by its version, so two
+writers never both act on the same state: concurrent registrations get distinct version numbers (the loser
+reads again and takes the next one), and of concurrent promotions that expect the same current version of an
+alias exactly one wins (the others get PromotionConflict). Every check reads the event log, not the read
+model, so it holds without a projector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from dataclasses import dataclass, field
+
+from mlhub.errors import ConcurrencyError, InvalidInput
+from mlhub.eventlog import EventLog
+from mlhub.events import Envelope, ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
+from mlhub.registry.errors import (
+    GateFailed,
+    ModelNotFound,
+    ModelVersionNotFound,
+    PromotionConflict,
+    RunNotRegistrable,
+)
+from mlhub.registry.gates import GateResult, GatesConfig, evaluate
+from mlhub.registry.runs import read_run
+
+_ENTITY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: How often a registration re-reads the model and tries the next version number after losing a race.
+REGISTER_ATTEMPTS = 100
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """The model aggregate folded: its versions, where each alias points, and its version in the log."""
+
+    model_name: str
+    versions: dict[int, ModelVersionRegistered] = field(default_factory=dict)
+    aliases: dict[str, int] = field(default_factory=dict)
+    #: The stream sequence of the aggregate's last event (0: no event), what appends are guarded by.
+    aggregate_version: int = 0
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """A registered version: its number, where it came from, and the stream sequence of its event."""
+
+    model_name: str
+    version: int
+    run_id: str
+    artifact_path: str
+    artifact_sha256: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class PromoteResult:
+    """A promotion: the alias now points to version (it pointed to previous_version).
+
+    seq is None (and changed False) when the alias already pointed to that version: nothing was appended.
+    """
+
+    model_name: str
+    alias: str
+    version: int
+    previous_version: int | None
+    seq: int | None
+    changed: bool
+    gates: tuple[GateResult, ...] = ()
+
+
+def _check_id(what: str, value: str) -> None:
+    if not _ENTITY_ID.fullmatch(value):
+        raise InvalidInput(f"{what} {value!r} is not a valid name (letters, digits, '_' and '-', 1 to 128)")
+
+
+async def model_state(event_log: EventLog, model_name: str) -> ModelState:
+    """The model's versions and aliases as its events tell them (empty for a model never registered)."""
+    _check_id("model name", model_name)
+    recorded = await event_log.read_aggregate("model", model_name)
+    versions: dict[int, ModelVersionRegistered] = {}
+    aliases: dict[str, int] = {}
+    for r in recorded.events:
+        e = r.envelope.event
+        if isinstance(e, ModelVersionRegistered):
+            versions[e.version] = e
+        elif isinstance(e, ModelAliasSet):
+            aliases[e.alias] = e.version
+        elif isinstance(e, ModelAliasRemoved):
+            aliases.pop(e.alias, None)
+    return ModelState(model_name, versions, aliases, recorded.version)
+
+
+async def register(
+    event_log: EventLog,
+    model_name: str,
+    run_id: str,
+    artifact_path: str,
+    *,
+    description: str = "",
+    registered_by: str | None = None,
+    producer: str = "mlhub",
+) -> RegisterResult:
+    """Register the next version of a model from an artifact of a finished run.
+
+    The run must exist, have finished, and have stored artifact_path (its sha256 is recorded with the version);
+    RunNotRegistrable names which of these fails. The version number is the model's count of versions + 1,
+    appended guarded by the model's version: a registration that loses a race reads again and takes the next.
+    """
+    _check_id("model name", model_name)
+    _check_id("run id", run_id)
+    if len(description) > 5000:
+        raise InvalidInput(f"description is {len(description)} characters long; 5000 at most")
+    run = await read_run(event_log, run_id)
+    if not run.exists:
+        raise RunNotRegistrable(f"no run {run_id} exists: a model version comes from a run's artifact")
+    if run.status != "finished":
+        raise RunNotRegistrable(f"run {run_id} is {run.status}, not finished: only a finished run's artifact "
+                                f"can become a model version")
+    artifact = run.artifacts.get(artifact_path)
+    if artifact is None:
+        stored = ", ".join(sorted(run.artifacts)) or "none"
+        raise RunNotRegistrable(f"run {run_id} has no artifact {artifact_path!r} (it stored: {stored})")
+    for attempt in range(REGISTER_ATTEMPTS):
+        state = await model_state(event_log, model_name)
+        version = len(state.versions) + 1
+        event = ModelVersionRegistered(
+            model_name=model_name, version=version, run_id=run_id, artifact_path=artifact_path,
+            artifact_sha256=artifact.sha256, description=description, registered_by=registered_by,
+        )
+        try:
+            result = await event_log.append(Envelope(event=event, producer=producer, correlation_id=run_id),
+                                            expected_version=state.aggregate_version)
+        except ConcurrencyError:
+            await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # spread the retries of many racers
+            continue
+        return RegisterResult(model_name, version, run_id, artifact_path, artifact.sha256, result.seq)
+    raise ConcurrencyError(f"model {model_name}: no version number could be taken in {REGISTER_ATTEMPTS} tries; "
+                           f"too many concurrent registrations, try again")
+
+
+async def promote(
+    event_log: EventLog,
+    model_name: str,
+    alias: str,
+    version: int,
+    expected_current: int | None,
+    *,
+    actor: str,
+    reason: str = "",
+    gates: GatesConfig | None = None,
+    producer: str = "mlhub",
+) -> PromoteResult:
+    """Point alias at version, if the alias now points to expected_current (None: the alias is not set).
+
+    PromotionConflict when it does not (naming both); GateFailed when a gate of the alias is not met (naming
+    each failing condition and the actual value). The append is guarded by the model's version: if any other
+    event of the model came first, the model is read again, and the promotion goes on only if the alias still
+    points to expected_current. Nothing is appended on any error.
+    """
+    _check_id("model name", model_name)
+    _check_id("alias", alias)
+    if version < 1:
+        raise InvalidInput(f"version must be >= 1, got {version}")
+    if not actor or len(actor) > 200:
+        raise InvalidInput("actor must be 1 to 200 characters (who promotes is recorded)")
+    if len(reason) > 2000:
+        raise InvalidInput(f"reason is {len(reason)} characters long; 2000 at most")
+    state = await model_state(event_log, model_name)
+    if not state.versions:
+        raise ModelNotFound(f"no model {model_name} is registered")
+    registered = state.versions.get(version)
+    if registered is None:
+        raise ModelVersionNotFound(f"model {model_name} has no version {version} (latest: {max(state.versions)})")
+    current = state.aliases.get(alias)
+    if current != expected_current:
+        raise PromotionConflict(model_name, alias, expected=expected_current, actual=current)
+    if current == version:
+        return PromoteResult(model_name, alias, version, current, seq=None, changed=False)
+    checked: tuple[GateResult, ...] = ()
+    conditions = gates.conditions(model_name, alias) if gates is not None else []
+    if conditions:
+        checked = tuple(await evaluate(event_log, conditions, await read_run(event_log, registered.run_id)))
+        failed = [f"{g.condition} failed: {g.detail}" for g in checked if not g.passed]
+        if failed:
+            raise GateFailed(model_name, alias, version, failed)
+    event = ModelAliasSet(model_name=model_name, alias=alias, version=version, previous_version=current,
+                          actor=actor, reason=reason)
+    while True:
+        try:
+            result = await event_log.append(Envelope(event=event, producer=producer),
+                                            expected_version=state.aggregate_version)
+        except ConcurrencyError:
+            state = await model_state(event_log, model_name)
+            now = state.aliases.get(alias)
+            if now != expected_current:
+                raise PromotionConflict(model_name, alias, expected=expected_current, actual=now) from None
+            continue  # another event of the model (a registration, another alias) came first: try again
+        return PromoteResult(model_name, alias, version, current, seq=result.seq, changed=True, gates=checked)
+
+
+async def current_alias(event_log: EventLog, model_name: str, alias: str) -> int | None:
+    """The version an alias points to now, from the event log (None: not set). ModelNotFound for no model."""
+    state = await model_state(event_log, model_name)
+    if not state.versions:
+        raise ModelNotFound(f"no model {model_name} is registered")
+    return state.aliases.get(alias)
