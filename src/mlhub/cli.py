@@ -37,6 +37,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "submit": "mlhub.commands.jobs:submit",
     "cancel": "mlhub.commands.jobs:cancel",
     "worker": "mlhub.commands.worker:worker",
+    "metrics": "mlhub.commands.metrics:metrics",
 }
 
 

@@ -17,7 +17,7 @@ def _tables(engine: Engine) -> set[str]:
 def test_upgrade_creates_exactly_the_declared_schema(database: Engine) -> None:
     assert current_revision(database) is None
     migrate(database)
-    assert current_revision(database) == "0001_read_model"
+    assert current_revision(database) == "0002_metric_summaries_declared"
     assert _tables(database) == set(tables.metadata.tables)
     with database.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), tables.metadata)
