@@ -12,7 +12,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mlhub"
 PACKAGES = {"events", "eventlog", "projections", "readmodel", "analytics", "scheduler", "worker", "plugins",
-            "artifacts", "registry", "api", "client"}
+            "artifacts", "registry", "api", "client", "metricdefs"}
 #: Leaf modules every package may use (they import nothing of mlhub): errors, and settings (not in events).
 LEAVES = {"errors", "settings", "__init__"}
 #: Entry points that wire everything together and may import anything.
@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "registry": {"events", "eventlog", "readmodel"},
     "api": PACKAGES - {"worker", "api"},
     "client": {"events"},
+    "metricdefs": {"events", "eventlog", "readmodel"},
 }
 HEAVY = {"torch", "lightning", "pytorch_lightning", "torchvision", "onnxruntime"}
 LAZY_HEAVY_OK = {"worker", "plugins"}
@@ -108,6 +109,7 @@ def test_no_import_crosses_a_boundary() -> None:
         ("errors", "from mlhub.events import Envelope", "leaf module errors imports"),
         ("scheduler", "def f():\n    import torch\n", "only worker and plugins may import torch"),
         ("worker", "import lightning\n", "at module level"),
+        ("metricdefs", "from mlhub.projections import SqlProjector", "metricdefs may not import"),
     ],
 )
 def test_the_checker_catches_each_kind_of_crossing(owner: str, source: str, expected: str) -> None:

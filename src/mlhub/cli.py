@@ -39,6 +39,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "reproduce": "mlhub.commands.jobs:reproduce",
     "worker": "mlhub.commands.worker:worker",
     "models": "mlhub.commands.models:models",
+    "metrics": "mlhub.commands.metrics:metrics",
 }
 
 

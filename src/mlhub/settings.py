@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     compact_interval_s: Annotated[float, Field(ge=0)] = 60.0
     #: The model registry's promotion gates file (YAML); unset: configs/registry.yaml when it exists.
     registry_gates: Path | None = None
+    #: A logged metric key that configs/metrics.yaml does not declare: "keep" stores it and flags it
+    #: (metric_summaries.declared, the undeclared_metrics view); "reject" makes the worker fail the run with
+    #: UNDECLARED_METRIC before the point is sent (the declared names are read from the event log per attempt).
+    undeclared_metrics: Literal["keep", "reject"] = "keep"
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 

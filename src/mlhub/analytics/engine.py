@@ -40,7 +40,8 @@ READMODEL_TABLES: dict[str, pa.Schema] = {
     "runs": pa.schema([("run_id", _S), ("experiment_id", _S), ("name", _S), ("status", _S)]),
     "params": pa.schema([("run_id", _S), ("key", _S), ("value", _S)]),
     "tags": pa.schema([("run_id", _S), ("key", _S), ("value", _S)]),
-    "metric_definitions": pa.schema([("name", _S), ("direction", _S), ("unit", _S), ("description", _S)]),
+    "metric_definitions": pa.schema([("name", _S), ("direction", _S), ("unit", _S), ("description", _S),
+                                     ("min_value", pa.float64()), ("max_value", pa.float64())]),
     "epoch_metrics": pa.schema([("run_id", _S), ("key", _S), ("epoch", pa.int64()), ("value", pa.float64()),
                                 ("step", pa.int64()), ("timestamp", pa.int64())]),
 }
@@ -108,7 +109,7 @@ class QueryEngine:
             _create_files_view(con, "mlhub.points", self.snapshot.points_files, POINTS_SCHEMA, hive=True)
             _create_files_view(con, "mlhub.run_experiments", self.snapshot.runs_files, RUNS_SCHEMA, hive=False)
             for name, schema in READMODEL_TABLES.items():
-                _load_table(con, name, self.tables.get(name, schema.empty_table()))
+                _load_table(con, name, _with_columns(self.tables.get(name, schema.empty_table()), schema))
             for name, table in self.tables.items():
                 if name not in READMODEL_TABLES:
                     _load_table(con, name, table)
@@ -178,6 +179,14 @@ class QueryEngine:
             raise QueryRefused(f"the query tried to reach outside mlhub's views: {_first_line(e)}") from e
         except duckdb.Error as e:
             raise QueryFailed(_first_line(e)) from e
+
+
+def _with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with every column of schema it lacks added as NULLs (the views may rely on them)."""
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table
 
 
 def _sql_str(value: str) -> str:

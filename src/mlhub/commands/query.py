@@ -26,7 +26,8 @@ READMODEL_TABLE_NAMES = ("experiments", "runs", "params", "tags", "metric_defini
               help="Output format: an aligned text table, CSV with a header, or a JSON array of objects.")
 def query(sql: str, fmt: str) -> None:
     """Run one read-only SELECT over the views metrics, runs, params, tags, experiments, metric_definitions,
-    metric_summary, epoch_metrics and leaderboard (and the table macro run_metrics(run_id, key)).
+    metric_summary, epoch_metrics, leaderboard, undeclared_metrics and metric_range_violations (and the table
+    macro run_metrics(run_id, key)).
 
     Example: mlhub query "SELECT r.name, p.value AS lr, s.max_value FROM runs r JOIN params p USING (run_id)
     JOIN metric_summary s USING (run_id) WHERE p.key = 'lr' AND s.key = 'val/acc'"

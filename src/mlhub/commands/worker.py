@@ -40,7 +40,7 @@ def worker(pool: str, concurrency: int, ack_wait_s: float, max_deliver: int, fin
 
     settings = load_settings()
     config = WorkerConfig(pool=pool, ack_wait_s=ack_wait_s, max_deliver=max_deliver,  # type: ignore[arg-type]
-                          producer=settings.producer)
+                          producer=settings.producer, undeclared_metrics=settings.undeclared_metrics)
 
     async def main(url: str) -> None:
         stop = asyncio.Event()

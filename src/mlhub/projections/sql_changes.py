@@ -118,6 +118,10 @@ class ReadModelChanges:
         self.conn = conn
         #: table -> primary key -> full row (or _DELETED); only rows in here are written by flush().
         self.rows: dict[sa.Table, dict[Key, Row]] = defaultdict(dict)
+        #: Metric keys of these events that metric_definitions declares (loaded, then added to by definitions).
+        self.declared: set[str] = set()
+        #: Metrics defined by these events: summaries of them not in `rows` are marked declared by flush().
+        self.newly_declared: set[str] = set()
         self._handlers: dict[type[Any], Callable[[int, Envelope, Any], None]] = {
             ExperimentCreated: self._experiment_created,
             RunCreated: self._run_created,
@@ -176,12 +180,19 @@ class ReadModelChanges:
             if gone:
                 where = sa.and_(*(table.c[name] == sa.bindparam(f"k_{name}") for name in pk))
                 self.conn.execute(table.delete().where(where), [{f"k_{k}": v for k, v in g.items()} for g in gone])
+        if self.newly_declared:  # summaries logged before their metric was defined (and not in this batch)
+            s = t.metric_summaries
+            self.conn.execute(s.update().where(s.c.key.in_(sorted(self.newly_declared)), s.c.declared == sa.false())
+                              .values(declared=True))
 
     def _load(self, events: Sequence[tuple[int, Envelope]]) -> None:
         wanted: dict[sa.Table, set[Any]] = defaultdict(set)
+        metric_keys: set[str] = set()
         for _, envelope in events:
             event = envelope.event
             kind = type(event)
+            if isinstance(event, MetricsLogged):
+                metric_keys.update(series.key for series in event.series)
             if envelope.aggregate_type == "run" and kind not in (TagsSet, ArtifactStored):
                 wanted[_RUN_CHILD_TABLES.get(kind, t.runs)].add(envelope.aggregate_id)
             elif isinstance(event, JobQueued):
@@ -196,6 +207,12 @@ class ReadModelChanges:
                 wanted[t.metric_definitions].add(envelope.aggregate_id)
         for table, ids in wanted.items():
             self._load_rows(table, table.primary_key.columns.values()[0], ids)
+        if metric_keys:
+            names = t.metric_definitions.c.name
+            keys = sorted(metric_keys)
+            for start in range(0, len(keys), _IN_CHUNK):
+                query = sa.select(names).where(names.in_(keys[start : start + _IN_CHUNK]))
+                self.declared.update(self.conn.execute(query).scalars())
 
     def _load_rows(self, table: sa.Table, column: sa.Column[Any], ids: Iterable[Any]) -> None:
         pk = [c.name for c in table.primary_key.columns]
@@ -309,6 +326,7 @@ class ReadModelChanges:
                        "last_timestamp": -1, "min_value": None, "max_value": None, "count": 0, "nan_count": 0}
                 rows[(e.run_id, series.key)] = row
             _fold_series(row, series.values, series.steps, series.timestamps)
+            row["declared"] = series.key in self.declared
             row["last_seq"] = seq
             _fold_epochs(epochs, e.run_id, series, seq)
 
@@ -422,6 +440,12 @@ class ReadModelChanges:
         if isinstance(e, MetricMigrated):
             row["last_migration_id"] = e.migration_id
         self._put(t.metric_definitions, (e.name,), row)
+        if e.name not in self.declared:
+            self.declared.add(e.name)
+            self.newly_declared.add(e.name)
+            for summary in self.rows[t.metric_summaries].values():
+                if summary.get("key") == e.name:
+                    summary["declared"] = True
 
     def _audit_sealed(self, seq: int, env: Envelope, e: AuditSealed) -> None:
         self._put(t.audit_seals, (seq,), {

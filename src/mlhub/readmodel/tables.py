@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 from sqlalchemy.dialects import postgresql
 
@@ -124,6 +125,8 @@ metric_summaries = Table(
     Column("max_value", Double),
     Column("count", BigInteger, nullable=False),
     Column("nan_count", BigInteger, nullable=False),
+    #: Whether metric_definitions declares this key (configs/metrics.yaml); an undeclared key is kept and flagged.
+    Column("declared", Boolean, nullable=False, server_default=false()),
     Column("last_seq", BigInteger, nullable=False),
 )
 

@@ -13,15 +13,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
-from mlhub.events import Envelope, MetricPoint, MetricsLogged
+from mlhub.errors import InvalidInput
+from mlhub.eventlog import EventLog
+from mlhub.events import SUBJECT_PREFIX, Envelope, MetricDefined, MetricPoint, MetricsLogged
 
 log = logging.getLogger(__name__)
 
 #: Points per MetricsLogged event (each event stays far below the stream's message size limit).
 MAX_POINTS_PER_EVENT = 1000
 Send = Callable[[Sequence[Envelope]], None]
+
+
+class UndeclaredMetric(InvalidInput):
+    """A run logged a metric key that no definition declares while MLHUB_UNDECLARED_METRICS=reject."""
+
+    code = "UNDECLARED_METRIC"
+
+
+async def declared_metric_names(event_log: EventLog) -> frozenset[str]:
+    """The names of every metric the event log defines (metric.defined events)."""
+    names = set()
+    async for recorded in event_log.replay(subject_filter=f"{SUBJECT_PREFIX}.metric.*.defined"):
+        if isinstance(recorded.envelope.event, MetricDefined):
+            names.add(recorded.envelope.event.name)
+    return frozenset(names)
 
 
 class MetricSender:
@@ -37,8 +54,11 @@ class MetricSender:
         interval_s: float = 0.5,
         max_points: int = MAX_POINTS_PER_EVENT,
         retry_backoff_s: float = 0.5,
+        declared: Collection[str] | None = None,
     ) -> None:
         self.run_id = run_id
+        #: When given, add() refuses points of any other key (MLHUB_UNDECLARED_METRICS=reject).
+        self.declared = frozenset(declared) if declared is not None else None
         self.producer = producer
         self.correlation_id = correlation_id
         self.interval_s = interval_s
@@ -65,9 +85,17 @@ class MetricSender:
             return self._added - self._acked
 
     def add(self, points: Sequence[MetricPoint]) -> None:
-        """Queue points for sending; returns at once."""
+        """Queue points for sending; returns at once. UndeclaredMetric (nothing queued) for a key not declared."""
         if not points:
             return
+        if self.declared is not None:
+            undeclared = sorted({p.key for p in points} - self.declared)
+            if undeclared:
+                raise UndeclaredMetric(
+                    f"run {self.run_id} logged metric key(s) {', '.join(map(repr, undeclared))} that "
+                    f"configs/metrics.yaml does not declare, and MLHUB_UNDECLARED_METRICS=reject: declare them and "
+                    f"run `mlhub metrics apply`, or set MLHUB_UNDECLARED_METRICS=keep to store and flag them"
+                )
         with self._cond:
             if self._closing:
                 raise RuntimeError("the metric sender is closed")

@@ -52,6 +52,7 @@ from mlhub.events import (
     RunStarted,
     decode,
 )
+from mlhub.worker.metrics import declared_metric_names
 from mlhub.worker.state import JobView, job_view
 from mlhub.worker.training import TrainingContext, TrainingResult, train_job
 
@@ -91,6 +92,8 @@ class WorkerConfig:
     producer: str = "mlhub-worker"
     code_dir: Path | None = None
     metric_interval_s: float = 0.5
+    #: "reject": a run that logs a key no metric.defined event declares fails with UNDECLARED_METRIC.
+    undeclared_metrics: Literal["keep", "reject"] = "keep"
 
 
 class Worker:
@@ -191,6 +194,8 @@ class Worker:
         ctx = TrainingContext(job=job, attempt=attempt, pool=self.config.pool, producer=self.config.producer,
                               publish=publish, send_metrics=send_metrics, store=self.store,
                               code_dir=self.config.code_dir, metric_interval_s=self.config.metric_interval_s)
+        if self.config.undeclared_metrics == "reject":
+            ctx.declared_metrics = await declared_metric_names(self.log)
         reason: list[str] = []
 
         def request_stop(why: str) -> None:

@@ -51,6 +51,8 @@ class TrainingContext:
     stop: threading.Event = field(default_factory=threading.Event)
     code_dir: Path | None = None
     metric_interval_s: float = 0.5
+    #: Metric names the run may log (MLHUB_UNDECLARED_METRICS=reject); None: any key (undeclared ones are flagged).
+    declared_metrics: frozenset[str] | None = None
 
 
 @dataclass
@@ -108,7 +110,7 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
     module = plugin.build_module(config)
 
     sender = MetricSender(run_id, ctx.send_metrics, producer=ctx.producer, correlation_id=ctx.job.job_id,
-                          interval_s=ctx.metric_interval_s)
+                          interval_s=ctx.metric_interval_s, declared=ctx.declared_metrics)
     logger = mlhub_logger_class()(sender)
     result = TrainingResult(stopped=False)
     try:

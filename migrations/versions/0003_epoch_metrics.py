@@ -1,7 +1,7 @@
 """Per-epoch metric values in the SQL read model (epoch_metrics): the last point of each key in each epoch.
 
-Revision ID: 0002_epoch_metrics
-Revises: 0001_read_model
+Revision ID: 0003_epoch_metrics
+Revises: 0002_metric_summaries_declared
 Create Date: 2026-11-25
 
 A replay (`mlhub replay --into`) fills it for runs logged before this revision; an upgraded live database
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_epoch_metrics"
-down_revision: str | None = "0001_read_model"
+revision: str = "0003_epoch_metrics"
+down_revision: str | None = "0002_metric_summaries_declared"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
