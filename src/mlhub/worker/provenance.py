@@ -64,13 +64,17 @@ def packages_sha256() -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def environment_info() -> dict[str, Any]:
-    """Python, platform, torch, lightning, CUDA and device of this process (imports torch: call in a job)."""
+def environment_info(accelerator: str = "gpu") -> dict[str, Any]:
+    """Python, platform, torch, lightning, CUDA and the device the run trains on (imports torch: call in a job).
+
+    accelerator: what the Trainer uses ("gpu" or "cpu"); a CPU run on a machine with a GPU records the CPU.
+    """
     import lightning
     import torch
 
-    cuda = torch.version.cuda if torch.cuda.is_available() else None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.machine()})"
+    on_gpu = accelerator == "gpu" and torch.cuda.is_available()
+    cuda = torch.version.cuda if on_gpu else None
+    device = torch.cuda.get_device_name(0) if on_gpu else f"cpu ({platform.machine()})"
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

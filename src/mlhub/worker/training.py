@@ -98,10 +98,10 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
     code = code_version(ctx.code_dir)
     ctx.publish(CodeVersionRecorded(run_id=run_id, git_commit=code.git_commit, dirty=code.dirty,
                                     diff_sha256=code.diff_sha256, repository=code.repository))
-    ctx.publish(EnvironmentRecorded(run_id=run_id, **environment_info()))
+    kwargs = trainer_kwargs(dict(config.get("trainer", {})), ctx.pool)
+    ctx.publish(EnvironmentRecorded(run_id=run_id, **environment_info(kwargs["accelerator"])))
     ctx.publish(ParamsLogged(run_id=run_id, params=flatten_params(config)))
 
-    kwargs = trainer_kwargs(dict(config.get("trainer", {})), ctx.pool)
     if kwargs.get("deterministic"):
         if kwargs["accelerator"] == "gpu":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
