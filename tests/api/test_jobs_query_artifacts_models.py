@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tests.api.conftest import ADMIN, READER, WRITER, Api, api_settings, create_run, database_url, running_api
 
 from mlhub.artifacts import LocalArtifactStore
 from mlhub.eventlog import EventLog
 from mlhub.events import ArtifactStored, Envelope, ModelAliasSet, ModelVersionRegistered
-from tests.api.conftest import ADMIN, READER, WRITER, Api, api_settings, create_run, database_url, running_api
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "digits-mlp.yaml"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.api.conftest import Api, create_run
 
 from mlhub.api.filters import FilterError, parse_filter
-from tests.api.conftest import Api, create_run
 
 
 async def _seed(api: Api) -> tuple[dict[str, dict[str, Any]], int]:

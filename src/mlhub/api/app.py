@@ -121,5 +121,7 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
     install_error_handlers(app)
     for router in (health_router, ops_router, read_router, write_router):
         app.include_router(router, prefix=API_PREFIX)
-    app.include_router(health_router)  # /healthz and /readyz also at the root, where orchestrators look
+    # /healthz and /readyz also at the root, where orchestrators look (documented once, under /api/v1)
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
     return app

@@ -130,7 +130,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MlhubError)
     async def _mlhub_error(request: Request, error: MlhubError) -> JSONResponse:
         status = status_of(error)
-        if status >= 500:
+        if status >= 500 and status != 501:
             log.error("%s %s -> %d %s: %s", request.method, request.url.path, status, error.code, error)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return error_response(status, error.code, str(error), _details_of(error), headers)
