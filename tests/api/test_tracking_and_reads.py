@@ -134,3 +134,20 @@ async def test_min_seq_beyond_the_log_is_refused_at_once(api: Api) -> None:
     last = await api.event_log.last_sequence()
     response = await api.get("/runs", params={"min_seq": last + 1000})
     assert response.status_code == 400 and "min_seq" in response.json()["error"]["message"]
+
+
+async def test_cached_answers_never_hide_a_write_read_with_min_seq(api: Api) -> None:
+    run = await create_run(api, "cache", params={"lr": "0.1"})
+    first = await api.post(f"/runs/{run['run_id']}/log-batch",
+                           {"metrics": [{"key": "loss", "values": [1.0], "steps": [0]}]})
+    path = f"/runs/{run['run_id']}/metrics/loss"
+    before = await api.get(path, params={"min_seq": first.json()["seq"]})
+    assert before.json()["values"] == [1.0]
+    listed = await api.get("/runs", params={"experiment_id": "cache", "min_seq": first.json()["seq"]})
+    assert listed.json()["data"][0]["metrics"] == {"loss": 1.0}
+    second = await api.post(f"/runs/{run['run_id']}/log-batch",
+                            {"metrics": [{"key": "loss", "values": [0.5], "steps": [1]}]})
+    after = await api.get(path, params={"min_seq": second.json()["seq"]})
+    assert after.json()["values"] == [1.0, 0.5]
+    relisted = await api.get("/runs", params={"experiment_id": "cache", "min_seq": second.json()["seq"]})
+    assert relisted.json()["data"][0]["metrics"] == {"loss": 0.5}

@@ -23,7 +23,7 @@ from mlhub.api.errors import install_error_handlers
 from mlhub.api.routes_read import router as read_router
 from mlhub.api.routes_read import wait_all
 from mlhub.api.routes_write import router as write_router
-from mlhub.api.schemas import ErrorBody, Health, QueryRequest, QueryResult, Readiness
+from mlhub.api.schemas import ErrorBody, Health, LogBatch, QueryRequest, QueryResult, Readiness
 from mlhub.api.series import run_query
 from mlhub.api.state import SQL_PROJECTOR, AppState, MetricEngines
 from mlhub.eventlog import EventLog
@@ -94,6 +94,24 @@ async def open_resources(settings: Settings, event_log: EventLog | None) -> Asyn
         engine.dispose()
 
 
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Add the schemas of bodies that handlers parse themselves (LogBatch) to the OpenAPI components."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            extra = LogBatch.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(extra.pop("$defs", {}))
+            components["LogBatch"] = extra
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, *, event_log: EventLog | None = None) -> FastAPI:
     """The mlhub REST API. Constructing it does no I/O; the lifespan connects."""
     settings = settings or Settings()
@@ -119,6 +137,7 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
             (503, "a dependency is unavailable"), (504, "projections did not reach min_seq in time"))},
     )
     install_error_handlers(app)
+    _document_raw_bodies(app)
     for router in (health_router, ops_router, read_router, write_router):
         app.include_router(router, prefix=API_PREFIX)
     # /healthz and /readyz also at the root, where orchestrators look (documented once, under /api/v1)

@@ -4,12 +4,13 @@ models. Reads of the read model run in a worker thread; with min_seq they first 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mlhub.api import queries
 from mlhub.api.deps import MinSeq, ReaderDep, StateDep
@@ -80,9 +81,16 @@ async def search_runs(
     page_token: Annotated[str | None, Query(max_length=4096)] = None,
 ) -> Any:
     """Search runs: filter language, sort, keyset pagination with an opaque page token."""
-    result = await _sql(state, min_seq, queries.search_runs, experiment_ids=experiment_id or [],
-                        filter_text=filter, order_by=order_by, max_results=max_results, page_token=page_token)
-    return JSONResponse(result)  # already JSON-ready: skip a second validation pass on the hot path
+    await state.wait_for_sql(min_seq)
+    stamp = await run_in_threadpool(state.sql_stamp, fresh=min_seq is not None)
+    key = ("runs", stamp, tuple(experiment_id or ()), filter, order_by, max_results, page_token)
+    cached = state.cache.get(key)
+    if cached is None:
+        result = await _sql(state, None, queries.search_runs, experiment_ids=experiment_id or [],
+                            filter_text=filter, order_by=order_by, max_results=max_results, page_token=page_token)
+        cached = bytes(JSONResponse(result).body)  # already JSON-ready: no second validation pass
+        state.cache.put(key, cached)
+    return Response(content=cached, media_type="application/json")
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail, operation_id="get_run")
@@ -107,7 +115,15 @@ async def list_run_metrics(run_id: RunId, state: StateDep, _: ReaderDep, min_seq
 async def _series(state: AppState, run_id: str, key: str, max_points: int, min_seq: int | None) -> dict[str, Any]:
     force = await state.wait_for_metrics(min_seq)
     engine = await run_in_threadpool(state.metrics.points, force=force)
-    return await run_in_threadpool(read_series, engine, run_id, key, max_points)
+    # One engine is one snapshot of the metric tables: its answers never change, so they are cached with it.
+    cache_key = ("series", engine, run_id, key, max_points)
+    cached = state.cache.get(cache_key)
+    if cached is not None:
+        result: dict[str, Any] = json.loads(cached)
+        return result
+    result = await run_in_threadpool(read_series, engine, run_id, key, max_points)
+    state.cache.put(cache_key, bytes(JSONResponse(result).body))
+    return result
 
 
 @router.get("/runs/{run_id}/metrics/{key:path}", response_model=SeriesPublic, operation_id="get_metric_series")
@@ -115,10 +131,17 @@ async def get_metric_series(run_id: RunId, key: MetricKey, state: StateDep, _: R
                             max_points: MaxPoints = 1000) -> Any:
     """One run's series of one key in step order, downsampled to max_points keeping each bucket's first, last,
     minimum and maximum point."""
-    result = await _series(state, run_id, key, max_points, min_seq)
-    if result["total_points"] == 0 and not await _sql(state, None, queries.run_exists, run_id):
-        raise NotFound(f"no run {run_id!r}", details={"run_id": run_id})
-    return JSONResponse(result)
+    force = await state.wait_for_metrics(min_seq)
+    engine = await run_in_threadpool(state.metrics.points, force=force)
+    cache_key = ("series", engine, run_id, key, max_points)
+    cached = state.cache.get(cache_key)
+    if cached is None:
+        result = await run_in_threadpool(read_series, engine, run_id, key, max_points)
+        if result["total_points"] == 0 and not await _sql(state, None, queries.run_exists, run_id):
+            raise NotFound(f"no run {run_id!r}", details={"run_id": run_id})
+        cached = bytes(JSONResponse(result).body)
+        state.cache.put(cache_key, cached)
+    return Response(content=cached, media_type="application/json")
 
 
 @router.get("/metrics/compare", response_model=CompareSeriesPublic, operation_id="compare_metric_series")

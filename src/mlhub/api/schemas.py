@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: A step, epoch or timestamp: a non-negative 64-bit integer.
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
 #: A metric value as JSON: a number, or "NaN" / "Infinity" / "-Infinity" (JSON has no such numbers).
 MetricValue = float | Literal["NaN", "Infinity", "-Infinity"]
 
@@ -348,9 +350,9 @@ class MetricBatch(BaseModel):
     key: str = Field(min_length=1, max_length=250)
     #: Numbers; "NaN", "Infinity" and "-Infinity" are accepted as strings too.
     values: list[float] = Field(min_length=1)
-    steps: list[int] | None = None
-    epochs: list[int] | None = None
-    timestamps: list[int] | None = None
+    steps: list[Count] | None = None
+    epochs: list[Count] | None = None
+    timestamps: list[Count] | None = Field(default=None, description="milliseconds since the Unix epoch")
 
 
 class LogBatch(BaseModel):

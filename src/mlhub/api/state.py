@@ -10,6 +10,8 @@ import asyncio
 import os
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,32 @@ from mlhub.settings import Settings
 SQL_PROJECTOR = "sql"
 #: Read-model tables a /query sees (the views runs, params, ... select from them).
 QUERY_TABLES = ("experiments", "runs", "params", "tags", "metric_definitions")
+
+
+class ResponseCache:
+    """A small LRU of serialized answers, keyed by what they depend on (including a projection's position, so
+    a new commit of that projection makes a new key: nothing stale is served past the freshness interval)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> bytes | None:
+        """The cached answer, or None."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: bytes) -> None:
+        """Remember an answer (the least recently used one goes when full)."""
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 class MetricEngines:
@@ -138,6 +166,17 @@ class AppState:
     #: The highest SQL checkpoint seen so far (a read whose min_seq is at or below it does not wait).
     sql_position: int = 0
     metrics_position: int = 0
+    cache: ResponseCache = field(default_factory=ResponseCache)
+    _stamp: tuple[int, float] = (0, 0.0)
+
+    def sql_stamp(self, *, fresh: bool) -> int:
+        """The SQL checkpoint as a cache key: read at most every api_metrics_refresh_s unless fresh is asked."""
+        position, at = self._stamp
+        now = time.monotonic()
+        if fresh or now - at >= self.settings.api_metrics_refresh_s:
+            position = self.sql_checkpoint()
+            self._stamp = (position, now)
+        return position
 
     def sql_checkpoint(self) -> int:
         """The SQL projector's checkpoint, read now."""
