@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
 
-from mlhub import __version__
+import mlhub
 from mlhub.api.auth import load_tokens
 from mlhub.api.deps import MinSeq, ReaderDep, StateDep
 from mlhub.api.errors import install_error_handlers
@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
             yield
 
     app = FastAPI(
-        title="mlhub", version=__version__, lifespan=lifespan,
+        title="mlhub", version=mlhub.__version__, lifespan=lifespan,
         description="mlhub's REST API: experiments, runs, metrics, events, artifacts, jobs, models, queries.",
         responses={code: {"model": ErrorBody, "description": text} for code, text in (
             (400, "bad input"), (401, "no or unknown token"), (403, "role too low"), (404, "not found"),
