@@ -112,9 +112,17 @@ async def list_run_metrics(run_id: RunId, state: StateDep, _: ReaderDep, min_seq
     return {"data": data, "count": len(data)}
 
 
-async def _series(state: AppState, run_id: str, key: str, max_points: int, min_seq: int | None) -> dict[str, Any]:
+async def _metric_engine(state: AppState, min_seq: int | None) -> Any:
+    """A query engine whose snapshot holds min_seq (waiting for the metric projector first)."""
     force = await state.wait_for_metrics(min_seq)
     engine = await run_in_threadpool(state.metrics.points, force=force)
+    if min_seq is not None and (engine.snapshot.checkpoint if engine.snapshot else 0) < min_seq:
+        engine = await run_in_threadpool(state.metrics.points, force=True)  # another request saw it first
+    return engine
+
+
+async def _series(state: AppState, run_id: str, key: str, max_points: int, min_seq: int | None) -> dict[str, Any]:
+    engine = await _metric_engine(state, min_seq)
     # One engine is one snapshot of the metric tables: its answers never change, so they are cached with it.
     cache_key = ("series", engine, run_id, key, max_points)
     cached = state.cache.get(cache_key)
@@ -131,8 +139,7 @@ async def get_metric_series(run_id: RunId, key: MetricKey, state: StateDep, _: R
                             max_points: MaxPoints = 1000) -> Any:
     """One run's series of one key in step order, downsampled to max_points keeping each bucket's first, last,
     minimum and maximum point."""
-    force = await state.wait_for_metrics(min_seq)
-    engine = await run_in_threadpool(state.metrics.points, force=force)
+    engine = await _metric_engine(state, min_seq)
     cache_key = ("series", engine, run_id, key, max_points)
     cached = state.cache.get(cache_key)
     if cached is None:
