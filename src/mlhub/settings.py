@@ -47,6 +47,24 @@ class Settings(BaseSettings):
     #: (metric_summaries.declared, the undeclared_metrics view); "reject" makes the worker fail the run with
     #: UNDECLARED_METRIC before the point is sent (the declared names are read from the event log per attempt).
     undeclared_metrics: Literal["keep", "reject"] = "keep"
+    #: Bearer tokens of the REST API with their roles: "token:role,token:role" (roles: reader, writer, admin).
+    api_tokens: str | None = None
+    #: A file of API tokens, one "token:role" a line ('#' starts a comment); read when the API starts.
+    api_tokens_file: Path | None = None
+    #: Let GET requests (reads) through without a token; writes still need a writer or admin token.
+    api_open_reads: bool = False
+    #: Aliases only an admin token may set or move (promotion to production).
+    api_protected_aliases: str = "production,prod,champion"
+    #: Longest a read with min_seq waits for the projections to reach that sequence (seconds).
+    api_min_seq_wait_s: Annotated[float, Field(ge=0, le=60)] = 5.0
+    #: /readyz answers 503 while any projector is more than this many stream messages behind.
+    api_ready_max_lag: Annotated[int, Field(ge=0)] = 10_000
+    #: Most rows a /query answer returns (the rest is cut off and the answer says so).
+    api_query_max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    #: Longest a /query runs before it is interrupted (seconds).
+    api_query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: How often the API looks for new metric-table commits (seconds); a read with min_seq looks at once.
+    api_metrics_refresh_s: Annotated[float, Field(ge=0)] = 1.0
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 

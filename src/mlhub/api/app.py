@@ -1,0 +1,146 @@
+"""The app factory: `create_app(settings)` -> a FastAPI app serving JSON under /api/v1.
+
+The lifespan opens the event log (MLHUB_NATS_URL, or the data dir's embedded server), migrates and opens the
+read model, and prepares the DuckDB query engines; it closes them on shutdown. Tests and tools may pass an
+already connected EventLog (it is then left open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy.engine import Engine
+
+import mlhub
+from mlhub.api.auth import load_tokens
+from mlhub.api.deps import MinSeq, ReaderDep, StateDep
+from mlhub.api.errors import install_error_handlers
+from mlhub.api.routes_read import router as read_router
+from mlhub.api.routes_read import wait_all
+from mlhub.api.routes_write import router as write_router
+from mlhub.api.schemas import ErrorBody, Health, LogBatch, QueryRequest, QueryResult, Readiness
+from mlhub.api.series import run_query
+from mlhub.api.state import SQL_PROJECTOR, AppState, MetricEngines
+from mlhub.eventlog import EventLog
+from mlhub.settings import Settings
+
+API_PREFIX = "/api/v1"
+
+health_router = APIRouter()
+ops_router = APIRouter()
+
+
+@health_router.get("/healthz", response_model=Health, operation_id="healthz")
+async def healthz() -> Any:
+    """Liveness: the process serves requests."""
+    return {"status": "ok"}
+
+
+@health_router.get("/readyz", response_model=Readiness, operation_id="readyz",
+                responses={503: {"model": Readiness, "description": "not ready: a projection lags too far"}})
+async def readyz(state: StateDep) -> Any:
+    """Ready when the event log answers and every projector lags less than MLHUB_API_READY_MAX_LAG messages."""
+    last = await state.event_log.last_sequence()
+    sql = await run_in_threadpool(state.sql_checkpoint)
+    metrics = await run_in_threadpool(state.metrics_checkpoint)
+    lag = {SQL_PROJECTOR: max(0, last - sql), "metrics": max(0, last - metrics)}
+    bound = state.settings.api_ready_max_lag
+    ready = all(v <= bound for v in lag.values())
+    body = {"status": "ready" if ready else "lagging", "last_seq": last, "lag": lag, "max_lag": bound}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@ops_router.post("/query", response_model=QueryResult, operation_id="query")
+async def query(body: QueryRequest, state: StateDep, _: ReaderDep, min_seq: MinSeq = None,
+                max_rows: Annotated[int | None, Query(ge=1, le=1_000_000)] = None) -> Any:
+    """One read-only DuckDB SELECT over the views metrics, runs, params, tags, experiments, metric_summary,
+    leaderboard, ...; rows are capped (max_rows, at most MLHUB_API_QUERY_MAX_ROWS) and time is limited."""
+    await wait_all(state, min_seq)
+    limit = min(body.max_rows or max_rows or state.settings.api_query_max_rows, state.settings.api_query_max_rows)
+    engine = await run_in_threadpool(state.metrics.full, force=min_seq is not None)
+    return JSONResponse(await run_in_threadpool(run_query, engine, body.sql, limit,
+                                                state.settings.api_query_timeout_s))
+
+
+@contextlib.asynccontextmanager
+async def open_resources(settings: Settings, event_log: EventLog | None) -> AsyncIterator[tuple[EventLog, Engine]]:
+    """The event log (given, or connected here) and the migrated read-model engine, released on exit."""
+    from mlhub.eventlog import StreamSpec, nats_endpoint
+    from mlhub.readmodel import create_engine, migrate
+
+    engine = create_engine(settings.resolved_database_url, pool_size=20, max_overflow=20)
+    try:
+        await run_in_threadpool(migrate, engine)  # startup: dependencies -> alembic upgrade head -> serve
+        if event_log is not None:
+            yield event_log, engine
+            return
+        with nats_endpoint(settings.nats_url, settings.nats_dir, port=settings.nats_port,
+                           sync=settings.nats_sync) as url:
+            spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
+            log = EventLog(url, spec=spec, name="mlhub-api", ack_timeout_s=settings.ack_timeout_s,
+                           append_deadline_s=settings.append_deadline_s)
+            await log.connect()
+            try:
+                await log.ensure_stream()
+                yield log, engine
+            finally:
+                await log.close()
+    finally:
+        engine.dispose()
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Add the schemas of bodies that handlers parse themselves (LogBatch) to the OpenAPI components."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            extra = LogBatch.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(extra.pop("$defs", {}))
+            components["LogBatch"] = extra
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings | None = None, *, event_log: EventLog | None = None) -> FastAPI:
+    """The mlhub REST API. Constructing it does no I/O; the lifespan connects."""
+    settings = settings or Settings()
+    tokens = load_tokens(settings)  # a bad token setting fails here, before serving
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_resources(settings, event_log) as (log, engine):
+            app.state.mlhub = AppState(
+                settings=settings, event_log=log, engine=engine, tokens=tokens,
+                metrics=MetricEngines(settings, engine),
+                protected_aliases=frozenset(a.strip().lower() for a in settings.api_protected_aliases.split(",")
+                                            if a.strip()),
+            )
+            yield
+
+    app = FastAPI(
+        title="mlhub", version=mlhub.__version__, lifespan=lifespan,
+        description="mlhub's REST API: experiments, runs, metrics, events, artifacts, jobs, models, queries.",
+        responses={code: {"model": ErrorBody, "description": text} for code, text in (
+            (400, "bad input"), (401, "no or unknown token"), (403, "role too low"), (404, "not found"),
+            (409, "conflicts with the current state"), (422, "unusable body"), (501, "not in this build"),
+            (503, "a dependency is unavailable"), (504, "projections did not reach min_seq in time"))},
+    )
+    install_error_handlers(app)
+    _document_raw_bodies(app)
+    for router in (health_router, ops_router, read_router, write_router):
+        app.include_router(router, prefix=API_PREFIX)
+    # /healthz and /readyz also at the root, where orchestrators look (documented once, under /api/v1)
+    app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+    return app

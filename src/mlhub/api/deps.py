@@ -1,0 +1,55 @@
+"""Dependencies of the routes: the app state, the caller (bearer token -> role), and role checks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from mlhub.api.auth import ANONYMOUS, Principal, Role
+from mlhub.api.errors import PermissionDenied, Unauthenticated
+from mlhub.api.state import AppState
+
+_bearer = HTTPBearer(auto_error=False, description="A token from MLHUB_API_TOKENS (roles reader, writer, admin)")
+
+
+def get_state(request: Request) -> AppState:
+    """The state the lifespan built."""
+    state: AppState = request.app.state.mlhub
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def _principal(state: AppState, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    if credentials is None or not credentials.credentials:
+        return ANONYMOUS
+    principal = state.tokens.lookup(credentials.credentials)
+    if principal is None:
+        raise Unauthenticated("the bearer token is not one of the configured API tokens")
+    return principal
+
+
+def _require(role: Role, *, open_when_reads_are_open: bool = False) -> object:
+    def check(state: StateDep,
+              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+        principal = _principal(state, credentials)
+        if principal.role is None:
+            if open_when_reads_are_open and state.settings.api_open_reads:
+                return principal
+            raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <token>)")
+        if principal.role < role:
+            raise PermissionDenied(f"a {principal.role.name} token may not do this; it needs the {role.name} role",
+                                   details={"role": principal.role.name, "required": role.name})
+        return principal
+
+    return check
+
+
+ReaderDep = Annotated[Principal, Depends(_require(Role.reader, open_when_reads_are_open=True))]
+WriterDep = Annotated[Principal, Depends(_require(Role.writer))]
+AdminDep = Annotated[Principal, Depends(_require(Role.admin))]
+MinSeq = Annotated[int | None, Query(ge=1, le=2**62, description="wait (bounded) until the projections have "
+                                     "applied this stream sequence, e.g. the seq a write answered with")]

@@ -1,0 +1,293 @@
+"""Read-model queries of the API: runs search with keyset pagination, run detail with lineage, jobs, models.
+
+Every function takes a connection and returns JSON-ready dicts (times as ISO-8601 UTC, non-finite floats as
+"NaN"/"Infinity"/"-Infinity"), so hot endpoints can answer without another serialization pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from mlhub.api.errors import ApiError, NotFound
+from mlhub.api.filters import TIME_ATTRIBUTES, parse_filter, to_conditions
+from mlhub.readmodel import tables as t
+
+#: Columns a runs search may sort by.
+SORTABLE = ("created_at", "started_at", "ended_at", "updated_at", "name", "status", "run_id", "experiment_id")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Columns of a run in the runs list (the detail has every column).
+LIST_COLUMNS = ("run_id", "experiment_id", "name", "status", "source", "job_id", "created_by", "created_at",
+                "started_at", "ended_at", "updated_at", "last_seq")
+
+
+def jv(value: Any) -> Any:
+    """A JSON-ready value: times as ISO-8601 UTC, non-finite floats as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value
+
+
+def row_dict(row: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
+    """A result row as a JSON-ready dict (of the given columns, or all)."""
+    mapping = row._mapping
+    names = columns if columns is not None else mapping.keys()
+    return {name: jv(mapping[name]) for name in names}
+
+
+# -- page tokens -----------------------------------------------------------------------------------------------
+
+def encode_page_token(order: str, query: str, value: Any, run_id: str) -> str:
+    """An opaque token: base64 of the sort key and id of the last row shown, and what they were sorted by."""
+    raw = json.dumps({"o": order, "q": query, "v": jv(value), "id": run_id}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, order: str, query: str) -> tuple[Any, str]:
+    """(sort value, run id) from a token; INVALID_PAGE_TOKEN when it is not one of ours or belongs to another search."""
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        ok = isinstance(data, dict) and isinstance(data.get("id"), str)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise ApiError("page_token is not a token this API issued", code="INVALID_PAGE_TOKEN",
+                       details={"page_token": token[:200]})
+    if data.get("o") != order or data.get("q") != query:
+        raise ApiError("page_token belongs to a search with another filter, experiment or order_by: "
+                       "repeat the search that issued it", code="INVALID_PAGE_TOKEN")
+    return data.get("v"), str(data["id"])
+
+
+def parse_order_by(order_by: str | None) -> tuple[str, bool]:
+    """(column, descending) from e.g. "created_at DESC"; default: newest first."""
+    if not order_by or not order_by.strip():
+        return "created_at", True
+    parts = order_by.split()
+    column = parts[0].removeprefix("attributes.").removeprefix("attribute.")
+    direction = parts[1].upper() if len(parts) > 1 else "ASC"
+    if column not in SORTABLE or direction not in ("ASC", "DESC") or len(parts) > 2:
+        raise ApiError(f"order_by {order_by!r}: expected '<column> [ASC|DESC]' with a column of "
+                       f"{', '.join(SORTABLE)}", details={"order_by": order_by})
+    return column, direction == "DESC"
+
+
+def _sort_expression(column: str) -> Any:
+    col = t.runs.c[column]
+    if column in TIME_ATTRIBUTES:
+        return sa.func.coalesce(col, sa.literal(_EPOCH, type_=t.runs.c.updated_at.type))
+    if column == "run_id":
+        return col
+    return sa.func.coalesce(col, "")
+
+
+def _token_value(column: str, value: Any) -> Any:
+    if column in TIME_ATTRIBUTES:
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise ApiError("page_token is damaged", code="INVALID_PAGE_TOKEN") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if not isinstance(value, str):
+        raise ApiError("page_token is damaged", code="INVALID_PAGE_TOKEN")
+    return value
+
+
+# -- runs --------------------------------------------------------------------------------------------------------
+
+def search_runs(conn: sa.Connection, *, experiment_ids: Sequence[str], filter_text: str | None,
+                order_by: str | None, max_results: int, page_token: str | None) -> dict[str, Any]:
+    """One page of runs matching the filter, sorted, with params, tags and last metric values."""
+    column, descending = parse_order_by(order_by)
+    clauses = parse_filter(filter_text or "")
+    runs = t.runs
+    sort = _sort_expression(column)
+    query_key = json.dumps([sorted(experiment_ids), filter_text or ""], separators=(",", ":"))
+    order_key = f"{column} {'DESC' if descending else 'ASC'}"
+    stmt = sa.select(*(runs.c[c] for c in LIST_COLUMNS), sort.label("sort_key"))
+    if experiment_ids:
+        stmt = stmt.where(runs.c.experiment_id.in_(list(experiment_ids)))
+    for condition in to_conditions(clauses):
+        stmt = stmt.where(condition)
+    if page_token:
+        value, last_id = decode_page_token(page_token, order_key, query_key)
+        value = _token_value(column, value) if column != "run_id" else last_id
+        if column == "run_id":
+            stmt = stmt.where(runs.c.run_id < last_id if descending else runs.c.run_id > last_id)
+        elif descending:
+            stmt = stmt.where(sa.or_(sort < value, sa.and_(sort == value, runs.c.run_id < last_id)))
+        else:
+            stmt = stmt.where(sa.or_(sort > value, sa.and_(sort == value, runs.c.run_id > last_id)))
+    if column == "run_id":
+        stmt = stmt.order_by(runs.c.run_id.desc() if descending else runs.c.run_id.asc())
+    else:
+        stmt = stmt.order_by(sort.desc() if descending else sort.asc(),
+                             runs.c.run_id.desc() if descending else runs.c.run_id.asc())
+    rows = conn.execute(stmt.limit(max_results + 1)).all()
+    more = len(rows) > max_results
+    rows = rows[:max_results]
+    data = [row_dict(r, LIST_COLUMNS) for r in rows]
+    ids = [d["run_id"] for d in data]
+    extras = _run_extras(conn, ids)
+    for item in data:
+        item.update(extras[item["run_id"]])
+    token = None
+    if more and rows:
+        last = rows[-1]
+        token = encode_page_token(order_key, query_key, last.sort_key, last.run_id)
+    return {"data": data, "count": len(data), "next_page_token": token}
+
+
+def _run_extras(conn: sa.Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    extras: dict[str, dict[str, Any]] = {i: {"params": {}, "tags": {}, "metrics": {}} for i in run_ids}
+    if not run_ids:
+        return extras
+    for table, target in ((t.params, "params"), (t.tags, "tags")):
+        for run_id, key, value in conn.execute(
+                sa.select(table.c.run_id, table.c.key, table.c.value).where(table.c.run_id.in_(run_ids))):
+            extras[run_id][target][key] = value
+    ms = t.metric_summaries
+    for run_id, key, value in conn.execute(
+            sa.select(ms.c.run_id, ms.c.key, ms.c.last_value).where(ms.c.run_id.in_(run_ids))):
+        extras[run_id]["metrics"][key] = jv(value)
+    return extras
+
+
+def metric_summaries(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
+    """Every metric key of a run with its summary, by key."""
+    ms = t.metric_summaries
+    rows = conn.execute(sa.select(ms).where(ms.c.run_id == run_id).order_by(ms.c.key))
+    columns = ("key", "last_value", "last_step", "last_timestamp", "min_value", "max_value", "count", "nan_count")
+    return [row_dict(r, columns) for r in rows]
+
+
+def run_exists(conn: sa.Connection, run_id: str) -> bool:
+    """Whether the read model has the run."""
+    return conn.execute(sa.select(t.runs.c.run_id).where(t.runs.c.run_id == run_id)).first() is not None
+
+
+def get_run(conn: sa.Connection, run_id: str) -> dict[str, Any]:
+    """Everything the read model knows about a run: every column, params, tags, metrics, artifacts, lineage."""
+    row = conn.execute(sa.select(t.runs).where(t.runs.c.run_id == run_id)).first()
+    if row is None:
+        raise NotFound(f"no run {run_id!r} (with min_seq, a run just created is waited for)",
+                       details={"run_id": run_id})
+    run = row_dict(row)
+    extras = _run_extras(conn, [run_id])[run_id]
+    artifacts = list_artifacts(conn, run_id)
+    job = conn.execute(sa.select(t.jobs).where(t.jobs.c.job_id == run["job_id"])).first() if run["job_id"] else None
+    reproduced_by = [r for (r,) in conn.execute(
+        sa.select(t.runs.c.run_id).where(t.runs.c.reproduces_run_id == run_id).order_by(t.runs.c.run_id))]
+    models = [row_dict(r, ("model_name", "version", "artifact_path", "artifact_sha256", "registered_at"))
+              for r in conn.execute(sa.select(t.model_versions).where(t.model_versions.c.run_id == run_id)
+                                    .order_by(t.model_versions.c.model_name, t.model_versions.c.version))]
+    lineage = {
+        "experiment_id": run["experiment_id"],
+        "job": row_dict(job) if job is not None else None,
+        "config_sha256": run["config_sha256"],
+        "seed": run["seed"],
+        "dataset": {"name": run["dataset_name"], "fingerprint": run["dataset_fingerprint"],
+                    "size_bytes": run["dataset_size_bytes"], "num_examples": run["dataset_num_examples"]},
+        "code": {"git_commit": run["git_commit"], "git_dirty": run["git_dirty"],
+                 "git_diff_sha256": run["git_diff_sha256"], "git_repository": run["git_repository"]},
+        "environment": {k.removeprefix("env_"): v for k, v in run.items() if k.startswith("env_")},
+        "reproduces_run_id": run["reproduces_run_id"],
+        "reproduced_by": reproduced_by,
+        "model_versions": models,
+    }
+    return {"run": run, "params": extras["params"], "tags": extras["tags"],
+            "metrics": metric_summaries(conn, run_id), "artifacts": artifacts, "lineage": lineage}
+
+
+def list_artifacts(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
+    """A run's artifacts by path."""
+    a = t.artifacts
+    rows = conn.execute(sa.select(a).where(a.c.run_id == run_id).order_by(a.c.path))
+    return [row_dict(r, ("path", "sha256", "size_bytes", "kind", "stored_at", "last_seq")) for r in rows]
+
+
+def get_artifact(conn: sa.Connection, run_id: str, path: str) -> dict[str, Any]:
+    """One artifact row (with its uri); NotFound naming the run and path."""
+    a = t.artifacts
+    row = conn.execute(sa.select(a).where(a.c.run_id == run_id, a.c.path == path)).first()
+    if row is None:
+        raise NotFound(f"run {run_id!r} has no artifact {path!r}", details={"run_id": run_id, "path": path})
+    return row_dict(row)
+
+
+# -- experiments, jobs, models -------------------------------------------------------------------------------------
+
+def list_experiments(conn: sa.Connection, max_results: int, page_token: str | None) -> dict[str, Any]:
+    """Experiments by id, one page."""
+    e = t.experiments
+    stmt = sa.select(e).order_by(e.c.experiment_id)
+    if page_token:
+        _, last_id = decode_page_token(page_token, "experiment_id", "")
+        stmt = stmt.where(e.c.experiment_id > last_id)
+    rows = conn.execute(stmt.limit(max_results + 1)).all()
+    data = [row_dict(r) for r in rows[:max_results]]
+    token = encode_page_token("experiment_id", "", None, data[-1]["experiment_id"]) \
+        if len(rows) > max_results else None
+    return {"data": data, "count": len(data), "next_page_token": token}
+
+
+def get_experiment(conn: sa.Connection, experiment_id: str) -> dict[str, Any]:
+    """One experiment."""
+    row = conn.execute(sa.select(t.experiments).where(t.experiments.c.experiment_id == experiment_id)).first()
+    if row is None:
+        raise NotFound(f"no experiment {experiment_id!r}", details={"experiment_id": experiment_id})
+    return row_dict(row)
+
+
+def get_job(conn: sa.Connection, job_id: str) -> dict[str, Any]:
+    """One job."""
+    row = conn.execute(sa.select(t.jobs).where(t.jobs.c.job_id == job_id)).first()
+    if row is None:
+        raise NotFound(f"no job {job_id!r}", details={"job_id": job_id})
+    return row_dict(row)
+
+
+def list_models(conn: sa.Connection) -> list[dict[str, Any]]:
+    """Registered models by name."""
+    m = t.registered_models
+    return [row_dict(r) for r in conn.execute(sa.select(m).order_by(m.c.model_name))]
+
+
+def get_model(conn: sa.Connection, name: str) -> dict[str, Any]:
+    """A registered model with its versions and aliases."""
+    m, v, a = t.registered_models, t.model_versions, t.model_aliases
+    row = conn.execute(sa.select(m).where(m.c.model_name == name)).first()
+    if row is None:
+        raise NotFound(f"no registered model {name!r}", details={"model_name": name})
+    model = row_dict(row)
+    model["versions"] = [row_dict(r) for r in conn.execute(
+        sa.select(v).where(v.c.model_name == name).order_by(v.c.version))]
+    model["aliases"] = [row_dict(r, ("alias", "version", "set_by", "set_at", "reason", "last_seq"))
+                        for r in conn.execute(sa.select(a).where(a.c.model_name == name).order_by(a.c.alias))]
+    return model
+
+
+def get_model_version(conn: sa.Connection, name: str, version: int) -> dict[str, Any]:
+    """One model version."""
+    v = t.model_versions
+    row = conn.execute(sa.select(v).where(v.c.model_name == name, v.c.version == version)).first()
+    if row is None:
+        raise NotFound(f"model {name!r} has no version {version}", details={"model_name": name, "version": version})
+    return row_dict(row)
+
+
+def alias_history(conn: sa.Connection, name: str, alias: str) -> list[dict[str, Any]]:
+    """Every change of an alias, oldest first."""
+    h = t.model_alias_history
+    rows = conn.execute(sa.select(h).where(h.c.model_name == name, h.c.alias == alias).order_by(h.c.seq))
+    return [row_dict(r, ("seq", "action", "from_version", "to_version", "actor", "reason", "occurred_at"))
+            for r in rows]

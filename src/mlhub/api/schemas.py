@@ -1,0 +1,398 @@
+"""Request and response bodies of the REST API (named as in full-stack-fastapi-template: RunPublic, RunsPublic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: A step, epoch or timestamp: a non-negative 64-bit integer.
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: A metric value as JSON: a number, or "NaN" / "Infinity" / "-Infinity" (JSON has no such numbers).
+MetricValue = float | Literal["NaN", "Infinity", "-Infinity"]
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable code, a message naming the problem, and structured details."""
+
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorBody(BaseModel):
+    """The one error body of every endpoint."""
+
+    error: ErrorDetail
+
+
+class ExperimentPublic(BaseModel):
+    """An experiment."""
+
+    experiment_id: str
+    name: str
+    description: str
+    tags: dict[str, Any]
+    created_at: datetime
+    created_by: str
+    last_seq: int
+
+
+class ExperimentsPublic(BaseModel):
+    """A page of experiments."""
+
+    data: list[ExperimentPublic]
+    count: int
+    next_page_token: str | None = None
+
+
+class MetricSummaryPublic(BaseModel):
+    """One metric key of a run: last value and step, min, max, counts."""
+
+    key: str
+    last_value: MetricValue | None
+    last_step: int
+    last_timestamp: int
+    min_value: MetricValue | None
+    max_value: MetricValue | None
+    count: int
+    nan_count: int
+
+
+class RunPublic(BaseModel):
+    """A run as listed: attributes, params, tags and the last value of each metric."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run_id: str
+    experiment_id: str | None
+    name: str | None
+    status: str
+    source: str | None
+    job_id: str | None
+    created_by: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    updated_at: datetime
+    last_seq: int
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, MetricValue | None]
+
+
+class RunsPublic(BaseModel):
+    """A page of runs; pass next_page_token as page_token for the next page (null on the last)."""
+
+    data: list[RunPublic]
+    count: int
+    next_page_token: str | None = None
+
+
+class ArtifactPublic(BaseModel):
+    """A stored file of a run."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    kind: str
+    stored_at: datetime
+    last_seq: int
+
+
+class ArtifactsPublic(BaseModel):
+    """A run's artifacts."""
+
+    data: list[ArtifactPublic]
+    count: int
+
+
+class RunDetail(BaseModel):
+    """Everything the read model knows about a run, lineage included."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run: dict[str, Any]
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: list[MetricSummaryPublic]
+    artifacts: list[ArtifactPublic]
+    lineage: dict[str, Any]
+
+
+class MetricsPublic(BaseModel):
+    """Every metric key of a run with its summary."""
+
+    data: list[MetricSummaryPublic]
+    count: int
+
+
+class SeriesPublic(BaseModel):
+    """One run's points of one key in step order (columnar), downsampled when it holds more than max_points."""
+
+    run_id: str
+    key: str
+    total_points: int
+    returned_points: int
+    downsampled: bool
+    steps: list[int]
+    epochs: list[int]
+    values: list[MetricValue]
+    timestamps: list[int]
+
+
+class CompareSeriesPublic(BaseModel):
+    """Several runs' series of one key."""
+
+    key: str
+    series: list[SeriesPublic]
+
+
+class EventPublic(BaseModel):
+    """One stored event: its stream sequence, subject and envelope (payload included)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seq: int
+    subject: str
+    event_id: str
+    type: str
+    schema_version: int
+    occurred_at: str
+    producer: str
+    correlation_id: str | None
+    payload: dict[str, Any]
+
+
+class EventsPublic(BaseModel):
+    """A page of a run's events from the log; next_from_seq continues after the last one shown."""
+
+    data: list[EventPublic]
+    count: int
+    next_from_seq: int | None = None
+
+
+class JobPublic(BaseModel):
+    """A job as the read model knows it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    run_id: str | None
+    experiment_id: str | None
+    plugin: str | None
+    pool: str | None
+    status: str
+    attempts: int
+    updated_at: datetime
+    last_seq: int
+
+
+class JobCreate(BaseModel):
+    """A job to submit: an experiment config (the same document as a configs/*.yaml file) and overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any]
+    overrides: list[str] = Field(default_factory=list, max_length=100,
+                                 description="key.path=value overrides, as `mlhub submit --set`")
+
+
+class JobSubmitted(BaseModel):
+    """A queued job, with the stream sequences of the events appended (read with min_seq=seq)."""
+
+    job_id: str
+    run_id: str
+    experiment_id: str
+    seed: int
+    seed_source: str
+    config_sha256: str
+    seq: int
+    seqs: list[int]
+
+
+class JobCancel(BaseModel):
+    """Why a job is cancelled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=2000)
+
+
+class JobCancelled(BaseModel):
+    """A cancelled job and the sequence of its job.cancelled (and run.cancelled) event."""
+
+    job_id: str
+    previous_status: str
+    seq: int
+    run_seq: int | None = None
+
+
+class ModelVersionPublic(BaseModel):
+    """A registered model version."""
+
+    model_name: str
+    version: int
+    run_id: str
+    artifact_path: str
+    artifact_sha256: str
+    description: str
+    registered_by: str | None
+    registered_at: datetime
+    last_seq: int
+
+
+class ModelAliasPublic(BaseModel):
+    """Where an alias points."""
+
+    alias: str
+    version: int
+    set_by: str
+    set_at: datetime
+    reason: str
+    last_seq: int
+
+
+class ModelPublic(BaseModel):
+    """A registered model with its versions and aliases."""
+
+    model_name: str
+    created_at: datetime
+    latest_version: int | None
+    updated_at: datetime
+    last_seq: int
+    versions: list[ModelVersionPublic] = Field(default_factory=list)
+    aliases: list[ModelAliasPublic] = Field(default_factory=list)
+
+
+class ModelsPublic(BaseModel):
+    """Registered models (without their versions)."""
+
+    data: list[ModelPublic]
+    count: int
+
+
+class AliasChangePublic(BaseModel):
+    """One change of an alias."""
+
+    seq: int
+    action: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str
+    occurred_at: datetime
+
+
+class AliasHistoryPublic(BaseModel):
+    """Every change of one alias, oldest first."""
+
+    model_name: str
+    alias: str
+    data: list[AliasChangePublic]
+    count: int
+
+
+class AliasPromote(BaseModel):
+    """Point an alias at a version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+    reason: str = Field(default="", max_length=2000)
+
+
+class QueryRequest(BaseModel):
+    """One read-only SELECT over the analytics views."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sql: str = Field(min_length=1, max_length=100_000)
+    max_rows: int | None = Field(default=None, ge=1, le=1_000_000)
+
+
+class QueryResult(BaseModel):
+    """Rows of a query (as lists, in column order); truncated says that max_rows cut the answer off."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool
+    elapsed_ms: float
+
+
+class RunCreate(BaseModel):
+    """A run of a script that no worker runs (the SDK's `start_run`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str = Field(min_length=1, max_length=200, description="experiment name (created when new)")
+    name: str | None = Field(default=None, min_length=1, max_length=250)
+    params: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class RunCreated(BaseModel):
+    """A created run, with the sequences of its events."""
+
+    run_id: str
+    experiment_id: str
+    seq: int
+    seqs: list[int]
+
+
+class MetricBatch(BaseModel):
+    """Points of one key in columnar form; steps, epochs and timestamps default to 0.. / 0 / now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=250)
+    #: Numbers; "NaN", "Infinity" and "-Infinity" are accepted as strings too.
+    values: list[float] = Field(min_length=1)
+    steps: list[Count] | None = None
+    epochs: list[Count] | None = None
+    timestamps: list[Count] | None = Field(default=None, description="milliseconds since the Unix epoch")
+
+
+class LogBatch(BaseModel):
+    """Params, tags and metric points for one run, appended in one call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    metrics: list[MetricBatch] = Field(default_factory=list)
+
+
+class Appended(BaseModel):
+    """What a write appended: the last stream sequence (read with min_seq=seq) and every sequence."""
+
+    seq: int
+    seqs: list[int]
+    points: int = 0
+
+
+class RunFinish(BaseModel):
+    """How a run ended."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["finished", "failed", "cancelled"] = "finished"
+    error_type: str | None = Field(default=None, max_length=200)
+    error: str | None = Field(default=None, max_length=20_000)
+
+
+class Health(BaseModel):
+    """Liveness."""
+
+    status: str
+
+
+class Readiness(BaseModel):
+    """Readiness: the event log reachable and each projector's lag within the bound."""
+
+    status: str
+    last_seq: int
+    lag: dict[str, int]
+    max_lag: int
