@@ -28,6 +28,7 @@ from mlhub.artifacts.base import (
 )
 from mlhub.artifacts.errors import (
     ArtifactBucketNotFound,
+    ArtifactIntegrityError,
     ArtifactNotFound,
     ArtifactStoreAccessDenied,
     ArtifactStoreError,
@@ -216,8 +217,11 @@ class S3ArtifactStore(ArtifactStore):
         import boto3
         from botocore.config import Config
 
+        # Reads are checked against the sha256 by VerifyingReader (an ArtifactIntegrityError naming the object),
+        # so botocore's own response checksums (CRC of whatever the server stored) are not validated on top.
         options: dict[str, Any] = {"retries": {"mode": "standard", "max_attempts": 3},
-                                   "connect_timeout": 10, "read_timeout": 60}
+                                   "connect_timeout": 10, "read_timeout": 60,
+                                   "response_checksum_validation": "when_required"}
         if self.endpoint_url:  # S3-compatible servers (MinIO, moto, Ceph) address buckets by path
             options["s3"] = {"addressing_style": "path"}
         with self._translated("connecting"):
@@ -347,9 +351,16 @@ class S3ArtifactStore(ArtifactStore):
         doing = f"copying {self._key_uri(temp_key)} to {self.uri(sha256)}"
         source = {"Bucket": self.bucket, "Key": temp_key}
         if size <= self.max_copy_size:
+            # S3 computes the copy's full-object sha256: a last check that the object under the name is right.
             with self._translated(doing):
-                self.client.copy_object(Bucket=self.bucket, Key=key, CopySource=source,
-                                        ContentType="application/octet-stream")
+                result = self.client.copy_object(Bucket=self.bucket, Key=key, CopySource=source,
+                                                 ChecksumAlgorithm="SHA256", ContentType="application/octet-stream")
+            reported = result.get("CopyObjectResult", {}).get("ChecksumSHA256")
+            if isinstance(reported, str) and "-" not in reported:
+                actual = base64.b64decode(reported).hex()
+                if actual != sha256:
+                    self._quietly(lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+                    raise ArtifactIntegrityError(sha256, self.uri(sha256), actual, size)
             return
         # Too large for one CopyObject: a multipart copy, which is invisible until completed and aborted on error.
         with self._translated(doing):
