@@ -199,6 +199,10 @@ def test_gc_temp_judges_age_by_the_time_in_the_temp_name(s3_store: S3ArtifactSto
     assert s3_objects(s3, bucket) == [outside, young] and s3_uploads(s3, bucket) == [outside, young]
     assert s3_store.gc_temp(older_than_s=0) == 2
     assert s3_objects(s3, bucket) == [outside] and s3_uploads(s3, bucket) == [outside]
+    # A store at the bucket's root owns only its tmp/ and objects/: other keys and uploads are not its own.
+    root_store = S3ArtifactStore(bucket, endpoint_url=s3_store.endpoint_url)
+    assert root_store.gc_temp(older_than_s=0) == 0 and root_store.pending_uploads() == []
+    assert s3_objects(s3, bucket) == [outside] and s3_uploads(s3, bucket) == [outside]
     with pytest.raises(InvalidInput, match="older_than_s"):
         s3_store.gc_temp(-1)
 

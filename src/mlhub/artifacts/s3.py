@@ -175,8 +175,9 @@ class S3ArtifactStore(ArtifactStore):
         """The sha256 of every object present (by key; nothing is read), in key order."""
         objects = f"{self._base}objects/"
         for key, _ in self._list(objects):
-            name = key[len(objects):].replace("/", "", 1)
-            if len(name) == 64 and all(c in "0123456789abcdef" for c in name) and key[len(objects) + 2] == "/":
+            rest = key[len(objects):]
+            name = rest[:2] + rest[3:]
+            if len(rest) == 65 and rest[2] == "/" and all(c in "0123456789abcdef" for c in name):
                 yield name
 
     def pending_uploads(self) -> list[str]:
@@ -199,12 +200,12 @@ class S3ArtifactStore(ArtifactStore):
             raise InvalidInput(f"older_than_s must be >= 0, got {older_than_s}")
         cutoff = time.time() - older_than_s
         removed = 0
-        for key, upload_id, started in self._multipart_uploads():
+        for key, upload_id, started in list(self._multipart_uploads()):  # listed first: aborting changes pages
             if self._started(key, started) <= cutoff:
                 with self._translated(f"aborting the upload of {self._key_uri(key)}"):
                     self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
                 removed += 1
-        for key, modified in self._list(f"{self._base}tmp/"):
+        for key, modified in list(self._list(f"{self._base}tmp/")):
             if self._started(key, modified) <= cutoff:
                 with self._translated(f"deleting {self._key_uri(key)}"):
                     self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -392,12 +393,14 @@ class S3ArtifactStore(ArtifactStore):
                     yield item["Key"], item["LastModified"].timestamp()
 
     def _multipart_uploads(self) -> Iterator[tuple[str, str, float]]:
-        """(key, upload id, initiated as epoch seconds) of every multipart upload under the store's prefix."""
+        """(key, upload id, initiated as epoch seconds) of the multipart uploads in `tmp/` and `objects/`."""
         with self._translated(f"listing uploads under {self.root_uri}"):
             for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
                                                                                      Prefix=self._base):
                 for item in page.get("Uploads", []):
-                    yield item["Key"], item["UploadId"], item["Initiated"].timestamp()
+                    # Only the store's own areas: with no prefix, the rest of the bucket belongs to others.
+                    if item["Key"].startswith((f"{self._base}tmp/", f"{self._base}objects/")):
+                        yield item["Key"], item["UploadId"], item["Initiated"].timestamp()
 
     @staticmethod
     def _started(key: str, fallback: float) -> float:
@@ -409,7 +412,7 @@ class S3ArtifactStore(ArtifactStore):
         """Run a cleanup after a failure; its own error must not hide the first (gc_temp catches leftovers)."""
         try:
             cleanup()
-        except Exception:  # noqa: BLE001 - best effort by design
+        except Exception:  # best effort by design: the first error is the one to raise
             pass
 
 
