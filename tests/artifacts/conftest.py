@@ -36,11 +36,25 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: moto's server (as `python -m moto.server` runs it) answering one request at a time: moto's in-memory objects
+#: are not thread-safe when two requests overwrite the same key (its threaded server then fails with 500
+#: "seek of closed file"), which concurrent uploads of the same content do. Each S3 request stays atomic, as
+#: on real S3; the clients' requests still interleave.
+MOTO_SERVER = """
+import os, sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+os.environ["MOTO_PORT"] = sys.argv[1]
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False,
+           request_handler=MotoRequestHandler)
+"""
+
+
 def start_moto(env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `python -m moto.server` on 127.0.0.1 and a free port; (process, endpoint URL) once it answers."""
+    """Start moto's S3 server on 127.0.0.1 and a free port; (process, endpoint URL) once it answers."""
     for _ in range(5):  # the free port may be taken between the probe and the server's bind: try another
         port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        proc = subprocess.Popen([sys.executable, "-c", MOTO_SERVER, str(port)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})})
         url = f"http://127.0.0.1:{port}"

@@ -126,6 +126,21 @@ def test_a_failed_copy_leaves_no_object_and_no_temp(bucket: str, moto_url: str, 
     assert not store.exists(_sha(data))
 
 
+def test_a_copy_that_fails_after_a_rival_copy_succeeded_is_not_an_error(
+    bucket: str, moto_url: str, s3: Any
+) -> None:
+    class RivalWins(S3ArtifactStore):
+        def _copy(self, temp_key: str, key: str, size: int, sha256: str) -> None:
+            super()._copy(temp_key, key, size, sha256)  # as if a concurrent upload of the same content copied
+            raise ArtifactStoreUnavailable("this copy timed out", uri=self.root_uri)
+
+    store = RivalWins(bucket, PREFIX, endpoint_url=moto_url, part_size=MIN_PART_SIZE)
+    data = os.urandom(MIN_PART_SIZE + 1)
+    stored = store.put_bytes(data)
+    assert store.verify(stored.sha256).size_bytes == len(data)
+    assert s3_objects(s3, bucket) == [store.object_key(stored.sha256)] and s3_uploads(s3, bucket) == []
+
+
 #: A child that uploads a slow source to S3: 1 MiB chunks, 20 ms apart after the first part, up to 1000 MiB.
 SLOW_UPLOAD = """
 import sys, time

@@ -336,7 +336,13 @@ class S3ArtifactStore(ArtifactStore):
                                          f"bytes, {size} were uploaded; not storing it", uri=self.root_uri)
             key = self.object_key(sha256)
             if self._size_of(key) != size:
-                self._copy(temp_key, key, size, sha256)
+                try:
+                    self._copy(temp_key, key, size, sha256)
+                except ArtifactStoreError:
+                    # Uploads of the same content race to copy to the same key; a copy that failed while
+                    # another one succeeded has nothing left to do (its reads are verified like any).
+                    if self._size_of(key) != size:
+                        raise
             return StoredArtifact(sha256=sha256, size_bytes=size, uri=self.uri(sha256))
         except BaseException:
             if not completed:
