@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     #: SQLAlchemy URL of the SQL read model; unset: SQLite at <data_dir>/readmodel.db.
     #: PostgreSQL: postgresql+psycopg://user@host:5432/db
     database_url: str | None = None
+    #: Where artifacts are stored: `file:///abs/path` (or a plain path) or `s3://bucket/prefix` (S3-compatible;
+    #: credentials and region from the standard AWS_* variables). Unset: file://<data_dir>/artifacts.
+    artifact_uri: str | None = None
+    #: Endpoint of an S3-compatible service (MinIO, Ceph, moto, ...) for s3:// artifact URIs, e.g.
+    #: http://127.0.0.1:9000. Unset: boto3's own resolution (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS S3).
+    s3_endpoint_url: str | None = None
     #: Seconds between audit seals written by `mlhub projector` (0: never; `mlhub audit seal` seals at once).
     seal_interval_s: Annotated[float, Field(ge=0)] = 60.0
     #: Seconds between compactions of the metric tables' small files by `mlhub projector` (0: never).
@@ -75,10 +81,22 @@ class Settings(BaseSettings):
             raise ValueError(f"must be 'always' or a duration like '1s', '500ms', '2m'; got {value!r}")
         return value
 
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value and not re.fullmatch(r"https?://[^/?#\s]+/?", value):
+            raise ValueError(f"must be an http:// or https:// URL of the S3 endpoint (no path); got {value!r}")
+        return value or None
+
     @property
     def resolved_database_url(self) -> str:
         """The read model's database URL (the SQLite default made explicit)."""
         return self.database_url or f"sqlite:///{(self.data_dir / 'readmodel.db').resolve()}"
+
+    @property
+    def resolved_artifact_uri(self) -> str:
+        """The artifact store's URI (the local default, file://<data_dir>/artifacts, made explicit)."""
+        return self.artifact_uri or (self.data_dir / "artifacts").resolve().as_uri()
 
     @property
     def metrics_dir(self) -> Path:

@@ -1,40 +1,19 @@
-"""LocalArtifactStore: round trips, layout, dedup, integrity on every read path, missing objects, bad input."""
+"""LocalArtifactStore specifics: no I/O in the constructor, the on-disk layout, read-only objects.
+
+The store contract (round trips, dedup, integrity on every read path, ...) is in test_store_contract.py,
+run on this backend and on S3."""
 
 from __future__ import annotations
 
 import hashlib
-import random
 import stat
-import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from mlhub.artifacts import (
-    CHUNK_SIZE,
-    ArtifactIntegrityError,
-    ArtifactNotFound,
-    LocalArtifactStore,
-    StoredArtifact,
-)
-from mlhub.errors import InvalidInput, MlhubError
-
-MiB = 1024 * 1024
-Corrupt = Callable[..., None]
+from mlhub.artifacts import LocalArtifactStore, StoredArtifact
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def test_constructor_does_no_io(tmp_path: Path) -> None:
@@ -67,184 +46,3 @@ def test_objects_are_read_only_on_disk(store: LocalArtifactStore) -> None:
     stored = store.put_bytes(b"frozen")
     mode = store.object_path(stored.sha256).stat().st_mode
     assert not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
-
-
-def test_empty_content(store: LocalArtifactStore) -> None:
-    stored = store.put_bytes(b"")
-    assert stored.sha256 == _sha(b"") and stored.size_bytes == 0
-    assert store.read_bytes(stored.sha256) == b""
-
-
-def test_large_file_round_trip_streams(store: LocalArtifactStore, tmp_path: Path) -> None:
-    source = tmp_path / "model.ckpt"
-    rng = random.Random(7)
-    digest = hashlib.sha256()
-    with source.open("wb") as f:
-        for _ in range(50):
-            chunk = rng.randbytes(MiB)
-            digest.update(chunk)
-            f.write(chunk)
-    expected = digest.hexdigest()
-
-    tracemalloc.start()
-    try:
-        stored = store.put_file(source)
-        dest = store.get_to(stored.sha256, tmp_path / "out" / "model.ckpt")
-        size = 0
-        with store.open(stored.sha256) as stream:
-            while chunk := stream.read(CHUNK_SIZE):
-                size += len(chunk)
-        verified = store.verify(stored.sha256)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-
-    assert stored.sha256 == expected and stored.size_bytes == 50 * MiB
-    assert size == 50 * MiB and verified == stored
-    assert dest == tmp_path / "out" / "model.ckpt" and _file_sha(dest) == expected
-    assert peak < 8 * MiB, f"peak Python memory {peak / MiB:.1f} MiB: the 50 MiB file was not streamed"
-
-
-def test_same_content_is_stored_once(store: LocalArtifactStore, tmp_path: Path) -> None:
-    (tmp_path / "a.bin").write_bytes(b"same content")
-    first = store.put_bytes(b"same content")
-    second = store.put_file(tmp_path / "a.bin")
-    third = store.put_bytes(b"same content")
-    assert first == second == third
-    assert list(store.iter_sha256()) == [first.sha256]
-    assert [p.name for p in (store.root / "objects").rglob("*") if p.is_file()] == [first.sha256[2:]]
-    assert list((store.root / "tmp").iterdir()) == []
-
-
-def test_get_to_replaces_an_existing_file(store: LocalArtifactStore, tmp_path: Path) -> None:
-    stored = store.put_bytes(b"new")
-    (tmp_path / "dest").write_bytes(b"old content")
-    store.get_to(stored.sha256, tmp_path / "dest")
-    assert (tmp_path / "dest").read_bytes() == b"new"
-
-
-def test_put_dir_stores_every_file(store: LocalArtifactStore, tmp_path: Path) -> None:
-    folder = tmp_path / "checkpoint"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "model.pt").write_bytes(b"model")
-    (folder / "sub" / "optimizer.pt").write_bytes(b"optim")
-    (folder / "sub" / "copy.pt").write_bytes(b"model")
-    stored = store.put_dir(folder)
-    assert [rel for rel, _ in stored] == ["model.pt", "sub/copy.pt", "sub/optimizer.pt"]
-    assert {rel: store.read_bytes(a.sha256) for rel, a in stored} == {
-        "model.pt": b"model", "sub/copy.pt": b"model", "sub/optimizer.pt": b"optim"}
-    assert len(list(store.iter_sha256())) == 2
-    with pytest.raises(InvalidInput, match="not a directory"):
-        store.put_dir(folder / "model.pt")
-
-
-def _read_bytes(store: LocalArtifactStore, sha: str, tmp: Path) -> Any:
-    return store.read_bytes(sha)
-
-
-def _read_open_all(store: LocalArtifactStore, sha: str, tmp: Path) -> Any:
-    with store.open(sha) as stream:
-        return stream.read()
-
-
-def _read_open_chunks(store: LocalArtifactStore, sha: str, tmp: Path) -> Any:
-    with store.open(sha) as stream:
-        while stream.read(4096):
-            pass
-
-
-def _get_to(store: LocalArtifactStore, sha: str, tmp: Path) -> Any:
-    return store.get_to(sha, tmp / "restored.bin")
-
-
-def _verify(store: LocalArtifactStore, sha: str, tmp: Path) -> Any:
-    return store.verify(sha)
-
-
-READ_PATHS: list[Callable[[LocalArtifactStore, str, Path], Any]] = [
-    _read_bytes, _read_open_all, _read_open_chunks, _get_to, _verify]
-
-
-@pytest.mark.parametrize("read", READ_PATHS, ids=lambda f: f.__name__.lstrip("_"))
-@pytest.mark.parametrize("truncate", [False, True], ids=["flipped", "truncated"])
-def test_a_changed_object_is_refused_on_every_read_path(
-    store: LocalArtifactStore, tmp_path: Path, read: Callable[[LocalArtifactStore, str, Path], Any], truncate: bool,
-    corrupt: Corrupt,
-) -> None:
-    stored = store.put_bytes(bytes(range(256)) * 40)  # 10 KiB: more than one 4 KiB read
-    path = store.object_path(stored.sha256)
-    corrupt(path, truncate=truncate)
-    (tmp_path / "restored.bin").write_bytes(b"previous")
-
-    with pytest.raises(ArtifactIntegrityError) as caught:
-        read(store, stored.sha256, tmp_path)
-
-    error = caught.value
-    assert error.code == "ARTIFACT_INTEGRITY_ERROR" and isinstance(error, MlhubError)
-    assert stored.sha256 in str(error) and str(path) in str(error)
-    assert error.sha256 == stored.sha256 and error.location == str(path)
-    assert error.actual_sha256 == _file_sha(path)
-    # get_to left the destination as it was, and no temp file beside it.
-    assert (tmp_path / "restored.bin").read_bytes() == b"previous"
-    assert not list(tmp_path.glob(".restored.bin.*"))
-
-
-def test_a_reader_keeps_refusing_after_the_mismatch(store: LocalArtifactStore, corrupt: Corrupt) -> None:
-    stored = store.put_bytes(b"x" * 100)
-    corrupt(store.object_path(stored.sha256))
-    with store.open(stored.sha256) as stream:
-        assert len(stream.read(100)) == 100  # the bytes come through; the check is at the end
-        for _ in range(2):
-            with pytest.raises(ArtifactIntegrityError):
-                stream.read(1)
-
-
-def test_putting_again_heals_an_object_of_the_wrong_size(store: LocalArtifactStore, corrupt: Corrupt) -> None:
-    stored = store.put_bytes(b"precious" * 10)
-    corrupt(store.object_path(stored.sha256), truncate=True)
-    assert store.put_bytes(b"precious" * 10) == stored
-    assert store.verify(stored.sha256) == stored
-
-
-@pytest.mark.parametrize("read", READ_PATHS, ids=lambda f: f.__name__.lstrip("_"))
-def test_a_missing_object_is_not_found(
-    store: LocalArtifactStore, tmp_path: Path, read: Callable[[LocalArtifactStore, str, Path], Any]
-) -> None:
-    store.put_bytes(b"something else")
-    sha = _sha(b"never stored")
-    assert not store.exists(sha)
-    with pytest.raises(ArtifactNotFound) as caught:
-        read(store, sha, tmp_path)
-    assert caught.value.code == "ARTIFACT_NOT_FOUND" and sha in str(caught.value)
-    assert str(store.object_path(sha)) in str(caught.value)
-    assert list(tmp_path.iterdir()) == [store.root]  # get_to created nothing
-
-
-BAD_SHAS = ["", "abc", "A" * 64, "g" * 64, "0" * 63, "0" * 65, "../" + "0" * 61, None, 12]
-
-
-@pytest.mark.parametrize("bad", BAD_SHAS, ids=repr)
-def test_a_malformed_sha256_is_invalid_input(store: LocalArtifactStore, tmp_path: Path, bad: Any) -> None:
-    calls: list[Callable[[], object]] = [
-        lambda: store.read_bytes(bad), lambda: store.open(bad), lambda: store.exists(bad),
-        lambda: store.uri(bad), lambda: store.verify(bad), lambda: store.get_to(bad, tmp_path / "x"),
-    ]
-    for call in calls:
-        with pytest.raises(InvalidInput, match="sha256 must be 64 lowercase hex digits") as caught:
-            call()
-        assert repr(bad) in str(caught.value)
-    assert not (tmp_path / "x").exists()
-
-
-def test_bad_sources_and_destinations_are_invalid_input(store: LocalArtifactStore, tmp_path: Path) -> None:
-    with pytest.raises(InvalidInput, match="is a directory, not a file"):
-        store.put_file(tmp_path)
-    with pytest.raises(InvalidInput, match="does not exist"):
-        store.put_file(tmp_path / "missing.bin")
-    with pytest.raises(InvalidInput, match="must be bytes"):
-        store.put_bytes("text")  # type: ignore[arg-type]
-    stored = store.put_bytes(b"data")
-    with pytest.raises(InvalidInput, match="is a directory; name the file"):
-        store.get_to(stored.sha256, tmp_path)
-    with pytest.raises(InvalidInput, match="older_than_s"):
-        store.gc_temp(-1)

@@ -1,4 +1,4 @@
-"""The artifact store interface, shared by every backend (local files now, S3-compatible later).
+"""The artifact store interface, shared by every backend (local files, S3-compatible object storage).
 
 A backend implements four primitives (`put_stream`, `open`, `exists`, `uri`); everything else (`put_file`,
 `put_bytes`, `read_bytes`, `get_to`, `verify`, `put_dir`) is built here on top of them, so every backend gets

@@ -38,3 +38,31 @@ class UnsupportedArtifactUri(InvalidInput):
     """An artifact store URI whose scheme mlhub cannot (yet) open."""
 
     code = "UNSUPPORTED_ARTIFACT_URI"
+
+
+class ArtifactStoreError(MlhubError):
+    """A storage backend refused or failed an operation; the message names the store's URI and the operation."""
+
+    code = "ARTIFACT_STORE_ERROR"
+
+    def __init__(self, message: str, *, uri: str) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+class ArtifactStoreUnavailable(ArtifactStoreError):
+    """The store's endpoint could not be reached, or kept failing (timeouts, connection resets, 5xx)."""
+
+    code = "ARTIFACT_STORE_UNAVAILABLE"
+
+
+class ArtifactStoreAccessDenied(ArtifactStoreError):
+    """The store refused the credentials (missing, unknown, wrong secret, expired) or the permission."""
+
+    code = "ARTIFACT_STORE_ACCESS_DENIED"
+
+
+class ArtifactBucketNotFound(ArtifactStoreError):
+    """The bucket named by an `s3://` store URI does not exist (mlhub never creates buckets)."""
+
+    code = "ARTIFACT_BUCKET_NOT_FOUND"

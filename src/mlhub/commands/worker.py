@@ -36,6 +36,7 @@ def worker(pool: str, concurrency: int, ack_wait_s: float, max_deliver: int, fin
     if concurrency > 1:
         _run_children(concurrency, sys.argv[1:])
         return
+    from mlhub.artifacts import store_from_settings
     from mlhub.worker import Worker, WorkerConfig
 
     settings = load_settings()
@@ -48,7 +49,7 @@ def worker(pool: str, concurrency: int, ack_wait_s: float, max_deliver: int, fin
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with open_event_log(settings, url, f"mlhub-worker-{config.worker_id}") as log:
-            runner = Worker.local(log, settings.data_dir, config)
+            runner = Worker.local(log, settings.data_dir, config, store=store_from_settings(settings))
             click.echo(f"worker {config.worker_id} on pool {pool}: waiting for jobs (Ctrl-C to stop)", err=True)
             await runner.run(stop, finish_current=finish_current)
         click.echo(f"worker {config.worker_id} stopped after {len(runner.jobs_handled)} job message(s)", err=True)

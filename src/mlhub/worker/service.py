@@ -110,9 +110,10 @@ class Worker:
         self._current_stop: Any = None
 
     @classmethod
-    def local(cls, event_log: EventLog, data_dir: Path, config: WorkerConfig | None = None) -> Worker:
-        """A worker storing artifacts in the local store under `<data_dir>/artifacts`."""
-        return cls(event_log, LocalArtifactStore(artifacts_root(data_dir)), config)
+    def local(cls, event_log: EventLog, data_dir: Path, config: WorkerConfig | None = None,
+              store: ArtifactStore | None = None) -> Worker:
+        """A worker storing artifacts in `store` (the configured one), else the local store `<data_dir>/artifacts`."""
+        return cls(event_log, store or LocalArtifactStore(artifacts_root(data_dir)), config)
 
     async def ensure_consumer(self) -> None:
         """Create the pool's durable consumer, or update it to this worker's settings."""
