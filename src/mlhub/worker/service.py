@@ -12,8 +12,9 @@ error_type "WorkerLost") before the new attempt. `job.started` is appended guard
 cancel or another worker in between makes it fail; the job is read again and decided again), then
 `run.started` with the attempt number. Outcomes: success -> job.succeeded (guarded by the job's version: an
 attempt that lost the job records nothing more) + run.finished, ack; plugin error
--> run.failed + job.failed (not retryable), term; cancel -> run.cancelled, ack; timeout -> job.cancelled
-(reason "timeout") + run.cancelled, ack; worker shutdown -> job.failed (retryable, "WorkerStopped"), nak.
+-> run.failed + job.failed (not retryable), term; cancel -> run.cancelled, ack; timeout -> run.failed +
+job.failed (error_type "JobTimeout", not retryable), ack; worker shutdown -> job.failed (retryable,
+"WorkerStopped"), nak.
 A retryable failure of the last allowed attempt ends the job: run.failed is appended too.
 """
 
@@ -40,7 +41,6 @@ from mlhub.events import (
     SUBJECT_PREFIX,
     DomainEvent,
     Envelope,
-    JobCancelled,
     JobFailed,
     JobHeartbeat,
     JobQueued,
@@ -269,10 +269,12 @@ class Worker:
             await self._append(RunCancelled(run_id=job.run_id, reason="job cancelled"), job)
             await msg.ack()
             return self._done(job.job_id, "cancelled")
-        if why == "timeout":
-            await self._append(JobCancelled(job_id=job.job_id, reason="timeout",
-                                            requested_by=self.config.worker_id), job)
-            await self._append(RunCancelled(run_id=job.run_id, reason="timeout"), job)
+        if why == "timeout":  # the job failed (not retryable: the same config would time out again)
+            error = f"the run exceeded its timeout of {job.timeout_s:g} s and was stopped"
+            await self._append(RunFailed(run_id=job.run_id, attempt=attempt, error_type="JobTimeout", error=error),
+                               job)
+            await self._append(JobFailed(job_id=job.job_id, attempt=attempt, error_type="JobTimeout", error=error,
+                                         retryable=False), job)
             await msg.ack()
             return self._done(job.job_id, "timeout")
         aggregate = await self.log.read_aggregate("job", job.job_id)
