@@ -23,7 +23,7 @@ GATES = parse_gates({
 def test_the_shipped_gates_file_is_valid() -> None:
     gates = load_gates(ROOT / "configs" / "registry.yaml")
     assert [c.describe() for c in gates.conditions("digits", "production")] == [
-        "val_acc >= 0.9", "reproduced (val_acc, val_loss within 1e-06)"]
+        "val_acc >= 0.9", "reproduced (val_acc, val_loss within 0)"]
     assert gates.conditions("diabetes", "staging") == []
     assert gates.conditions("digits", "canary") == []
 
@@ -101,8 +101,11 @@ async def test_reproduced_needs_a_finished_run_of_the_same_config_with_the_same_
     assert f"no run with the same config reproduces run {original}" in message
     assert f"run {failed} is failed" in message and f"run {differs}: val_loss 0.25 vs 0.2" in message
 
-    same = await add_run(event_log, metrics={"val_acc": 0.95, "val_loss": 0.2 + 1e-9})
+    close = await add_run(event_log, metrics={"val_acc": 0.95, "val_loss": 0.2 + 1e-9})  # close is not identical
+    with pytest.raises(GateFailed, match=f"run {close}: val_loss 0.200000001 vs 0.2\\)"):
+        await promote(event_log, "digits", "production", 1, None, actor="ana", gates=GATES)
+    same = await add_run(event_log, metrics={"val_acc": 0.95, "val_loss": 0.2})
     result = await promote(event_log, "digits", "production", 1, None, actor="ana", gates=GATES)
     assert [(g.condition, g.passed) for g in result.gates] == [
-        ("val_acc >= 0.9", True), ("reproduced (every metric within 1e-06)", True)]
+        ("val_acc >= 0.9", True), ("reproduced (every metric within 0)", True)]
     assert result.gates[1].detail == f"run {same} reproduces run {original}"

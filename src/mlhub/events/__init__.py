@@ -17,6 +17,7 @@ from mlhub.events.envelope import (
     to_json_dict,
 )
 from mlhub.events.experiment import ExperimentCreated
+from mlhub.events.folds import final_metrics
 from mlhub.events.job import JobCancelled, JobFailed, JobHeartbeat, JobQueued, JobStarted, JobSucceeded
 from mlhub.events.metric import MetricDefined, MetricMigrated, MetricSpec
 from mlhub.events.model import ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
@@ -41,6 +42,7 @@ from mlhub.events.run import (
 from mlhub.events.upcasting import UPCASTERS, upcast
 
 __all__ = [
+    "final_metrics",
     "AGGREGATE_TYPES",
     "EVENT_CLASSES",
     "EVENT_TYPES",

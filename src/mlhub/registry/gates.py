@@ -13,7 +13,8 @@
 A metric condition compares the final value of a metric of the version's run (see `RunFacts.final_metrics`).
 `reproduced: true` holds when another finished run exists whose config snapshot has the same sha256 as the
 version's run and whose final value of every compared metric (`metrics`, default every metric of the version's
-run) is within `tolerance` (absolute, default 1e-6) of the version's run's. See docs/registry.md.
+run) is within `tolerance` (absolute, default 0: identical, as `mlhub reproduce` requires) of the version's
+run's. See docs/registry.md.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class ReproducedCondition(BaseModel):
     reproduced: Literal[True]
     #: The metrics that must agree; None: every final metric of the version's run.
     metrics: tuple[Key, ...] | None = Field(default=None, min_length=1)
-    tolerance: float = Field(default=1e-6, ge=0, allow_inf_nan=False)
+    tolerance: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     def describe(self) -> str:
         """The condition as one would write it."""
@@ -183,7 +184,7 @@ async def _reproduced(event_log: EventLog, c: ReproducedCondition, run: RunFacts
         if candidate.status != "finished":
             mismatches.append(f"run {candidate_id} is {candidate.status}")
             continue
-        differ = [f"{k} {candidate.final_metrics[k]:g} vs {run.final_metrics[k]:g}" if k in candidate.final_metrics
+        differ = [f"{k} {candidate.final_metrics[k]!r} vs {run.final_metrics[k]!r}" if k in candidate.final_metrics
                   else f"{k} missing" for k in keys
                   if k not in candidate.final_metrics
                   or not same_value(candidate.final_metrics[k], run.final_metrics[k], c.tolerance)]

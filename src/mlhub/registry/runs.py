@@ -15,12 +15,12 @@ from mlhub.events import (
     SUBJECT_PREFIX,
     ArtifactStored,
     ConfigSnapshotted,
-    MetricsLogged,
     RunCancelled,
     RunCreated,
     RunFailed,
     RunFinished,
     RunStarted,
+    final_metrics,
 )
 
 RunStatus = Literal["queued", "running", "finished", "failed", "cancelled"]
@@ -34,8 +34,8 @@ class RunFacts:
     exists: bool = False
     status: RunStatus = "queued"
     config_sha256: str | None = None
-    #: The final value of each metric key: the point with the highest (step, timestamp), a later event winning
-    #: a tie (the rule of the read model's metric_summaries.last_value). NaN stays NaN.
+    #: The final value of each metric key (mlhub.events.final_metrics: the last attempt's point with the highest
+    #: (step, timestamp), the rule `mlhub reproduce` uses too). NaN stays NaN.
     final_metrics: dict[str, float] = field(default_factory=dict)
     #: Logical artifact path -> the artifact.stored event (a later one of the same path replaces it).
     artifacts: dict[str, ArtifactStored] = field(default_factory=dict)
@@ -45,7 +45,7 @@ async def read_run(event_log: EventLog, run_id: str) -> RunFacts:
     """The facts of one run from the event log (exists=False when no event of it was stored)."""
     recorded = await event_log.read_aggregate("run", run_id)
     facts = RunFacts(run_id=run_id)
-    last: dict[str, tuple[int, int]] = {}
+    facts.final_metrics = final_metrics(r.envelope.event for r in recorded.events)
     for r in recorded.events:
         e = r.envelope.event
         if isinstance(e, RunCreated):
@@ -60,14 +60,6 @@ async def read_run(event_log: EventLog, run_id: str) -> RunFacts:
             facts.status = "cancelled"
         elif isinstance(e, ConfigSnapshotted):
             facts.config_sha256 = e.sha256
-        elif isinstance(e, MetricsLogged):
-            for s in e.series:
-                at = last.get(s.key, (-1, -1))
-                for value, step, ts in zip(s.values, s.steps, s.timestamps, strict=True):
-                    if (step, ts) >= at:
-                        at = (step, ts)
-                        facts.final_metrics[s.key] = value
-                last[s.key] = at
         elif isinstance(e, ArtifactStored):
             facts.artifacts[e.path] = e
     return facts

@@ -1,10 +1,11 @@
 """Reproducing a run: resubmit its recorded snapshot, then compare the two runs metric by metric.
 
 Everything is read from the event log (the run's own events), so a reproduction needs no projector and is
-judged on exactly what was recorded. "Final metrics" are the last value logged for each key (the worker logs the
-held-out evaluation last, at the final step), taken from the attempt that ended the run. Two values match only
-when they are bit-identical (NaN matches NaN); there is no tolerance: CPU training with a fixed seed,
-deterministic algorithms and the same data is expected to give the same floats.
+judged on exactly what was recorded. "Final metrics" are `mlhub.events.final_metrics`: each key's point with
+the highest (step, timestamp) of the attempt that ended the run (the worker logs the held-out evaluation last,
+at the final step). Two values match only when they are bit-identical (NaN matches NaN); there is no
+tolerance: CPU training with a fixed seed, deterministic algorithms and the same data is expected to give
+the same floats.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from mlhub.events import (
     ConfigSnapshotted,
     DatasetVersionRecorded,
     EnvironmentRecorded,
-    MetricsLogged,
     RunCancelled,
     RunCreated,
     RunFailed,
     RunFinished,
     RunStarted,
+    final_metrics,
 )
 from mlhub.scheduler.errors import NotReproducible, RunNotFound
 from mlhub.scheduler.service import SubmitResult, submit_snapshot
@@ -50,7 +51,7 @@ class RunRecord:
     dirty: bool | None
     torch_version: str | None
     reproduces_run_id: str | None
-    #: The last value of each key logged by the run's last attempt.
+    #: The final value of each key (mlhub.events.final_metrics: the last attempt's, by step then timestamp).
     final_metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -130,7 +131,6 @@ def fold_run(run_id: str, events: Sequence[Recorded]) -> RunRecord:
     snapshot: ConfigSnapshotted | None = None
     dataset = code = env = None
     status: RunStatus = "created"
-    final: dict[str, float] = {}
     for recorded in events:
         event = recorded.envelope.event
         if isinstance(event, RunCreated):
@@ -139,16 +139,12 @@ def fold_run(run_id: str, events: Sequence[Recorded]) -> RunRecord:
             snapshot = event
         elif isinstance(event, RunStarted):
             status = "running"
-            final = {}  # a new attempt: only its own metrics count
         elif isinstance(event, DatasetVersionRecorded):
             dataset = event
         elif isinstance(event, CodeVersionRecorded):
             code = event
         elif isinstance(event, EnvironmentRecorded):
             env = event
-        elif isinstance(event, MetricsLogged):
-            for series in event.series:
-                final[series.key] = series.values[-1]
         elif isinstance(event, RunFinished):
             status = "finished"
         elif isinstance(event, RunFailed):
@@ -168,7 +164,7 @@ def fold_run(run_id: str, events: Sequence[Recorded]) -> RunRecord:
         dirty=code.dirty if code else None,
         torch_version=env.torch if env else None,
         reproduces_run_id=created.reproduces_run_id if created else None,
-        final_metrics=final,
+        final_metrics=final_metrics(r.envelope.event for r in events),
     )
 
 
