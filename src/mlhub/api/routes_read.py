@@ -82,7 +82,10 @@ async def search_runs(
 ) -> Any:
     """Search runs: filter language, sort, keyset pagination with an opaque page token."""
     await state.wait_for_sql(min_seq)
-    stamp = await run_in_threadpool(state.sql_stamp, fresh=min_seq is not None)
+    # The hot path: a recent stamp and a cached answer need no thread hop and no I/O.
+    stamp = state.sql_stamp_if_fresh() if min_seq is None else None
+    if stamp is None:
+        stamp = await run_in_threadpool(state.sql_stamp, fresh=min_seq is not None)
     key = ("runs", stamp, tuple(experiment_id or ()), filter, order_by, max_results, page_token)
     cached = state.cache.get(key)
     if cached is None:
@@ -115,7 +118,9 @@ async def list_run_metrics(run_id: RunId, state: StateDep, _: ReaderDep, min_seq
 async def _metric_engine(state: AppState, min_seq: int | None) -> Any:
     """A query engine whose snapshot holds min_seq (waiting for the metric projector first)."""
     force = await state.wait_for_metrics(min_seq)
-    engine = await run_in_threadpool(state.metrics.points, force=force)
+    engine = None if force else state.metrics.points_if_fresh()  # the hot path: no thread hop
+    if engine is None:
+        engine = await run_in_threadpool(state.metrics.points, force=force)
     if min_seq is not None and (engine.snapshot.checkpoint if engine.snapshot else 0) < min_seq:
         engine = await run_in_threadpool(state.metrics.points, force=True)  # another request saw it first
     return engine

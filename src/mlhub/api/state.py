@@ -80,6 +80,16 @@ class MetricEngines:
         except OSError:
             return None
 
+    def points_if_fresh(self) -> QueryEngine | None:
+        """The points engine when it was checked within refresh_s (no I/O: safe on the event loop), else None."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            cached = self._points
+            return cached[0] if cached is not None and time.monotonic() - cached[2] < self.refresh_s else None
+        finally:
+            self._lock.release()
+
     def points(self, *, force: bool = False) -> QueryEngine:
         """An engine over the metric tables only (series, compare)."""
         with self._lock:
@@ -168,6 +178,11 @@ class AppState:
     metrics_position: int = 0
     cache: ResponseCache = field(default_factory=ResponseCache)
     _stamp: tuple[int, float] = (0, 0.0)
+
+    def sql_stamp_if_fresh(self) -> int | None:
+        """The SQL checkpoint when it was read within api_metrics_refresh_s (no I/O: safe on the event loop)."""
+        position, at = self._stamp
+        return position if at and time.monotonic() - at < self.settings.api_metrics_refresh_s else None
 
     def sql_stamp(self, *, fresh: bool) -> int:
         """The SQL checkpoint as a cache key: read at most every api_metrics_refresh_s unless fresh is asked."""
