@@ -456,15 +456,28 @@ class ReadModelChanges:
 
 
 def _fold_series(row: Row, values: Sequence[float], steps: Sequence[int], timestamps: Sequence[int]) -> None:
-    """Fold points into a summary: count (NaN included), min/max over non-NaN, last by (step, timestamp)."""
-    finite = [v for v in values if not math.isnan(v)]
+    """Fold points into a summary: count (NaN included), min/max over non-NaN, last by (step, timestamp).
+
+    The common case, no NaN and points in (step, timestamp) order, takes C-speed builtins only (sum() is NaN
+    exactly when a value is NaN or infinities cancel; either falls back to the loop): a metric event carries
+    up to thousands of points, and a per-point Python loop was most of the SQL projector's time on them.
+    """
     row["count"] += len(values)
+    last = (row["last_step"], row["last_timestamp"])
+    total = sum(values)
+    if total == total and _ordered(steps) and _ordered(timestamps) and (steps[0], timestamps[0]) >= last:
+        lo, hi = min(values), max(values)
+        row["min_value"] = lo if row["min_value"] is None else min(row["min_value"], lo)
+        row["max_value"] = hi if row["max_value"] is None else max(row["max_value"], hi)
+        row["last_value"] = values[-1]
+        row["last_step"], row["last_timestamp"] = steps[-1], timestamps[-1]
+        return
+    finite = [v for v in values if not math.isnan(v)]
     row["nan_count"] += len(values) - len(finite)
     if finite:
         lo, hi = min(finite), max(finite)
         row["min_value"] = lo if row["min_value"] is None else min(row["min_value"], lo)
         row["max_value"] = hi if row["max_value"] is None else max(row["max_value"], hi)
-    last = (row["last_step"], row["last_timestamp"])
     for value, step, ts in zip(values, steps, timestamps, strict=True):
         if (step, ts) >= last:  # a later point at the same step and time wins
             last = (step, ts)
