@@ -45,6 +45,20 @@ def hub_folder(root: Path, url: str) -> Path:
     return root / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
+def _append_synced(path: Path, data: bytes) -> None:
+    """Append whole lines and fsync. A torn last line (a crash while writing it) is closed with a newline
+    first, so it stays one unreadable line of its own and never swallows the next record."""
+    with open(path, "ab+") as out:
+        end = out.seek(0, os.SEEK_END)
+        if end:
+            out.seek(end - 1)
+            if out.read(1) != b"\n":
+                data = b"\n" + data
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -98,10 +112,7 @@ class RunSpool:
         self.folder.mkdir(parents=True, exist_ok=True)
         new = not self.records_path.exists()
         data = b"".join(json.dumps(r, separators=(",", ":"), allow_nan=False).encode() + b"\n" for r in records)
-        with open(self.records_path, "ab") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        _append_synced(self.records_path, data)
         if new:
             _fsync_dir(self.folder)
 
@@ -130,10 +141,7 @@ class RunSpool:
     def mark_done(self, record_id: str, dropped: str | None = None) -> None:
         """Record that a record was delivered (or refused for good, with the reason)."""
         line = record_id if dropped is None else f"{record_id} dropped {' '.join(dropped.split())[:500]}"
-        with open(self.done_path, "ab") as out:
-            out.write(line.encode() + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
+        _append_synced(self.done_path, line.encode() + b"\n")
         self._done_ids().add(record_id)
 
     # -- reading --------------------------------------------------------------------------------------------
