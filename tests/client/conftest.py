@@ -33,7 +33,7 @@ def free_port() -> int:
 class HubStack:
     """uvicorn (mlhub.api) and `mlhub projector` as subprocesses; the API can be killed and restarted."""
 
-    def __init__(self, tmp_path: Path, nats_url: str) -> None:
+    def __init__(self, tmp_path: Path, nats_url: str, **extra_env: str) -> None:
         self.tmp_path = tmp_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,7 +42,7 @@ class HubStack:
         self.env.update({
             "MLHUB_DATA_DIR": str(self.data_dir), "MLHUB_NATS_URL": nats_url, "MLHUB_API_TOKENS": TOKENS,
             "MLHUB_API_MIN_SEQ_WAIT_S": "30", "MLHUB_API_METRICS_REFRESH_S": "0", "MLHUB_SEAL_INTERVAL_S": "0",
-            "MLHUB_COMPACT_INTERVAL_S": "0", "PYTHONUNBUFFERED": "1",
+            "MLHUB_COMPACT_INTERVAL_S": "0", "PYTHONUNBUFFERED": "1", **extra_env,
         })
         self.api: subprocess.Popen[bytes] | None = None
         self.projector: subprocess.Popen[bytes] | None = None

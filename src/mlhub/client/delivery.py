@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def resend_folder(transport: Transport, folder: Path, *, deadline_s: float, stop
     """Resend every run's left-over records in a hub's spool folder, oldest first, with backoff until
     `deadline_s` passes or `stop` is set. Files another process holds (a run still logging) are skipped."""
     report = ResendReport()
+    seen: dict[str, set[str]] = {}
     end = time.monotonic() + deadline_s
     for run_id in spooled_runs(folder):
         if run_id in skip:
@@ -83,9 +85,9 @@ def resend_folder(transport: Transport, folder: Path, *, deadline_s: float, stop
                 if stop.is_set() or time.monotonic() > end:
                     report.left.append(run_id)
                     break
-                warn_if_past_window(record, duplicate_window_s)
                 try:
-                    deliver(transport, record, spool.blobs)
+                    if not stored_past_window(transport, record, duplicate_window_s, seen):
+                        deliver(transport, record, spool.blobs)
                 except HubUnavailable as e:
                     report.errors.append(str(e))
                     stop.wait(min(delay, max(0.0, end - time.monotonic())))
@@ -110,11 +112,43 @@ def resend_folder(transport: Transport, folder: Path, *, deadline_s: float, stop
     return report
 
 
-def warn_if_past_window(record: Record, duplicate_window_s: float) -> None:
-    """Log that a record older than the event log's duplicate window is resent (it may be stored twice if an
-    earlier attempt had reached the event log)."""
+def record_event_id(record: Record) -> str | None:
+    """The id of the one event the API appends for a record (the same derivation as mlhub.api.routes_write:
+    the first event of a batch, uuid5(batch_id, "log-batch/0"); an upload's uuid5(upload_id, "artifact")).
+    An SDK batch holds at most POINTS_PER_BATCH points, one series per key, so the API makes exactly one event
+    of it. A finish has none (a repeated finish is recognized by its 409 answer)."""
+    if record.get("op") == "batch":
+        return str(uuid.uuid5(uuid.UUID(str(record["id"])), "log-batch/0"))
+    if record.get("op") == "artifact":
+        return str(uuid.uuid5(uuid.UUID(str(record["id"])), "artifact"))
+    return None
+
+
+def stored_past_window(transport: Transport, record: Record, duplicate_window_s: float,
+                       seen: dict[str, set[str]]) -> bool:
+    """For a record older than the event log's duplicate window (where the stream would no longer drop a
+    duplicate): whether its event is in the run's events already, read from the log through the API
+    (`GET /runs/{id}/events`, once per run and resend; `seen` caches the ids). False for younger records."""
     age = time.time() - float(record.get("at", time.time()))
-    if age > duplicate_window_s:
-        log.warning("resending %s %s of run %s %.0f s after it was first sent, past the event log's duplicate "
-                    "window of %.0f s: if an earlier attempt reached the hub it is stored twice",
-                    record.get("op"), record.get("id"), record.get("run_id"), age, duplicate_window_s)
+    event_id = record_event_id(record)
+    if age <= duplicate_window_s or event_id is None:
+        return False
+    run_id = str(record["run_id"])
+    if run_id not in seen:
+        ids: set[str] = set()
+        from_seq: int | None = 1
+        try:
+            while from_seq is not None:
+                page = transport.request("GET", f"/runs/{run_id}/events", params={"from_seq": from_seq,
+                                                                                  "limit": 10_000})
+                ids.update(str(e["event_id"]) for e in page["data"])
+                from_seq = page.get("next_from_seq")
+        except HubRequestError as e:
+            if e.status != 404:  # 404: the log holds no event of the run yet
+                raise
+        seen[run_id] = ids
+    if event_id in seen[run_id]:
+        log.info("%s %s of run %s (%.0f s old, past the duplicate window) is in the event log already: not resent",
+                 record.get("op"), record.get("id"), run_id, age)
+        return True
+    return False

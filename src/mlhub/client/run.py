@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlhub.client.delivery import batch_points, deliver, warn_if_past_window
+from mlhub.client.delivery import batch_points, deliver, stored_past_window
 from mlhub.client.errors import HubRequestError, HubUnavailable, InvalidMetric, RunClosed
 from mlhub.client.spool import Record, RunSpool
 from mlhub.client.transport import metric_values
@@ -44,6 +44,9 @@ Status = Literal["finished", "failed", "cancelled"]
 #: A metric point: key, value, step, epoch, timestamp in ms.
 Point = tuple[str, float, int, int, int]
 MAX_KEY_LENGTH = 250
+#: Points per batch: the API's POINTS_PER_EVENT, so that each batch (one series per key) becomes exactly one
+#: event, whose id (derived from the batch id) tells whether the batch is stored (see delivery.py).
+POINTS_PER_BATCH = 8_000
 MAX_COUNT = 2**63 - 1
 
 
@@ -88,12 +91,13 @@ class Run:
     manager: `with hub.start_run(...) as run:` finishes it, "failed" when the block raises)."""
 
     def __init__(self, hub: Hub, run_id: str, experiment_id: str, *, interval_s: float = 0.5,
-                 max_points: int = 20_000, retry_backoff_s: float = 0.5, finish_timeout_s: float = 60.0) -> None:
+                 max_points: int = POINTS_PER_BATCH, retry_backoff_s: float = 0.5,
+                 finish_timeout_s: float = 60.0) -> None:
         self.hub = hub
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.interval_s = interval_s
-        self.max_points = max_points
+        self.max_points = max(1, min(max_points, POINTS_PER_BATCH))
         self.retry_backoff_s = retry_backoff_s
         self.finish_timeout_s = finish_timeout_s
         self.spool = RunSpool(hub.spool_folder, run_id)
@@ -110,6 +114,7 @@ class Run:
         self._queued = 0  # records made so far
         self._ended = 0  # records delivered or dropped (in order)
         self._degraded = False
+        self._seen: dict[str, set[str]] = {}  # event ids of the run in the log (read for records past the window)
         self._retry_at = 0.0
         self._delay = retry_backoff_s
         self._next_cut = time.monotonic() + interval_s
@@ -402,9 +407,9 @@ class Run:
                 self._degraded = False
                 self._delay = self.retry_backoff_s
                 return
-            warn_if_past_window(record, self.hub.duplicate_window_s)
             try:
-                deliver(self.hub.transport, record, self.spool.blobs)
+                if not stored_past_window(self.hub.transport, record, self.hub.duplicate_window_s, self._seen):
+                    deliver(self.hub.transport, record, self.spool.blobs)
             except HubUnavailable:
                 self.send_failures += 1
                 self._retry_at = time.monotonic() + self._delay
