@@ -11,7 +11,7 @@ import httpx
 import pytest
 from tests.client.conftest import READER, WRITER, HubStack
 
-from mlhub.client import Hub, HubRequestError, InvalidMetric, RunClosed
+from mlhub.client import Hub, HubRequestError, HubUnavailable, InvalidMetric, RunClosed
 from mlhub.errors import InvalidInput
 
 
@@ -70,6 +70,10 @@ def test_bad_input_is_named_and_nothing_of_it_is_buffered(hub_stack: HubStack, s
                                                           tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="http:// or https://"):
         Hub("ftp://example", WRITER, spool_dir=spool_dir)
+    with Hub(hub_stack.url, READER, spool_dir=spool_dir) as reader, \
+            pytest.raises(HubUnavailable, match="403 PERMISSION_DENIED") as denied:
+        reader.start_run("sdk-exp")
+    assert denied.value.status == 403
     with Hub(hub_stack.url, WRITER, spool_dir=spool_dir) as hub:
         with pytest.raises(HubRequestError, match="experiment") as refused:
             hub.start_run("")

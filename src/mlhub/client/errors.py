@@ -8,9 +8,15 @@ from mlhub.errors import InvalidInput, MlhubError
 
 
 class HubUnavailable(MlhubError):
-    """The hub did not answer (connection refused, timeout) or answered 5xx/401/403/429: worth retrying."""
+    """The hub did not answer (connection refused, timeout) or answered 5xx/401/403/429: worth retrying.
+
+    `status` is the HTTP status when the hub answered, None when it did not."""
 
     code = "HUB_UNAVAILABLE"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class HubRequestError(MlhubError):

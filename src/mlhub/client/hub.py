@@ -83,8 +83,10 @@ class Hub:
             try:
                 created = self.transport.request("POST", "/runs", json_body=body)
                 break
-            except HubUnavailable:
-                if time.monotonic() + delay > deadline:
+            except HubUnavailable as e:
+                # A token the hub does not know (401/403) is the caller's to fix: say so at once. (A run's
+                # sender, by contrast, keeps retrying them: a hub restarted with its token list recovers.)
+                if e.status in (401, 403) or time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)

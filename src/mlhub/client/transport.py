@@ -78,7 +78,7 @@ class Transport:
         code = str(error.get("code") or "HTTP_ERROR")
         message = f"{method} {path}: {response.status_code} {code}: {error.get('message') or response.text[:500]}"
         if response.status_code in RETRYABLE_STATUSES:
-            raise HubUnavailable(message)
+            raise HubUnavailable(message, status=response.status_code)
         raise HubRequestError(message, status=response.status_code, api_code=code,
                               details=error.get("details") if isinstance(error.get("details"), dict) else None)
 
