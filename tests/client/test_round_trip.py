@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -106,3 +108,20 @@ def test_a_batch_the_hub_refuses_is_dropped_and_reported(hub_stack: HubStack, sp
         assert run.finish(timeout_s=30)  # nothing is left to send: the finish itself is refused, reported
         assert len(run.errors) == 2 and "has ended (cancelled" in run.errors[1]
     assert not list(spool_dir.rglob("*.jsonl"))
+
+
+def test_a_script_that_exits_without_finishing_loses_no_point(hub_stack: HubStack, spool_dir: Path) -> None:
+    """The sender threads are daemons; an exit hook flushes them and ends the run as failed (NotFinished)."""
+    script = (
+        "import sys\nfrom mlhub.client import Hub\n"
+        "run = Hub(sys.argv[1], sys.argv[2], spool_dir=sys.argv[3]).start_run('exit')\n"
+        "print(run.run_id, flush=True)\n"
+        "for step in range(3000):\n    run.log_metrics({'loss': step * 0.1}, step=step)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, hub_stack.url, WRITER, str(spool_dir)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip()
+    events = hub_stack.run_events(run_id)
+    assert events[-1]["type"] == "run.failed" and events[-1]["payload"]["error_type"] == "NotFinished"
+    assert sorted(hub_stack.logged_steps(run_id)["loss"].elements()) == list(range(3000))

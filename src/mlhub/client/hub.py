@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,10 @@ class Hub:
         self._stop = threading.Event()
         self._resend_thread: threading.Thread | None = None
         self.last_resend: ResendReport | None = None
+        self._closed = False
+        # A script that ends without finishing its runs: flush them (what the hub does not take in time is
+        # spooled) instead of losing the buffered points with the daemon sender threads at exit.
+        atexit.register(_close_at_exit, weakref.ref(self))
         if resend_on_start:
             self._resend_thread = threading.Thread(target=self._resend_background, name="mlhub-resend",
                                                    daemon=True)
@@ -145,6 +151,9 @@ class Hub:
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Finish the runs still open ("failed": the script did not finish them), stop resending, close."""
+        if self._closed:
+            return
+        self._closed = True
         with self._lock:
             runs = list(self._runs.values())
         for run in runs:
@@ -155,3 +164,9 @@ class Hub:
         if self._resend_thread is not None:
             self._resend_thread.join(timeout=5)
         self.transport.close()
+
+
+def _close_at_exit(ref: weakref.ref[Hub]) -> None:
+    hub = ref()
+    if hub is not None and not hub._closed:  # noqa: SLF001 - the module's own hook
+        hub.close(timeout_s=hub.finish_timeout_s)
