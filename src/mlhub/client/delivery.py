@@ -89,7 +89,7 @@ def resend_folder(transport: Transport, folder: Path, *, deadline_s: float, stop
                     if not stored_past_window(transport, record, duplicate_window_s, seen):
                         deliver(transport, record, spool.blobs)
                 except HubUnavailable as e:
-                    report.errors.append(str(e))
+                    report.errors = [*report.errors[-99:], str(e)]  # the last 100 only
                     stop.wait(min(delay, max(0.0, end - time.monotonic())))
                     delay = min(delay * 2, 5.0)
                     continue

@@ -9,6 +9,7 @@ import time
 import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from mlhub.client.delivery import ResendReport, resend_folder
 from mlhub.client.errors import HubUnavailable
@@ -117,7 +118,7 @@ class Hub:
     def get_metric_series(self, run_id: str, key: str, *, max_points: int = 100_000) -> dict[str, Any]:
         """A run's points of one key in step order (GET /runs/{id}/metrics/{key})."""
         result: dict[str, Any] = self.transport.request(
-            "GET", f"/runs/{run_id}/metrics/{key}", params={"max_points": max_points})
+            "GET", f"/runs/{run_id}/metrics/{quote(key, safe='/')}", params={"max_points": max_points})
         return result
 
     # -- the spool ------------------------------------------------------------------------------------------

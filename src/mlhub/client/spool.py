@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,7 +236,3 @@ def spooled_runs(folder: Path) -> list[str]:
     files = sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
     return [p.stem for p in files]
 
-
-def remove_tree(folder: Path) -> None:
-    """Delete a spool folder (tests, and `Hub.discard_spool`)."""
-    shutil.rmtree(folder, ignore_errors=True)
