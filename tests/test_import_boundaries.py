@@ -35,7 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "metricdefs": {"events", "eventlog", "readmodel"},
 }
 HEAVY = {"torch", "lightning", "pytorch_lightning", "torchvision", "onnxruntime"}
-LAZY_HEAVY_OK = {"worker", "plugins"}
+#: The SDK's Lightning logger (mlhub.client.MLHubLogger) imports lightning inside its class factory only.
+LAZY_HEAVY_OK = {"worker", "plugins", "client"}
 
 
 def _imports(tree: ast.AST) -> list[tuple[str, bool, int]]:
@@ -65,7 +66,7 @@ def violations(owner: str, source: str, where: str) -> list[str]:
         if root in HEAVY and (owner not in LAZY_HEAVY_OK or module_level):
             problems.append(f"{where}:{line} imports {module} " + (
                 "at module level (import it inside the function that needs it)" if owner in LAZY_HEAVY_OK
-                else f"but only worker and plugins may import {root}"))
+                else f"but only worker, plugins and client may import {root}"))
         if root != "mlhub" or module == "mlhub":
             continue
         target = module.split(".")[1]
@@ -107,9 +108,12 @@ def test_no_import_crosses_a_boundary() -> None:
         ("api", "from mlhub.worker.runner import run", "api may not import mlhub.worker.runner"),
         ("client", "from mlhub.readmodel import tables", "client may not import"),
         ("errors", "from mlhub.events import Envelope", "leaf module errors imports"),
-        ("scheduler", "def f():\n    import torch\n", "only worker and plugins may import torch"),
+        ("scheduler", "def f():\n    import torch\n", "only worker, plugins and client may import torch"),
         ("worker", "import lightning\n", "at module level"),
         ("metricdefs", "from mlhub.projections import SqlProjector", "metricdefs may not import"),
+        ("client", "from mlhub.eventlog import EventLog", "client may not import mlhub.eventlog"),
+        ("client", "from mlhub.worker.metrics import MetricSender", "client may not import mlhub.worker"),
+        ("client", "import lightning\n", "at module level"),
     ],
 )
 def test_the_checker_catches_each_kind_of_crossing(owner: str, source: str, expected: str) -> None:
@@ -120,3 +124,4 @@ def test_the_checker_allows_what_the_table_allows() -> None:
     assert violations("worker", "def f():\n    import torch\n", "x.py") == []
     assert violations("projections", "from mlhub.readmodel import x\nfrom mlhub.errors import E", "x.py") == []
     assert violations("cli", "from mlhub.worker import w", "x.py") == []
+    assert violations("client", "def f():\n    import lightning\n", "x.py") == []

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     api_query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     #: How often the API looks for new metric-table commits (seconds); a read with min_seq looks at once.
     api_metrics_refresh_s: Annotated[float, Field(ge=0)] = 1.0
+    #: The SDK (mlhub.client.Hub): the hub's base URL when Hub() is given none, e.g. http://127.0.0.1:8000.
+    hub_url: str | None = None
+    #: The SDK: the bearer token (a writer's) when Hub() is given none.
+    hub_token: str | None = None
+    #: The SDK: where unsent batches are spilled (JSON lines, fsync'd); unset: ~/.mlhub/spool.
+    spool_dir: Path | None = None
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 

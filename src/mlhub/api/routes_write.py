@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import os
 import re
+import tempfile
 import time
 import uuid
-from typing import Annotated, Any
+from pathlib import Path as FsPath
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -22,6 +27,7 @@ from mlhub.api.routes_read import ID_PATTERN, ModelName, RunId
 from mlhub.api.schemas import (
     AliasPromote,
     Appended,
+    ArtifactUploaded,
     JobCancel,
     JobCancelled,
     JobCreate,
@@ -35,6 +41,7 @@ from mlhub.api.state import AppState
 from mlhub.errors import ConcurrencyError
 from mlhub.events import (
     SUBJECT_PREFIX,
+    ArtifactStored,
     DomainEvent,
     Envelope,
     ExperimentCreated,
@@ -64,8 +71,16 @@ def _invalid(e: ValidationError, where: str) -> ApiError:
                     details={"problems": problems})
 
 
-def _envelope(state: AppState, event: DomainEvent, correlation_id: str | None = None) -> Envelope:
-    return Envelope(event=event, producer=state.settings.producer, correlation_id=correlation_id)
+def _envelope(state: AppState, event: DomainEvent, correlation_id: str | None = None,
+              event_id: uuid.UUID | None = None) -> Envelope:
+    if event_id is None:
+        return Envelope(event=event, producer=state.settings.producer, correlation_id=correlation_id)
+    return Envelope(event=event, producer=state.settings.producer, correlation_id=correlation_id, event_id=event_id)
+
+
+def batch_event_id(batch_id: uuid.UUID, index: int) -> uuid.UUID:
+    """The id of the index-th event appended for a client batch: the same batch resent gets the same ids."""
+    return uuid.uuid5(batch_id, f"log-batch/{index}")
 
 
 # -- jobs ------------------------------------------------------------------------------------------------------
@@ -224,8 +239,15 @@ async def log_batch(run_id: RunId, request: Request, state: StateDep, _: WriterD
     if not head and not metric_events:
         raise ApiError("the batch is empty: give params, tags or metrics", details={"field": "body"})
     await _open_run(state, run_id)
-    seqs = [(await state.event_log.append(_envelope(state, e))).seq for e in head]
-    results = await state.event_log.append_many(_envelope(state, e) for e in metric_events)
+    # With a batch_id every event's id is derived from it (params/tags first, then metric events, in the order
+    # _metric_events cuts them, which depends on the body alone): a resent batch dedups in the stream.
+    ids: list[uuid.UUID | None] = [None] * (len(head) + len(metric_events))
+    if body.batch_id is not None:
+        ids = [batch_event_id(body.batch_id, i) for i in range(len(ids))]
+    seqs = [(await state.event_log.append(_envelope(state, e, event_id=i))).seq
+            for e, i in zip(head, ids, strict=False)]
+    results = await state.event_log.append_many(
+        _envelope(state, e, event_id=i) for e, i in zip(metric_events, ids[len(head):], strict=True))
     seqs += [r.seq for r in results]
     return {"seq": max(seqs), "seqs": seqs, "points": points}
 
@@ -252,6 +274,70 @@ async def finish_run(run_id: RunId, body: RunFinish, state: StateDep, _: WriterD
             continue
         return {"seq": seq, "seqs": [seq]}
     raise ApiError(f"run {run_id} kept changing while it was being finished; retry", code="CONCURRENCY_CONFLICT")
+
+
+# -- artifacts ---------------------------------------------------------------------------------------------------
+
+Sha256Query = Annotated[str, Query(pattern=r"^[0-9a-f]{64}$", description="sha256 of the body, lowercase hex")]
+
+
+def artifact_event_id(upload_id: uuid.UUID) -> uuid.UUID:
+    """The id of the run.artifact_stored event of a client upload: a resent upload is stored once."""
+    return uuid.uuid5(upload_id, "artifact")
+
+
+@router.post("/runs/{run_id}/artifacts", response_model=ArtifactUploaded, status_code=201,
+             operation_id="upload_artifact",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                 "schema": {"type": "string", "format": "binary"}}}}})
+async def upload_artifact(
+    run_id: RunId, request: Request, state: StateDep, _: WriterDep,
+    path: Annotated[str, Query(min_length=1, max_length=1000, description="the artifact's path inside the run")],
+    sha256: Sha256Query,
+    kind: Annotated[Literal["checkpoint", "model", "onnx", "file"], Query()] = "file",
+    upload_id: Annotated[uuid.UUID | None, Query(
+        description="a client-chosen id: the run.artifact_stored event's id is derived from it, so a resent "
+                    "upload is recorded once (within MLHUB_DUPLICATE_WINDOW_S)")] = None,
+) -> Any:
+    """Store the raw request body as an artifact of an open run: streamed to a temporary file while hashed,
+    refused (422) unless its sha256 is the one given, then put in the artifact store (MLHUB_ARTIFACT_URI) and
+    recorded with a run.artifact_stored event. Nothing is recorded for a refused upload."""
+    from mlhub.artifacts import store_from_settings
+
+    try:  # the path is checked by the event's own model before any byte is read
+        ArtifactStored(run_id=run_id, path=path, sha256=sha256, size_bytes=0, uri="pending", kind=kind)
+    except ValidationError as e:
+        raise _invalid(e, "artifact") from e
+    await _open_run(state, run_id)
+    uploads = state.settings.data_dir / "uploads"
+    await run_in_threadpool(uploads.mkdir, parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=uploads)
+    temp = FsPath(temp_name)
+    try:
+        digest = hashlib.sha256()
+        size = 0
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in request.stream():
+                digest.update(chunk)
+                size += len(chunk)
+                await run_in_threadpool(out.write, chunk)
+        actual = digest.hexdigest()
+        if actual != sha256:
+            raise ApiError(f"artifact {path!r}: the body's sha256 is {actual} ({size} bytes), not {sha256}: "
+                           "the file changed or was damaged on the way; nothing was stored",
+                           code="ARTIFACT_CHECKSUM_MISMATCH",
+                           details={"path": path, "expected": sha256, "received": actual, "size_bytes": size})
+        store = store_from_settings(state.settings)
+        stored = await run_in_threadpool(store.put_file, temp)
+    finally:
+        temp.unlink(missing_ok=True)
+    event = ArtifactStored(run_id=run_id, path=path, sha256=stored.sha256, size_bytes=stored.size_bytes,
+                           uri=stored.uri, kind=kind)
+    envelope = _envelope(state, event, event_id=artifact_event_id(upload_id) if upload_id else None)
+    result = await state.event_log.append(envelope)
+    return {"run_id": run_id, "path": path, "sha256": stored.sha256, "size_bytes": stored.size_bytes, "kind": kind,
+            "uri": stored.uri, "event_id": str(envelope.event_id), "duplicate": result.duplicate,
+            "seq": result.seq, "seqs": [result.seq]}
 
 
 # -- registry ----------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -363,6 +364,12 @@ class LogBatch(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
     metrics: list[MetricBatch] = Field(default_factory=list)
+    batch_id: UUID | None = Field(
+        default=None,
+        description="a client-chosen id that makes a resent batch idempotent: the i-th event appended for the "
+                    "batch gets the id uuid5(batch_id, 'log-batch/<i>'), so a retry of the same body within the "
+                    "event log's duplicate window (MLHUB_DUPLICATE_WINDOW_S) is stored once; without it every "
+                    "call appends new events")
 
 
 class Appended(BaseModel):
@@ -371,6 +378,21 @@ class Appended(BaseModel):
     seq: int
     seqs: list[int]
     points: int = 0
+
+
+class ArtifactUploaded(BaseModel):
+    """An artifact stored for a run, with the sequence of its run.artifact_stored event."""
+
+    run_id: str
+    path: str
+    sha256: str
+    size_bytes: int
+    kind: str
+    uri: str
+    event_id: str
+    duplicate: bool
+    seq: int
+    seqs: list[int]
 
 
 class RunFinish(BaseModel):

@@ -1,0 +1,149 @@
+"""Fixtures of the SDK tests: the hub as a user runs it, in subprocesses: uvicorn serving mlhub.api and
+`mlhub projector`, over the test's own nats-server and a SQLite read model under the test's data dir.
+The API can be SIGKILLed and restarted on the same port (the outage tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+WRITER = "writer-token-0001"
+READER = "reader-token-0001"
+TOKENS = f"{WRITER}:writer,{READER}:reader"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class HubStack:
+    """uvicorn (mlhub.api) and `mlhub projector` as subprocesses; the API can be killed and restarted."""
+
+    def __init__(self, tmp_path: Path, nats_url: str, **extra_env: str) -> None:
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = tmp_path / "data"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_")}
+        self.env.update({
+            "MLHUB_DATA_DIR": str(self.data_dir), "MLHUB_NATS_URL": nats_url, "MLHUB_API_TOKENS": TOKENS,
+            "MLHUB_API_MIN_SEQ_WAIT_S": "30", "MLHUB_API_METRICS_REFRESH_S": "0", "MLHUB_SEAL_INTERVAL_S": "0",
+            "MLHUB_COMPACT_INTERVAL_S": "0", "PYTHONUNBUFFERED": "1", **extra_env,
+        })
+        self.api: subprocess.Popen[bytes] | None = None
+        self.projector: subprocess.Popen[bytes] | None = None
+        self.api_starts = 0
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / log_name, "ab")  # noqa: SIM115 - the child keeps writing to it
+        return subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start_api(self, timeout_s: float = 90.0) -> None:
+        """Start uvicorn and wait until /healthz answers."""
+        self.api_starts += 1
+        self.api = self._spawn([sys.executable, "-m", "uvicorn", "--factory", "mlhub.api:create_app", "--host",
+                                "127.0.0.1", "--port", str(self.port), "--log-level", "warning"], "api.log")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.api.poll() is None, "uvicorn exited:\n" + self.log("api.log")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("uvicorn did not answer /healthz:\n" + self.log("api.log"))
+
+    def kill_api(self) -> None:
+        """SIGKILL the API server (no graceful shutdown: requests in flight are cut)."""
+        assert self.api is not None
+        self.api.send_signal(signal.SIGKILL)
+        self.api.wait(timeout=30)
+        self.api = None
+
+    def start_projector(self) -> None:
+        """`mlhub projector` in the background."""
+        self.projector = self._spawn([sys.executable, "-m", "mlhub.cli", "projector"], "projector.log")
+
+    def stop(self) -> None:
+        """Stop everything this stack started."""
+        for proc in (self.api, self.projector):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=15)
+
+    def log(self, name: str) -> str:
+        """The tail of a subprocess's log."""
+        path = self.tmp_path / name
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    # -- reading back --------------------------------------------------------------------------------------
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET /api/v1<path> as a reader; the JSON answer (asserting 200)."""
+        response = httpx.get(f"{self.url}/api/v1{path}", params=params or None,
+                             headers={"Authorization": f"Bearer {READER}"}, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def run_events(self, run_id: str) -> list[dict[str, Any]]:
+        """Every event of a run, read from the event log itself (GET /runs/{id}/events, all pages)."""
+        events: list[dict[str, Any]] = []
+        from_seq: int | None = 1
+        while from_seq is not None:
+            page = self.get(f"/runs/{run_id}/events", from_seq=from_seq, limit=1000)
+            events += page["data"]
+            from_seq = page.get("next_from_seq")
+        return events
+
+    def logged_steps(self, run_id: str) -> dict[str, Counter[int]]:
+        """For each metric key, how many times each step is stored in the event log."""
+        steps: dict[str, Counter[int]] = {}
+        for event in self.run_events(run_id):
+            if event["type"] == "run.metrics_logged":
+                for series in event["payload"]["series"]:
+                    steps.setdefault(series["key"], Counter()).update(series["steps"])
+        return steps
+
+    def projected_steps(self, run_id: str, key: str, min_seq: int) -> list[int]:
+        """The steps of one key as the metric tables hold them (waits for min_seq)."""
+        series = self.get(f"/runs/{run_id}/metrics/{key}", min_seq=min_seq, max_points=100_000)
+        assert series["total_points"] == series["returned_points"], series["total_points"]
+        steps: list[int] = series["steps"]
+        return steps
+
+
+@pytest.fixture
+def hub_stack(tmp_path: Path, nats_url: str) -> Iterator[HubStack]:
+    """The API and the projectors running over the test's nats-server."""
+    stack = HubStack(tmp_path, nats_url)
+    try:
+        stack.start_api()
+        stack.start_projector()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path) -> Path:
+    """The test's own spool folder (never ~/.mlhub)."""
+    return tmp_path / "spool"
