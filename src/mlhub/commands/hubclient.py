@@ -34,13 +34,24 @@ class HubRequestError(MlhubError):
 
     code = "HUB_REQUEST_FAILED"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int = 0,
-                 details: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, status: int = 0, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
-        if code:
-            self.code = code
         self.status = status
         self.details = details or {}
+
+    @classmethod
+    def with_code(cls, code: str | None, message: str, *, status: int,
+                  details: dict[str, Any]) -> HubRequestError:
+        """An error that carries the hub's own code (printed by the CLI as error [CODE])."""
+        if not code or not code.replace("_", "").isalnum():
+            return cls(message, status=status, details=details)
+        kind = _CODED.get(code)
+        if kind is None:
+            kind = _CODED[code] = type(f"HubRequestError_{code}", (cls,), {"code": code})
+        return kind(message, status=status, details=details)
+
+
+_CODED: dict[str, type[HubRequestError]] = {}
 
 
 class HubUnreachable(MlhubError):
@@ -113,8 +124,8 @@ class HubClient:
         if response.status_code == 401:
             message += ("" if self.has_token else
                         " (no token: set MLHUB_TOKEN, or run the CLI with the MLHUB_DATA_DIR of the local `mlhub up`)")
-        return HubRequestError(f"{message} (HTTP {response.status_code} from {self.url})", code=code or None,
-                               status=response.status_code, details=details)
+        return HubRequestError.with_code(code, f"{message} (HTTP {response.status_code} from {self.url})",
+                                         status=response.status_code, details=details)
 
     def wait_for_job(self, job_id: str, *, min_seq: int | None, timeout_s: float | None,
                      poll_s: float = 0.5) -> dict[str, Any]:
@@ -137,8 +148,3 @@ def json_float(value: Any) -> float | None:
     if isinstance(value, str):
         return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[value]
     return float(value)
-
-
-def client_or_fail(settings: Settings) -> HubClient:
-    """The client of MLHUB_URL (no I/O yet)."""
-    return HubClient.from_settings(settings)

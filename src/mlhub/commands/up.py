@@ -18,12 +18,8 @@ DATA_DIR = click.option("--data-dir", "data_dir", type=click.Path(file_okay=Fals
                         help="Where all local state lives (default: MLHUB_DATA_DIR, else .mlhub).")
 PORT = click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
                     help="Port of the API on 127.0.0.1.")
-
-
-def workers_option(default: int) -> Any:
-    """The --workers option (worker processes, one job each)."""
-    return click.option("--workers", type=click.IntRange(min=0), default=default, show_default=True,
-                        help="Worker processes (cpu pool), each training one job at a time.")
+WORKERS = click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True,
+                       help="Worker processes (cpu pool), each training one job at a time.")
 
 
 def stop_event() -> threading.Event:
@@ -61,7 +57,7 @@ def print_access(info: Any) -> None:
 @click.command("up")
 @DATA_DIR
 @PORT
-@workers_option(1)
+@WORKERS
 def up(data_dir: Path | None, port: int, workers: int) -> None:
     """Start everything in one process tree until Ctrl-C or SIGTERM: the embedded nats-server (unless
     MLHUB_NATS_URL is set), read-model migrations, the projectors, N workers and the REST API on

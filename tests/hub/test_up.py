@@ -1,0 +1,130 @@
+"""`mlhub up` and `mlhub demo` as processes: everything starts, serves, and stops without leaving a process."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import stat
+from pathlib import Path
+
+import httpx
+import psutil
+from tests.hub.helpers import free_port, processes_of, start, stop, wait_until_none_left
+
+
+def test_up_serves_everything_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    hub = start(["up", "--workers", "2"], data_dir, free_port())
+    try:
+        token = hub.wait_for(r"admin token of this session: (\S+)").group(1)
+        hub.wait_for(r"press Ctrl-C to stop")
+        tree = [hub.proc.pid, *(c.pid for c in psutil.Process(hub.proc.pid).children(recursive=True))]
+        names = [" ".join(psutil.Process(pid).cmdline()) for pid in tree[1:]]
+        assert sum("nats-server" in n for n in names) == 1
+        assert sum(n.endswith("mlhub.cli projector") for n in names) == 1
+        assert sum(n.endswith("mlhub.cli worker") for n in names) == 2
+        assert sum("uvicorn" in n and f"--port {hub.port}" in n for n in names) == 1
+        # The session token: printed, stored 0600, admitted by the API; a wrong one is refused.
+        token_file = data_dir / "api-token"
+        assert token_file.read_text().strip() == token
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert json.loads((data_dir / "hub.json").read_text())["url"] == hub.url
+        ok = httpx.get(f"{hub.url}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["count"] == 0
+        assert httpx.get(f"{hub.url}/api/v1/runs", headers={"Authorization": "Bearer wrong-token"},
+                         timeout=30).status_code == 401
+        assert httpx.get(f"{hub.url}/readyz", timeout=30).status_code == 200
+
+        hub.proc.send_signal(signal.SIGTERM)
+        assert hub.proc.wait(60) == 0, hub.output
+        assert "mlhub stopped" in hub.output
+        assert not [pid for pid in tree if psutil.pid_exists(pid)
+                    and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        assert wait_until_none_left(data_dir, timeout=5) == []
+        assert not token_file.exists() and not (data_dir / "hub.json").exists()
+        assert not (data_dir / "nats" / "server.json").exists()
+    finally:
+        stop(hub)
+
+
+def test_ctrl_c_stops_up_cleanly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    hub = start(["up", "--workers", "1"], data_dir, free_port())
+    try:
+        hub.wait_for(r"press Ctrl-C to stop")
+        assert len(processes_of(data_dir)) >= 4  # up, nats-server, projector, worker, api
+        hub.proc.send_signal(signal.SIGINT)
+        assert hub.proc.wait(60) == 0, hub.output
+        assert wait_until_none_left(data_dir, timeout=5) == []
+    finally:
+        stop(hub)
+
+
+def test_sigkill_of_up_leaves_no_orphan(tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    hub = start(["up", "--workers", "2"], data_dir, free_port())
+    try:
+        hub.wait_for(r"press Ctrl-C to stop")
+        children = psutil.Process(hub.proc.pid).children(recursive=True)
+        assert len(children) == 5
+        hub.proc.kill()  # no chance to clean up
+        hub.proc.wait()
+        left = wait_until_none_left(data_dir, timeout=15)
+        assert left == [], [p.cmdline() for p in left]
+    finally:
+        stop(hub)
+
+
+def test_a_busy_port_is_named_and_nothing_is_left(tmp_path: Path) -> None:
+    import socket
+
+    data_dir = tmp_path / "hub"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        hub = start(["up"], data_dir, port)
+        assert hub.proc.wait(60) == 1
+    hub.wait_for(r"cannot serve the API on 127\.0\.0\.1:\d+")
+    assert "error [HUB_ERROR]" in hub.output and "--port" in hub.output
+    assert wait_until_none_left(data_dir, timeout=5) == []
+
+
+def test_a_dying_part_stops_the_whole_hub(tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    hub = start(["up", "--workers", "1"], data_dir, free_port())
+    try:
+        hub.wait_for(r"press Ctrl-C to stop")
+        projector = next(p for p in psutil.Process(hub.proc.pid).children()
+                         if p.cmdline()[-1] == "projector")
+        projector.kill()
+        assert hub.proc.wait(60) == 1
+        assert re.search(r"the projector process exited with code -9; its log: \S+projector\.log", hub.output)
+        assert wait_until_none_left(data_dir, timeout=5) == []
+    finally:
+        stop(hub)
+
+
+def test_demo_exit_trains_the_examples_prints_their_metrics_and_leaves_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    hub = start(["demo", "--exit"], data_dir, free_port())
+    try:
+        assert hub.proc.wait(300) == 0, hub.output
+        hub.wait_for("mlhub stopped")
+    finally:
+        stop(hub)
+    out = hub.output
+    assert "metric definitions" in out and "11 defined" in out
+    assert re.search(r"job \w+ \(digits-mlp\.yaml\) succeeded after 1 attempt\(s\)", out)
+    assert re.search(r"job \w+ \(diabetes-regression\.yaml\) succeeded after 1 attempt\(s\)", out)
+    table = out[out.index("run  "):out.index("mlhub is serving at")]
+    rows = [line.split() for line in table.splitlines()[2:] if line.strip()]
+    runs = {row[0]: row for row in rows if row[0].startswith(("digits-mlp-", "diabetes-regression-"))}
+    assert len(runs) == 2 and all(row[1] == "finished" for row in runs.values())
+    metrics = {row[-4] if len(row) == 6 else row[0]: row for row in rows}
+    val_acc = float(metrics["val_acc"][-3])
+    assert 0.5 < val_acc <= 1.0  # digits learns something in a few epochs
+    assert {"val_rmse", "test_r2", "test_acc", "val_loss"} <= set(metrics)
+    assert re.search(r"mlhub is serving at http://127\.0\.0\.1:\d+", out)
+    assert wait_until_none_left(data_dir, timeout=5) == []
