@@ -71,15 +71,14 @@ def _declare_metrics(settings: Settings, info: HubInfo, echo: Callable[[str], No
 
 
 def _submit(client: HubClient, echo: Callable[[str], None]) -> list[DemoRun]:
-    import yaml
-
     from mlhub.scheduler import load_config
+    from mlhub.scheduler.yamlio import load_yaml
 
     runs = []
     for name, overrides in DEMO_JOBS:
         path = configs_dir() / name
         load_config(path, overrides)  # a bad file fails here, naming the file and field
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(encoding="utf-8"))
         answer = client.post("/jobs", {"config": raw, "overrides": list(overrides)})
         echo(f"submitted {name} ({' '.join('--set ' + o for o in overrides)}): job {answer['job_id']}, "
              f"run {answer['run_id']}, seed {answer['seed']}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     import httpx
 
     from mlhub.settings import Settings
+
+T = TypeVar("T")
 
 #: Job states after which nothing more happens (as mlhub.scheduler.ENDED_STATES).
 ENDED = ("succeeded", "failed", "cancelled")
@@ -148,3 +151,14 @@ def json_float(value: Any) -> float | None:
     if isinstance(value, str):
         return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[value]
     return float(value)
+
+
+def with_hub(settings: Settings, work: Callable[[HubClient], T]) -> T:
+    """Run `work` with a client of MLHUB_URL; an mlhub error (the hub's own included) exits 1 with one line."""
+    from mlhub.commands.common import fail
+
+    try:
+        with HubClient.from_settings(settings) as client:
+            return work(client)
+    except MlhubError as e:
+        fail(e)
