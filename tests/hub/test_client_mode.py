@@ -7,6 +7,7 @@ they print came over HTTP from the hub.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,6 +38,12 @@ def client_env(hub: RunningHub, tmp_path: Path) -> dict[str, str]:
 
 def mlhub(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MLHUB, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def utc(document: object) -> object:
+    """Times as the API writes them (UTC, with its offset): SQLite hands the direct mode naive UTC times."""
+    text = json.dumps(document)
+    return json.loads(re.sub(r'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)"', r'"\1+00:00"', text))
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -130,3 +137,33 @@ def test_cancel_over_http(client_env: dict[str, str]) -> None:
             break
         time.sleep(0.5)
     assert shown["run"]["status"] == "cancelled"
+
+
+def test_models_reads_over_http_match_the_direct_mode(hub: RunningHub, client_env: dict[str, str]) -> None:
+    job = json.loads(ok(mlhub(["submit", "configs/digits-mlp.yaml", "--set", "trainer.max_epochs=1", "--wait",
+                               "--json"], client_env)))
+    assert job["status"] == "succeeded"
+    # Registration is not in the API: refused in client mode, done directly on the hub's machine.
+    refused = mlhub(["models", "register", "digits", "--run", job["run_id"], "--artifact", "model.onnx"], client_env)
+    assert refused.returncode == 2 and "--direct" in refused.stderr
+    on_hub = hub_env(hub.data_dir)
+    ok(mlhub(["models", "register", "digits", "--run", job["run_id"], "--artifact", "model.onnx", "--direct"],
+             on_hub))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = json.loads(ok(mlhub(["models", "list", "--json"], client_env)))
+        if listed:
+            break
+        time.sleep(0.5)
+    direct = json.loads(ok(mlhub(["models", "list", "--json", "--direct"], on_hub)))
+    assert utc(listed) == utc(direct) and listed[0]["model_name"] == "digits" and listed[0]["version_count"] == 1
+    for args in (["show", "digits", "--json"], ["show", "digits", "--version", "1", "--json"],
+                 ["history", "digits", "--json"]):
+        assert utc(json.loads(ok(mlhub(["models", *args], client_env)))) == \
+            utc(json.loads(ok(mlhub(["models", *args, "--direct"], on_hub)))), args
+    chain = ok(mlhub(["models", "lineage", "digits", "--version", "1"], client_env))
+    assert chain.splitlines()[0].startswith("model digits v1: artifact model.onnx sha256 ")
+    assert f"run         {job['run_id']} (finished)" in chain and "seed        42 (config)" in chain
+    assert "dataset     sklearn-digits fingerprint " in chain and "missing" not in chain
+    missing = mlhub(["models", "show", "no-such-model"], client_env)
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr
