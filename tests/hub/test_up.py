@@ -12,6 +12,8 @@ import httpx
 import psutil
 from tests.hub.helpers import free_port, processes_of, start, stop, wait_until_none_left
 
+from mlhub.eventlog import EmbeddedNats
+
 
 def test_up_serves_everything_and_sigterm_leaves_no_process(tmp_path: Path) -> None:
     data_dir = tmp_path / "hub"
@@ -128,3 +130,35 @@ def test_demo_exit_trains_the_examples_prints_their_metrics_and_leaves_nothing(t
     assert {"val_rmse", "test_r2", "test_acc", "val_loss"} <= set(metrics)
     assert re.search(r"mlhub is serving at http://127\.0\.0\.1:\d+", out)
     assert wait_until_none_left(data_dir, timeout=5) == []
+
+
+def test_up_against_an_external_event_log_and_postgresql_starts_no_server(tmp_path: Path,
+                                                                         nats_server: EmbeddedNats) -> None:
+    """The scale-out settings: MLHUB_NATS_URL and MLHUB_DATABASE_URL name external services; `up` runs the
+    projector, workers and API against them, starts no nats-server, and leaves the external one running."""
+    from tests.api.conftest import database_url
+
+    nats_url = nats_server.url
+    assert nats_url is not None
+    data_dir = tmp_path / "hub"
+    with database_url("postgresql", tmp_path) as pg_url:
+        hub = start(["up", "--workers", "1"], data_dir, free_port(), MLHUB_NATS_URL=nats_url,
+                    MLHUB_DATABASE_URL=pg_url, MLHUB_API_TOKENS="an-admin-token:admin")
+        try:
+            hub.wait_for(r"press Ctrl-C to stop")
+            assert f"event log: {nats_url}" in hub.output and "tokens: from MLHUB_API_TOKENS" in hub.output
+            names = [" ".join(c.cmdline()) for c in psutil.Process(hub.proc.pid).children(recursive=True)]
+            assert len(names) == 3 and not any("nats-server" in n for n in names)
+            assert not (data_dir / "api-token").exists()
+            runs = httpx.get(f"{hub.url}/api/v1/runs", headers={"Authorization": "Bearer an-admin-token"},
+                             timeout=30)
+            assert runs.status_code == 200, runs.text
+            ready = httpx.get(f"{hub.url}/readyz", timeout=30).json()
+            assert ready["status"] == "ready" and ready["last_seq"] >= 0
+            hub.proc.send_signal(signal.SIGTERM)
+            assert hub.proc.wait(60) == 0, hub.output
+            assert wait_until_none_left(data_dir, timeout=5) == []
+        finally:
+            stop(hub)
+    # The external server was not touched: it still runs.
+    assert nats_server.process is not None and nats_server.process.poll() is None
