@@ -30,7 +30,7 @@ async def test_reproduce_resubmits_the_snapshot_unchanged(api: Api) -> None:
 async def test_reproduce_refuses_what_it_cannot_do(api: Api) -> None:
     last = await api.event_log.last_sequence()
     unknown = await api.post("/runs/nosuchrun/reproduce", {})
-    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "NOT_FOUND"
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "RESOURCE_DOES_NOT_EXIST"
     assert "nosuchrun" in unknown.json()["error"]["message"]
     tracked = await create_run(api)  # a script's run: it has no config snapshot to resubmit
     after_create = await api.event_log.last_sequence()
