@@ -24,8 +24,8 @@ from mlhub.settings import Settings
 
 #: The example jobs: a config file under configs/ and the overrides that keep it short on a small machine.
 DEMO_JOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("digits-mlp.yaml", ("trainer.max_epochs=5",)),
-    ("diabetes-regression.yaml", ("trainer.max_epochs=10",)),
+    ("digits-mlp.yaml", ("trainer.max_epochs=12",)),
+    ("diabetes-regression.yaml", ("trainer.max_epochs=15",)),
 )
 #: Longest the demo waits for its jobs (they take well under a minute on 2 cores).
 JOBS_TIMEOUT_S = 600.0

@@ -126,7 +126,7 @@ def test_demo_exit_trains_the_examples_prints_their_metrics_and_leaves_nothing(t
     assert len(runs) == 2 and all(row[1] == "finished" for row in runs.values())
     metrics = {row[-4] if len(row) == 6 else row[0]: row for row in rows}
     val_acc = float(metrics["val_acc"][-3])
-    assert 0.5 < val_acc <= 1.0  # digits learns something in a few epochs
+    assert 0.9 < val_acc <= 1.0  # digits is learned in 12 epochs (0.94 with its seed)
     assert {"val_rmse", "test_r2", "test_acc", "val_loss"} <= set(metrics)
     assert re.search(r"mlhub is serving at http://127\.0\.0\.1:\d+", out)
     assert wait_until_none_left(data_dir, timeout=5) == []
