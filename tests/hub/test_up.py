@@ -162,3 +162,26 @@ def test_up_against_an_external_event_log_and_postgresql_starts_no_server(tmp_pa
             stop(hub)
     # The external server was not touched: it still runs.
     assert nats_server.process is not None and nats_server.process.poll() is None
+
+
+def test_demo_serves_until_ctrl_c_and_the_cli_finds_its_token(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.hub.helpers import MLHUB, ROOT, hub_env
+
+    data_dir = tmp_path / "demo"
+    hub = start(["demo", "--workers", "1"], data_dir, free_port())
+    try:
+        hub.wait_for("serving until Ctrl-C", timeout=300)
+        assert hub.proc.poll() is None
+        # A user in the same directory: MLHUB_URL and the data dir, no token; the demo's runs are there.
+        listed = subprocess.run([*MLHUB, "runs", "--format", "json"], env=hub_env(data_dir, MLHUB_URL=hub.url),
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0, listed.stderr
+        assert sorted(r["experiment_id"] for r in json.loads(listed.stdout)) == ["diabetes-regression",
+                                                                                  "digits-baseline"]
+        hub.proc.send_signal(signal.SIGINT)
+        assert hub.proc.wait(60) == 0, hub.output
+        assert wait_until_none_left(data_dir, timeout=5) == []
+    finally:
+        stop(hub)
