@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
 import stat
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -185,3 +187,48 @@ def test_demo_serves_until_ctrl_c_and_the_cli_finds_its_token(tmp_path: Path) ->
         assert wait_until_none_left(data_dir, timeout=5) == []
     finally:
         stop(hub)
+
+
+def test_sigterm_while_a_job_trains_gives_it_back_and_leaves_nothing(tmp_path: Path) -> None:
+    import time
+
+    import yaml
+    from tests.hub.helpers import ROOT
+
+    data_dir = tmp_path / "hub"
+    hub = start(["up", "--workers", "1"], data_dir, free_port())
+    try:
+        token = hub.wait_for(r"admin token of this session: (\S+)").group(1)
+        hub.wait_for(r"press Ctrl-C to stop")
+        headers = {"Authorization": f"Bearer {token}"}
+        config = yaml.safe_load((ROOT / "configs" / "digits-mlp.yaml").read_text())
+        job = httpx.post(f"{hub.url}/api/v1/jobs", headers=headers, timeout=30,
+                         json={"config": config, "overrides": ["trainer.max_epochs=1000"]}).json()
+        deadline = time.monotonic() + 120
+        status = "queued"
+        while status != "running" and time.monotonic() < deadline:
+            status = httpx.get(f"{hub.url}/api/v1/jobs/{job['job_id']}", headers=headers, timeout=30,
+                               params={"min_seq": job["seq"]}).json()["status"]
+            time.sleep(0.2)
+        assert status == "running"
+        time.sleep(2)  # into the training loop
+        hub.proc.send_signal(signal.SIGTERM)
+        assert hub.proc.wait(60) == 0, hub.output
+        assert wait_until_none_left(data_dir, timeout=5) == []
+        worker_log = (data_dir / "logs" / "worker-1.log").read_text()
+        assert "stopped after 1 job message(s)" in worker_log, worker_log[-3000:]
+    finally:
+        stop(hub)
+    # The worker gave the job back before the event log stopped: its last event is a retryable failure.
+    events = asyncio.run(_job_events(data_dir, job["job_id"]))
+    assert events[-1].type == "job.failed" and events[-1].event.retryable
+    assert events[-1].event.error_type == "WorkerStopped"
+
+
+async def _job_events(data_dir: Path, job_id: str) -> list[Any]:
+    from mlhub.eventlog import EventLog
+
+    with EmbeddedNats(data_dir / "nats") as server:
+        assert server.url is not None
+        async with EventLog(server.url) as log:
+            return [r.envelope for r in (await log.read_aggregate("job", job_id)).events]
