@@ -30,10 +30,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from mlhub.errors import MlhubError
 from mlhub.settings import Settings
+
+if TYPE_CHECKING:
+    from mlhub.eventlog import EmbeddedNats
 
 PR_SET_PDEATHSIG = 1
 #: Longest the children get to stop after SIGTERM before they are killed (a worker finishes its batch).
@@ -86,7 +89,7 @@ class Hub:
     echo: Callable[[str], None] = print
     children: list[Child] = field(default_factory=list)
     info: HubInfo | None = None
-    _nats: object | None = None
+    _nats: EmbeddedNats | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -197,9 +200,9 @@ class Hub:
                 return (f"the {child.name} process exited with code {child.process.returncode}; its log: "
                         f"{child.log_path}\n{_tail(child.log_path)}")
         server = self._nats
-        process = getattr(server, "process", None)
-        if process is not None and process.poll() is not None:
-            return f"the embedded nats-server exited with code {process.returncode}; its log: {server.log_file}"  # type: ignore[attr-defined]
+        if server is not None and server.process is not None and server.process.poll() is not None:
+            return (f"the embedded nats-server exited with code {server.process.returncode}; its log: "
+                    f"{server.log_file}")
         return None
 
     def stop(self) -> None:
@@ -223,7 +226,7 @@ class Hub:
                 child.log.close()
                 child.log = None
         if self._nats is not None:
-            self._nats.stop()  # type: ignore[attr-defined]
+            self._nats.stop()
             self._nats = None
         (self.data_dir / HUB_FILE).unlink(missing_ok=True)
         (self.data_dir / TOKEN_FILE).unlink(missing_ok=True)

@@ -9,7 +9,6 @@ MLHUB_TOKEN unset: the session token of a local `mlhub up` serving MLHUB_URL fro
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -129,19 +128,6 @@ class HubClient:
                         " (no token: set MLHUB_TOKEN, or run the CLI with the MLHUB_DATA_DIR of the local `mlhub up`)")
         return HubRequestError.with_code(code, f"{message} (HTTP {response.status_code} from {self.url})",
                                          status=response.status_code, details=details)
-
-    def wait_for_job(self, job_id: str, *, min_seq: int | None, timeout_s: float | None,
-                     poll_s: float = 0.5) -> dict[str, Any]:
-        """Poll GET /jobs/{id} until the job has ended; TimeoutError past timeout_s."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            job: dict[str, Any] = self.get(f"/jobs/{job_id}", min_seq=min_seq)
-            if job["status"] in ENDED:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} did not end within {timeout_s:g} s "
-                                   f"(it is {job['status']}; it goes on)")
-            time.sleep(poll_s)
 
 
 def json_float(value: Any) -> float | None:
