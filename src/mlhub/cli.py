@@ -77,8 +77,11 @@ def _module_exists(target: str) -> bool:
 def main() -> None:
     """mlhub: an event-sourced ML experiment hub on NATS JetStream.
 
-    Settings come from MLHUB_* environment variables (see README): MLHUB_DATA_DIR (default .mlhub),
-    MLHUB_NATS_URL (use that server instead of the embedded one), MLHUB_NATS_PORT, MLHUB_NATS_SYNC.
+    Start everything with `mlhub up` (or `mlhub demo`). Settings come from MLHUB_* environment variables (see
+    README): MLHUB_DATA_DIR (default .mlhub), MLHUB_NATS_URL (use that server instead of the embedded one),
+    MLHUB_NATS_PORT, MLHUB_NATS_SYNC. The client commands (submit, cancel, reproduce, runs, show, models,
+    query) talk to the hub at MLHUB_URL (default http://127.0.0.1:8000) with MLHUB_TOKEN, unless
+    MLHUB_NATS_URL is set or --direct is given.
     """
 
 
