@@ -232,3 +232,27 @@ async def _job_events(data_dir: Path, job_id: str) -> list[Any]:
         assert server.url is not None
         async with EventLog(server.url) as log:
             return [r.envelope for r in (await log.read_aggregate("job", job_id)).events]
+
+
+def test_a_second_up_on_the_same_data_dir_is_refused_and_touches_nothing_of_the_first(tmp_path: Path) -> None:
+    data_dir = tmp_path / "hub"
+    first = start(["up", "--workers", "0"], data_dir, free_port())
+    try:
+        token = first.wait_for(r"admin token of this session: (\S+)").group(1)
+        first.wait_for(r"press Ctrl-C to stop")
+        hub_file = (data_dir / "hub.json").read_text()
+        second = start(["up", "--workers", "0"], data_dir, free_port())
+        assert second.proc.wait(60) == 1
+        second.wait_for(r"another `mlhub up` already runs on the data dir")
+        assert f"pid {first.proc.pid}, serving at {first.url}" in second.output
+        # The first hub's files and server are untouched, and it still serves with its token.
+        assert (data_dir / "api-token").read_text().strip() == token
+        assert (data_dir / "hub.json").read_text() == hub_file
+        assert (data_dir / "nats" / "server.json").exists()
+        runs = httpx.get(f"{first.url}/api/v1/runs", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert runs.status_code == 200 and first.proc.poll() is None
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.proc.wait(60) == 0
+        assert wait_until_none_left(data_dir, timeout=5) == []
+    finally:
+        stop(first)

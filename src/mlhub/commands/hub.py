@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -90,6 +91,7 @@ class Hub:
     children: list[Child] = field(default_factory=list)
     info: HubInfo | None = None
     _nats: EmbeddedNats | None = None
+    _lock_fd: int | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -101,6 +103,7 @@ class Hub:
         if self.info is not None:
             raise HubError("the hub is started already")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         _check_port_free(self.host, self.port)
@@ -128,14 +131,31 @@ class Hub:
             "token_file": str(token_file) if token_file else None}) + "\n")
         return self.info
 
+    def _take_lock(self) -> None:
+        """One `mlhub up` per data dir: it owns DIR/hub.json and DIR/api-token (a flock on DIR/hub.lock)."""
+        fd = os.open(self.data_dir / "hub.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                other = json.loads((self.data_dir / HUB_FILE).read_text())
+                where = f" (pid {other.get('pid')}, serving at {other.get('url')})"
+            except (OSError, ValueError, AttributeError):
+                where = ""
+            raise HubError(f"another `mlhub up` already runs on the data dir {self.data_dir}{where}: stop it, "
+                           "or give this one another --data-dir") from None
+        self._lock_fd = fd
+
     def _start_nats(self) -> str:
         if self.settings.nats_url:
             return self.settings.nats_url
         from mlhub.eventlog import EmbeddedNats
 
         server = EmbeddedNats(self.settings.nats_dir, port=self.settings.nats_port, sync=self.settings.nats_sync)
+        url = server.start()  # stops what it started when it fails
         self._nats = server
-        return server.start()
+        return url
 
     async def _prepare_stream(self, url: str) -> None:
         from mlhub.commands.common import open_event_log
@@ -228,8 +248,11 @@ class Hub:
         if self._nats is not None:
             self._nats.stop()
             self._nats = None
-        (self.data_dir / HUB_FILE).unlink(missing_ok=True)
-        (self.data_dir / TOKEN_FILE).unlink(missing_ok=True)
+        if self._lock_fd is not None:  # the files are this hub's only while it holds the lock
+            (self.data_dir / HUB_FILE).unlink(missing_ok=True)
+            (self.data_dir / TOKEN_FILE).unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def _check_port_free(host: str, port: int) -> None:
