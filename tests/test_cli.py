@@ -47,7 +47,8 @@ try:
     main()
 except SystemExit as e:
     assert e.code == 0, e.code
-for cmd in ('nats', 'events', 'demo', 'projector', 'query', 'replay', 'audit', 'submit', 'cancel'):
+for cmd in ('nats', 'events', 'demo', 'up', 'projector', 'query', 'replay', 'audit', 'submit', 'cancel', 'runs',
+            'show', 'reproduce', 'models'):
     sys.argv = ['mlhub', cmd, '--help']
     try:
         main()
@@ -162,50 +163,10 @@ def test_tail_uses_the_configured_server_and_starts_none(tmp_path: Path, nats_ur
     assert not (tmp_path / "cli").exists()
 
 
-def test_demo_runs_end_to_end_on_a_fresh_data_dir(tmp_path: Path) -> None:
-    result = subprocess.run(MLHUB + ["demo"], env=cli_env(tmp_path / "data"), capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "experiment 'demo' created" in result.stdout
-    assert "1010 metric points in 10 batch events" in result.stdout
-    assert re.search(r"read back 16 events, version 17, final val_acc 0\.9\d\d", result.stdout)
-    # Projected into the read model and the metric tables, then queried through DuckDB.
-    assert "projected up to seq 17" in result.stdout
-    assert re.search(r"\| finished \| train_loss \| 1000 +\|", result.stdout)
-    assert re.search(r"\| finished \| val_acc +\| 10 +\| 0\.1 +\| 0\.955\d", result.stdout)
-    # The store survives: a second demo appends to the same log, and nothing is left running.
-    again = subprocess.run(MLHUB + ["demo"], env=cli_env(tmp_path / "data"), capture_output=True, text=True,
-                           timeout=120)
-    assert again.returncode == 0 and "experiment 'demo' exists already" in again.stdout
-    assert "holds 33 events in all" in again.stdout
-    assert not (tmp_path / "data" / "nats" / "server.json").exists()
-
-
 def test_bad_settings_are_named(tmp_path: Path) -> None:
     result = subprocess.run(MLHUB + ["demo"], env=cli_env(tmp_path, MLHUB_NATS_SYNC="sometimes"),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "nats_sync" in result.stderr and "sometimes" in result.stderr
-
-
-def test_demo_waits_for_a_running_projector_instead_of_writing_beside_it(
-    running_nats: tuple[subprocess.Popen[str], str], tmp_path: Path
-) -> None:
-    data_dir = tmp_path / "data"
-    projector = subprocess.Popen(MLHUB + ["projector", "--status-every", "0"], env=cli_env(data_dir),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (data_dir / "readmodel.db.sql.lock").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        result = subprocess.run(MLHUB + ["demo"], env=cli_env(data_dir), capture_output=True, text=True,
-                                timeout=120)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "a running `mlhub projector` owns the projections: waiting for it to catch up" in result.stdout
-        assert re.search(r"\| finished \| val_acc +\| 10 +\|", result.stdout)
-    finally:
-        projector.send_signal(signal.SIGTERM)
-        projector.wait(30)
-    assert projector.returncode == 0
 
 
 def test_projector_and_scheduler_leave_torch_and_lightning_unimported(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -40,6 +41,9 @@ LAZY_COMMANDS: dict[str, str] = {
     "worker": "mlhub.commands.worker:worker",
     "models": "mlhub.commands.models:models",
     "metrics": "mlhub.commands.metrics:metrics",
+    "up": "mlhub.commands.up:up",
+    "runs": "mlhub.commands.runs:runs",
+    "show": "mlhub.commands.runs:show",
 }
 
 
@@ -73,8 +77,11 @@ def _module_exists(target: str) -> bool:
 def main() -> None:
     """mlhub: an event-sourced ML experiment hub on NATS JetStream.
 
-    Settings come from MLHUB_* environment variables (see README): MLHUB_DATA_DIR (default .mlhub),
-    MLHUB_NATS_URL (use that server instead of the embedded one), MLHUB_NATS_PORT, MLHUB_NATS_SYNC.
+    Start everything with `mlhub up` (or `mlhub demo`). Settings come from MLHUB_* environment variables (see
+    README): MLHUB_DATA_DIR (default .mlhub), MLHUB_NATS_URL (use that server instead of the embedded one),
+    MLHUB_NATS_PORT, MLHUB_NATS_SYNC. The client commands (submit, cancel, reproduce, runs, show, models,
+    query) talk to the hub at MLHUB_URL (default http://127.0.0.1:8000) with MLHUB_TOKEN, unless
+    MLHUB_NATS_URL is set or --direct is given.
     """
 
 
@@ -168,15 +175,37 @@ def events_tail(subject: str, from_seq: int, follow: bool) -> None:
 
 
 @main.command()
-def demo() -> None:
-    """Start the embedded event log, append a short scripted run, read it back and tail its events."""
+@click.option("--data-dir", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where all local state lives (default: MLHUB_DATA_DIR, else .mlhub).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="Port of the API on 127.0.0.1.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker processes (each trains one job at a time).")
+@click.option("--exit", "exit_after", is_flag=True, help="Stop everything after the summary instead of serving on.")
+def demo(data_dir: Path | None, port: int, workers: int, exit_after: bool) -> None:
+    """`mlhub up`, then train the example configs (digits-mlp, diabetes-regression) through the API, wait for
+    them and print each run's status and best metrics and the URL; keep serving until Ctrl-C (--exit: stop
+    after the summary). Exit status 0 only when every example run finished."""
+    from mlhub.commands.up import print_access, settings_for, stop_event
     from mlhub.demo import run_demo
 
-    settings = _settings()
+    settings = settings_for(data_dir)
+    stop = stop_event()
+
+    def ready(info: Any) -> None:
+        print_access(info)
+        click.echo("stopping (--exit)" if exit_after else "serving until Ctrl-C")
+
     try:
-        run_demo(settings, echo=click.echo)
+        ok = run_demo(settings, port=port, workers=workers, exit_after=exit_after, stop=stop, echo=click.echo,
+                      on_ready=ready)
     except MlhubError as e:
         _fail(e)
+    except KeyboardInterrupt:
+        click.echo("interrupted: everything stopped", err=True)
+        sys.exit(130)
+    click.echo("mlhub stopped")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,138 +1,187 @@
-"""The demo: a scripted run appended to the embedded event log, read back, projected and queried.
+"""`mlhub demo`: `mlhub up`, then the example training jobs through the REST API, and a summary of their runs.
 
-Later issues replace this with `mlhub up` plus real training jobs; until then this shows the event log at
-work (conditional appends, metric batches, an aggregate read, a replay) and its projections (the SQL read
-model and the metric tables, queried through DuckDB).
+Steps: start the hub (embedded nats-server, migrations, projectors, workers, API), declare the metric
+definitions of configs/metrics.yaml (as `mlhub metrics apply`), submit configs/digits-mlp.yaml and
+configs/diabetes-regression.yaml with the overrides in DEMO_JOBS (recorded in each run's config snapshot) via
+POST /api/v1/jobs, wait for both jobs, print a table of each run's status and best metrics (best by the
+direction declared in configs/metrics.yaml), print the URL, then keep serving until Ctrl-C (or stop at once
+with --exit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import math
+import threading
 import time
-import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from mlhub.commands.common import event_log_url, open_event_log
-from mlhub.errors import ConcurrencyError
-from mlhub.eventlog import STREAM_NAME, EventLog
-from mlhub.events import (
-    ConfigSnapshotted,
-    Envelope,
-    ExperimentCreated,
-    MetricsLogged,
-    ParamsLogged,
-    RunCreated,
-    RunFinished,
-    RunStarted,
-    SeedRecorded,
-    aggregate_subject_filter,
-    sha256_of,
-)
+from mlhub.commands.hub import Hub, HubError, HubInfo
+from mlhub.commands.hubclient import ENDED, HubClient, json_float
 from mlhub.settings import Settings
 
-DEMO_CONFIG = {"experiment": "demo", "plugin": "scripted", "model": {"lr": 0.01, "hidden": 64}, "seed": 42}
+#: The example jobs: a config file under configs/ and the overrides that keep it short on a small machine.
+DEMO_JOBS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("digits-mlp.yaml", ("trainer.max_epochs=12",)),
+    ("diabetes-regression.yaml", ("trainer.max_epochs=15",)),
+)
+#: Longest the demo waits for its jobs (they take well under a minute on 2 cores).
+JOBS_TIMEOUT_S = 600.0
 
 
-async def _demo(url: str, settings: Settings, echo: Callable[[str], None]) -> None:
-    producer = settings.producer
-    async with open_event_log(settings, url, "mlhub-demo") as log:
-        try:
-            await log.append(
-                Envelope(event=ExperimentCreated(experiment_id="demo", name="demo"), producer=producer),
-                expected_version=0,
-            )
-            echo("experiment 'demo' created")
-        except ConcurrencyError:
-            echo("experiment 'demo' exists already")
+@dataclass(frozen=True)
+class DemoRun:
+    """One submitted example job and how its run ended."""
 
-        run_id = uuid.uuid4().hex
-        version = 0
-        for event in (
-            RunCreated(run_id=run_id, experiment_id="demo", name=f"demo-{run_id[:8]}", source="sdk"),
-            ConfigSnapshotted(run_id=run_id, config=DEMO_CONFIG, sha256=sha256_of(DEMO_CONFIG)),
-            SeedRecorded(run_id=run_id, seed=42),
-            ParamsLogged(run_id=run_id, params={"lr": "0.01", "hidden": "64"}),
-            RunStarted(run_id=run_id, attempt=1, worker_id="demo"),
-        ):
-            version = (await log.append(Envelope(event=event, producer=producer), expected_version=version)).seq
-
-        # Ten epochs of 100 steps: one metric batch event per epoch, appended pipelined.
-        now_ms = int(time.time() * 1000)
-        batches = []
-        for epoch in range(10):
-            points = []
-            for i in range(100):
-                step = epoch * 100 + i
-                points.append(("train_loss", 2.3 * math.exp(-step / 300) + 0.05, step, epoch, now_ms + step))
-            points.append(("val_acc", 1 - 0.9 * math.exp(-epoch / 3), (epoch + 1) * 100 - 1, epoch, now_ms))
-            batches.append(Envelope(event=MetricsLogged.from_points(run_id, points), producer=producer))
-        started = time.perf_counter()
-        await log.append_many(batches)
-        elapsed = time.perf_counter() - started
-        npoints = sum(b.event.num_points for b in batches if isinstance(b.event, MetricsLogged))
-        echo(f"run {run_id}: {npoints} metric points in {len(batches)} batch events ({elapsed * 1000:.1f} ms)")
-
-        agg = await log.read_aggregate("run", run_id)
-        await log.append(
-            Envelope(event=RunFinished(run_id=run_id, attempt=1), producer=producer), expected_version=agg.version
-        )
-        agg = await log.read_aggregate("run", run_id)
-        last_val = [
-            p.value for r in agg.events if isinstance(r.envelope.event, MetricsLogged)
-            for p in r.envelope.event.points() if p.key == "val_acc"
-        ][-1]
-        echo(f"read back {len(agg.events)} events, version {agg.version}, final val_acc {last_val:.3f}")
-
-        echo(f"events of the run (mlhub events tail --subject '{aggregate_subject_filter('run', run_id)}'):")
-        async for rec in log.replay(subject_filter=aggregate_subject_filter("run", run_id)):
-            env = rec.envelope
-            summary = {"seq": rec.seq, "type": env.type, "event_id": str(env.event_id)}
-            if isinstance(env.event, MetricsLogged):
-                summary["points"] = env.event.num_points
-            echo(json.dumps(summary))
-        echo(f"stream {STREAM_NAME} holds {await log.last_sequence()} events in all")
-        await _project_and_query(log, settings, run_id, echo)
+    config: str
+    job_id: str
+    run_id: str
+    seq: int
+    job_status: str = "queued"
+    error: str | None = None
+    run: dict[str, Any] | None = None
 
 
-async def _project_and_query(log: EventLog, settings: Settings, run_id: str, echo: Callable[[str], None]) -> None:
-    """Bring the read model and metric tables up to date (unless a running `mlhub projector` does) and query."""
-    from mlhub.analytics import MetricTables, QueryEngine
-    from mlhub.commands.query import load_readmodel_tables, render
-    from mlhub.projections import ProjectorLocked, SqlDeadLetterSink, build_projectors, projector_lock, run_projectors
-    from mlhub.readmodel import checkpoints, create_engine, migrate
+def configs_dir() -> Path:
+    """configs/ of the working directory, else the one of the source checkout this package runs from."""
+    here = Path("configs")
+    if (here / DEMO_JOBS[0][0]).is_file():
+        return here
+    return Path(__file__).resolve().parents[2] / "configs"
 
-    target = await log.last_sequence()
-    engine = create_engine(settings.resolved_database_url, writer=True)
+
+def _declare_metrics(settings: Settings, info: HubInfo, echo: Callable[[str], None]) -> None:
+    from mlhub.commands.common import open_event_log
+    from mlhub.metricdefs import apply_definitions
+
+    folder = configs_dir()
+    migrations = folder.parent / "migrations" / "metrics"
+
+    async def apply() -> Any:
+        async with open_event_log(settings, info.nats_url, "mlhub-demo") as log:
+            return await apply_definitions(log, folder / "metrics.yaml",
+                                           migrations_dir=migrations if migrations.is_dir() else None,
+                                           producer=settings.producer)
+
+    result = asyncio.run(apply())
+    echo(f"metric definitions ({folder / 'metrics.yaml'}): {len(result.defined)} defined, "
+         f"{len(result.migrated)} migration(s) applied, {len(result.unchanged)} unchanged")
+
+
+def _submit(client: HubClient, echo: Callable[[str], None]) -> list[DemoRun]:
+    from mlhub.scheduler import load_config
+    from mlhub.scheduler.yamlio import load_yaml
+
+    runs = []
+    for name, overrides in DEMO_JOBS:
+        path = configs_dir() / name
+        load_config(path, overrides)  # a bad file fails here, naming the file and field
+        raw = load_yaml(path.read_text(encoding="utf-8"))
+        answer = client.post("/jobs", {"config": raw, "overrides": list(overrides)})
+        echo(f"submitted {name} ({' '.join('--set ' + o for o in overrides)}): job {answer['job_id']}, "
+             f"run {answer['run_id']}, seed {answer['seed']}")
+        runs.append(DemoRun(config=name, job_id=answer["job_id"], run_id=answer["run_id"], seq=answer["seq"]))
+    return runs
+
+
+def _wait(client: HubClient, hub: Hub, runs: list[DemoRun], stop: threading.Event,
+          echo: Callable[[str], None]) -> list[DemoRun]:
+    """Poll the jobs, then their runs, until all ended; HubError when a part of the hub dies meanwhile."""
+    deadline = time.monotonic() + JOBS_TIMEOUT_S
+    pending = {r.job_id: r for r in runs}
+    done: dict[str, DemoRun] = {}
+    while pending:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        dead = hub.dead_child()
+        if dead is not None:
+            raise HubError(dead)
+        if time.monotonic() > deadline:
+            raise HubError(f"the example jobs did not end within {JOBS_TIMEOUT_S:g} s: "
+                           f"{', '.join(pending)}; see the logs in {hub.data_dir / 'logs'}")
+        for job_id, run in list(pending.items()):
+            job = client.get(f"/jobs/{job_id}", min_seq=run.seq)
+            if job["status"] not in ENDED:
+                continue
+            detail = client.get(f"/runs/{run.run_id}", min_seq=job["last_seq"])
+            if detail["run"]["status"] in ("created", "running"):
+                continue  # the job ended; the run's end event is the next append
+            error = f"{job.get('error_type')}: {job.get('error')}" if job.get("error_type") else None
+            done[job_id] = DemoRun(run.config, job_id, run.run_id, run.seq, job["status"], error, detail)
+            echo(f"job {job_id} ({run.config}) {job['status']} after {job['attempts']} attempt(s)"
+                 + (f": {error}" if error else ""))
+            del pending[job_id]
+        stop.wait(0.5)
+    return [done[r.job_id] for r in runs]
+
+
+def summary_table(runs: list[DemoRun], directions: dict[str, str]) -> str:
+    """One row per run and declared metric: run, status, metric, best value (by its direction), last value."""
+    rows: list[tuple[str, ...]] = [("run", "status", "metric", "best", "last")]
+    for r in runs:
+        run = (r.run or {}).get("run", {})
+        name, status = str(run.get("name") or r.run_id), str(run.get("status") or r.job_status)
+        metrics = sorted((r.run or {}).get("metrics", []), key=lambda m: m["key"])
+        shown = [m for m in metrics if m["key"] in directions] or metrics
+        if not shown:
+            rows.append((name, status, "-", "-", "-"))
+        for i, m in enumerate(shown):
+            direction = directions.get(m["key"], "max")
+            best = json_float(m["max_value"] if direction == "max" else m["min_value"])
+            rows.append((name if i == 0 else "", status if i == 0 else "", m["key"],
+                         f"{_fmt(best)} ({direction})", _fmt(json_float(m["last_value"]))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _directions() -> dict[str, str]:
+    from mlhub.metricdefs import load_definitions
+
+    return {name: spec.direction for name, spec in load_definitions(configs_dir() / "metrics.yaml").items()}
+
+
+def _writer_token(settings: Settings, info: HubInfo) -> str | None:
+    """The session token, else MLHUB_TOKEN, else a writer/admin token of MLHUB_API_TOKENS."""
+    if info.token is not None or settings.token:
+        return info.token or settings.token
+    if settings.api_tokens:
+        from mlhub.api.auth import Role, parse_tokens
+
+        for token, role in parse_tokens(settings.api_tokens, "MLHUB_API_TOKENS").items():
+            if role >= Role.writer:
+                return token
+    return None
+
+
+def run_demo(settings: Settings, *, port: int, workers: int, exit_after: bool, stop: threading.Event,
+             echo: Callable[[str], None], on_ready: Callable[[HubInfo], None]) -> bool:
+    """The whole demo; True when every example run finished. Stops the hub before it returns."""
+    hub = Hub(settings, port=port, workers=workers, echo=echo)
     try:
-        await asyncio.to_thread(migrate, engine)
-        try:
-            await run_projectors(log, build_projectors(settings, engine), until_seq=target, wait_for_lock=False,
-                                 locks=lambda name: projector_lock(engine, name), max_failures=3,
-                                 dead_letters=SqlDeadLetterSink(engine))
-        except ProjectorLocked:
-            echo("a running `mlhub projector` owns the projections: waiting for it to catch up")
-            while True:
-                with engine.connect() as conn:
-                    sql_at = checkpoints(conn).get("sql", 0)
-                if sql_at >= target and MetricTables(settings.metrics_dir).snapshot().checkpoint >= target:
-                    break
-                await asyncio.sleep(0.2)
+        info = hub.start()
+        echo(f"hub up: API at {info.url}, {workers} worker(s), projectors, logs in {info.logs_dir}")
+        _declare_metrics(settings, info, echo)
+        with HubClient(info.url, _writer_token(settings, info)) as client:
+            runs = _wait(client, hub, _submit(client, echo), stop, echo)
+        echo("")
+        echo(summary_table(runs, _directions()))
+        echo("")
+        succeeded = all(r.job_status == "succeeded" for r in runs)
+        on_ready(info)
+        if not exit_after:
+            while not stop.is_set():
+                dead = hub.dead_child()
+                if dead is not None:
+                    raise HubError(dead)
+                stop.wait(0.5)
+        return succeeded
     finally:
-        engine.dispose()
-    echo(f"projected up to seq {target}: read model {settings.resolved_database_url}, "
-         f"metric tables {settings.metrics_dir}")
-    sql = ("SELECT r.name, r.status, s.key, s.count AS points, round(s.min_value, 4) AS min, "
-           "round(s.max_value, 4) AS max, round(s.last_value, 4) AS last FROM runs r "
-           f"JOIN metric_summary s USING (run_id) WHERE r.run_id = '{run_id}' ORDER BY s.key")
-    echo(f"mlhub query \"{sql}\"")
-    with QueryEngine(settings.metrics_dir, load_readmodel_tables(settings.resolved_database_url)) as query:
-        echo(render(query.query(sql), "table").rstrip())
-
-
-def run_demo(settings: Settings, echo: Callable[[str], None]) -> None:
-    """Run the demo against MLHUB_NATS_URL, or the embedded server (started for the demo if not running)."""
-    with event_log_url(settings) as url:
-        echo(f"event log at {url} (data dir {settings.data_dir.resolve()})")
-        asyncio.run(_demo(url, settings, echo))
+        hub.stop()

@@ -71,10 +71,12 @@ class Settings(BaseSettings):
     api_query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
     #: How often the API looks for new metric-table commits (seconds); a read with min_seq looks at once.
     api_metrics_refresh_s: Annotated[float, Field(ge=0)] = 1.0
-    #: The SDK (mlhub.client.Hub): the hub's base URL when Hub() is given none, e.g. http://127.0.0.1:8000.
-    hub_url: str | None = None
-    #: The SDK: the bearer token (a writer's) when Hub() is given none.
-    hub_token: str | None = None
+    #: The hub the CLI's client commands (submit, runs, show, query, ...) talk to, unless MLHUB_NATS_URL is set
+    #: or --direct is given (then they use the event log and read model directly).
+    url: str = "http://127.0.0.1:8000"
+    #: The API token the CLI sends; unset: the session token of a local `mlhub up` serving MLHUB_URL from
+    #: MLHUB_DATA_DIR (its <data_dir>/api-token), else none.
+    token: str | None = None
     #: The SDK: where unsent batches are spilled (JSON lines, fsync'd); unset: ~/.mlhub/spool.
     spool_dir: Path | None = None
     #: Name recorded as the producer of events this process appends.
@@ -93,6 +95,13 @@ class Settings(BaseSettings):
         if value and not re.fullmatch(r"https?://[^/?#\s]+/?", value):
             raise ValueError(f"must be an http:// or https:// URL of the S3 endpoint (no path); got {value!r}")
         return value or None
+
+    @field_validator("url")
+    @classmethod
+    def _hub_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value):
+            raise ValueError(f"must be the hub's http:// or https:// URL, e.g. http://127.0.0.1:8000; got {value!r}")
+        return value.rstrip("/")
 
     @property
     def resolved_database_url(self) -> str:

@@ -137,14 +137,15 @@ def test_mlhub_query_cli_joins_runs_params_and_metrics(metrics_dir: Path, tmp_pa
     env["MLHUB_DATA_DIR"] = str(tmp_path)
     sql = ("SELECT r.name, p.value AS lr, l.best_value FROM runs r JOIN params p USING (run_id) "
            "JOIN leaderboard l USING (run_id) WHERE l.metric = 'loss' ORDER BY r.name")
-    out = subprocess.run([sys.executable, "-m", "mlhub.cli", "query", sql, "--format", "json"], env=env,
+    out = subprocess.run([sys.executable, "-m", "mlhub.cli", "query", "--direct", sql, "--format", "json"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [{"name": "first", "lr": "0.1", "best_value": 1.0},
                                       {"name": "second", "lr": "0.01", "best_value": 0.5}]
-    table = subprocess.run([sys.executable, "-m", "mlhub.cli", "query", "SELECT count(*) AS n FROM metrics"],
-                           env=env, capture_output=True, text=True, timeout=60)
+    table = subprocess.run([sys.executable, "-m", "mlhub.cli", "query", "--direct",
+                            "SELECT count(*) AS n FROM metrics"], env=env, capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and "14" in table.stdout and "(1 row)" in table.stdout
-    refused = subprocess.run([sys.executable, "-m", "mlhub.cli", "query", "SELECT * FROM read_csv('/etc/passwd')"],
+    refused = subprocess.run([sys.executable, "-m", "mlhub.cli", "query", "--direct",
+                              "SELECT * FROM read_csv('/etc/passwd')"],
                              env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "QUERY_REFUSED" in refused.stderr and "read_csv" in refused.stderr

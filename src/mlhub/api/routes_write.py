@@ -36,6 +36,7 @@ from mlhub.api.schemas import (
     RunCreate,
     RunCreated,
     RunFinish,
+    RunReproduced,
 )
 from mlhub.api.state import AppState
 from mlhub.errors import ConcurrencyError
@@ -116,6 +117,21 @@ async def cancel_job(job_id: Annotated[str, Path(pattern=ID_PATTERN)], body: Job
     result = await cancel(state.event_log, job_id, body.reason, who.name, producer=state.settings.producer)
     return {"job_id": result.job_id, "previous_status": result.previous_status, "seq": result.seq,
             "run_seq": result.run_seq}
+
+
+@router.post("/runs/{run_id}/reproduce", response_model=RunReproduced, status_code=201, operation_id="reproduce_run")
+async def reproduce_run(run_id: RunId, state: StateDep, who: WriterDep) -> Any:
+    """Resubmit a run's recorded config snapshot unchanged (same seed, same sha256) as a new job whose run
+    records which run it reproduces; read from the event log (404 unknown run, 409 a run with no snapshot)."""
+    from mlhub.scheduler import RunNotFound, reproduce
+
+    try:
+        _original, result = await reproduce(state.event_log, run_id, producer=state.settings.producer)
+    except RunNotFound as e:
+        raise NotFound(str(e), details={"run_id": run_id}) from e
+    return {"job_id": result.job_id, "run_id": result.run_id, "experiment_id": result.experiment_id,
+            "seed": result.seed, "seed_source": result.seed_source, "config_sha256": result.config_sha256,
+            "seq": result.seqs[-1], "seqs": list(result.seqs), "reproduces_run_id": run_id}
 
 
 # -- tracking ----------------------------------------------------------------------------------------------------

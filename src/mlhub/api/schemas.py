@@ -213,6 +213,12 @@ class JobSubmitted(BaseModel):
     seqs: list[int]
 
 
+class RunReproduced(JobSubmitted):
+    """A job that resubmits a run's recorded config snapshot unchanged (same seed and sha256) as a new run."""
+
+    reproduces_run_id: str
+
+
 class JobCancel(BaseModel):
     """Why a job is cancelled."""
 

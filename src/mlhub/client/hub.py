@@ -24,11 +24,12 @@ log = logging.getLogger(__name__)
 class Hub:
     """A connection to an mlhub API server.
 
-    `url` and `token` default to MLHUB_HUB_URL and MLHUB_HUB_TOKEN; `spool_dir` to MLHUB_SPOOL_DIR, else
-    `~/.mlhub/spool`. With `resend_on_start` (the default) a background thread resends, under their original
-    ids, the records that earlier processes left in this hub's spool folder (see `resend_spooled`).
-    `duplicate_window_s` should match the server's MLHUB_DUPLICATE_WINDOW_S: a record resent later than that
-    after it was made is logged as possibly stored twice.
+    `url` and `token` default to MLHUB_URL (http://127.0.0.1:8000) and MLHUB_TOKEN, as for the CLI;
+    `spool_dir` to MLHUB_SPOOL_DIR, else `~/.mlhub/spool`. With `resend_on_start` (the default) a
+    background thread resends, under their original ids, the records that earlier processes left in this
+    hub's spool folder (see `resend_spooled`). `duplicate_window_s` should match the server's
+    MLHUB_DUPLICATE_WINDOW_S: a record resent later than that after it was made is logged as possibly
+    stored twice.
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *, spool_dir: str | Path | None = None,
@@ -38,11 +39,11 @@ class Hub:
             from mlhub.settings import Settings
 
             settings = Settings()
-            url = url or settings.hub_url
-            token = token or settings.hub_token
+            url = url or settings.url
+            token = token or settings.token
             spool_dir = spool_dir or settings.spool_dir
         if not url or not url.startswith(("http://", "https://")):
-            raise InvalidInput(f"hub url must be an http:// or https:// URL (or set MLHUB_HUB_URL), got {url!r}")
+            raise InvalidInput(f"hub url must be an http:// or https:// URL (or set MLHUB_URL), got {url!r}")
         self.url = url.rstrip("/")
         self.transport = Transport(self.url, token, timeout_s=timeout_s)
         self.spool_folder = hub_folder(Path(spool_dir).expanduser() if spool_dir else default_spool_dir(), self.url)

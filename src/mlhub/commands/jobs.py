@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from mlhub.commands.common import load_settings, run_with_event_log
+from mlhub.commands.hubclient import DIRECT, use_client, with_hub
 
 if TYPE_CHECKING:
     from mlhub.eventlog import EventLog, Recorded
@@ -33,7 +34,9 @@ WAIT_TIMEOUT_HELP = "With --wait: give up waiting after this many seconds (exit 
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
               help=WAIT_TIMEOUT_HELP)
 @click.option("--json", "as_json", is_flag=True, help='Print {"job_id": ..., "run_id": ...} as JSON.')
-def submit(config_path: Path, overrides: tuple[str, ...], wait: bool, timeout_s: float | None, as_json: bool) -> None:
+@DIRECT
+def submit(config_path: Path, overrides: tuple[str, ...], wait: bool, timeout_s: float | None, as_json: bool,
+           direct: bool) -> None:
     """Validate the experiment config CONFIG (a YAML file, e.g. configs/digits-mlp.yaml) and queue a job.
 
     A bad config exits with status 2 and names the file and each bad field; nothing is queued then.
@@ -48,6 +51,13 @@ def submit(config_path: Path, overrides: tuple[str, ...], wait: bool, timeout_s:
         for line in str(e).splitlines():
             click.echo(f"error [{e.code}]: {line}", err=True)
         sys.exit(2)
+    if use_client(settings, direct):
+        from mlhub.commands import jobs_client
+        from mlhub.scheduler.yamlio import load_yaml
+
+        raw = load_yaml(config_path.read_text(encoding="utf-8"))
+        with_hub(settings, lambda client: jobs_client.submit(client, loaded, raw, wait, timeout_s, as_json))
+        return
 
     async def work(log: EventLog) -> tuple[SubmitResult, JobOutcome | None]:
         result = await submit_job(log, loaded.config, overrides=loaded.overrides, producer=settings.producer)
@@ -125,7 +135,8 @@ def _describe(recorded: Recorded) -> str | None:
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
               help=WAIT_TIMEOUT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the ids (and with --wait the comparison) as JSON.")
-def reproduce(run_id: str, wait: bool, timeout_s: float | None, as_json: bool) -> None:
+@DIRECT
+def reproduce(run_id: str, wait: bool, timeout_s: float | None, as_json: bool, direct: bool) -> None:
     """Resubmit run RUN_ID's recorded config snapshot unchanged (same seed, same sha256) as a new run.
 
     The new run records which run it reproduces. Everything is read from the event log, so no projector is
@@ -136,6 +147,11 @@ def reproduce(run_id: str, wait: bool, timeout_s: float | None, as_json: bool) -
     from mlhub.scheduler import reproduce as reproduce_run
 
     settings = load_settings()
+    if use_client(settings, direct):
+        from mlhub.commands import jobs_client
+
+        with_hub(settings, lambda client: jobs_client.reproduce(client, run_id, wait, timeout_s, as_json))
+        return
 
     async def work(log: EventLog) -> tuple[SubmitResult, Comparison | None, JobOutcome | None]:
         original, result = await reproduce_run(log, run_id, producer=settings.producer)
@@ -182,11 +198,17 @@ def _num(value: float | None) -> str:
 @click.command("cancel")
 @click.argument("job_id")
 @click.option("--reason", default="", show_default=False, help="Why the job is cancelled (recorded).")
-def cancel(job_id: str, reason: str) -> None:
+@DIRECT
+def cancel(job_id: str, reason: str, direct: bool) -> None:
     """Cancel the queued or running job JOB_ID (an ended job cannot be cancelled)."""
     from mlhub.scheduler import cancel as cancel_job
 
     settings = load_settings()
+    if use_client(settings, direct):
+        from mlhub.commands import jobs_client
+
+        with_hub(settings, lambda client: jobs_client.cancel(client, job_id, reason))
+        return
     requested_by = _current_user()
     result = run_with_event_log(
         settings, "mlhub-cancel",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from mlhub.commands.common import fail, load_settings, run_with_event_log
+from mlhub.commands.hubclient import DIRECT, HubClient, use_client, with_hub
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
@@ -64,8 +65,11 @@ def _read_model(settings: Settings) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
-def _read(query: Callable[[sa.Connection], T]) -> T:
+def _read(query: Callable[[sa.Connection], T], via_hub: Callable[[HubClient], T], direct: bool) -> T:
+    """The read model's answer, or (client mode) the hub's."""
     settings = load_settings()
+    if use_client(settings, direct):
+        return with_hub(settings, via_hub)
     try:
         with _read_model(settings) as conn:
             return query(conn)
@@ -83,11 +87,13 @@ def _v(version: int | None) -> str:
 
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def list_models(as_json: bool) -> None:
+@DIRECT
+def list_models(as_json: bool, direct: bool) -> None:
     """Every registered model: latest version, number of versions, aliases."""
+    from mlhub.commands import models_client
     from mlhub.registry.queries import list_models as query
 
-    found = _read(query)
+    found = _read(query, models_client.list_models, direct)
     if as_json:
         _echo_json(found)
         return
@@ -102,18 +108,22 @@ def list_models(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--version", "version", type=click.IntRange(min=1), help="Show this version only.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(name: str, version: int | None, as_json: bool) -> None:
+@DIRECT
+def show(name: str, version: int | None, as_json: bool, direct: bool) -> None:
     """The model NAME with its versions and aliases (or one version with --version)."""
+    from mlhub.commands import models_client
     from mlhub.registry.queries import VersionInfo, model_details, version_info
 
     if version is not None:
-        one = _read(lambda conn: version_info(conn, name, version))
+        one = _read(lambda conn: version_info(conn, name, version),
+                    lambda client: models_client.version_info(client, name, version), direct)
         if as_json:
             _echo_json(one)
         else:
             _print_version(one)
         return
-    details = _read(lambda conn: model_details(conn, name))
+    details = _read(lambda conn: model_details(conn, name),
+                    lambda client: models_client.model_details(client, name), direct)
     if as_json:
         _echo_json(details)
         return
@@ -139,11 +149,18 @@ def _print_version(v: Any) -> None:
               help="The artifact's logical path in the run, e.g. model.onnx.")
 @click.option("--description", default="", help="Free text stored with the version.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def register(name: str, run_id: str, artifact_path: str, description: str, as_json: bool) -> None:
-    """Register the next version of model NAME from an artifact of a finished run."""
+@DIRECT
+def register(name: str, run_id: str, artifact_path: str, description: str, as_json: bool, direct: bool) -> None:
+    """Register the next version of model NAME from an artifact of a finished run.
+
+    The REST API has no registration endpoint yet: this command needs the event log (MLHUB_NATS_URL, or
+    --direct on the hub's machine, where the running `mlhub up` is found through MLHUB_DATA_DIR)."""
     from mlhub.registry import register as register_version
 
     settings = load_settings()
+    if use_client(settings, direct):
+        raise click.UsageError("model registration is not part of the hub's REST API yet: run it with --direct "
+                               "(on the hub's machine, with its MLHUB_DATA_DIR) or with MLHUB_NATS_URL set")
     result = run_with_event_log(settings, "mlhub-models", lambda log: register_version(
         log, name, run_id, artifact_path, description=description, registered_by=_current_user(),
         producer=settings.producer))
@@ -198,14 +215,31 @@ def _gates(settings: Settings, path: Path | None) -> GatesConfig | None:
 @click.option("--gates", "gates_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Promotion gates file (default: MLHUB_REGISTRY_GATES, else configs/registry.yaml if present).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@DIRECT
 def promote(name: str, version: int, alias: str, expect_current: str | None, reason: str, actor: str | None,
-            gates_path: Path | None, as_json: bool) -> None:
-    """Point alias --alias of model NAME at VERSION, if its gates allow and nobody moved it meanwhile."""
+            gates_path: Path | None, as_json: bool, direct: bool) -> None:
+    """Point alias --alias of model NAME at VERSION, if its gates allow and nobody moved it meanwhile.
+
+    In client mode this is POST /api/v1/models/NAME/aliases/ALIAS: the hub applies its own gates and checks
+    the token's role (an admin token for a protected alias); --expect-current, --actor and --gates need
+    --direct."""
     from mlhub.eventlog import EventLog
     from mlhub.registry import PromoteResult, current_alias
     from mlhub.registry import promote as promote_alias
 
     settings = load_settings()
+    if use_client(settings, direct):
+        if expect_current is not None or actor is not None or gates_path is not None:
+            raise click.UsageError("--expect-current, --actor and --gates need --direct (or MLHUB_NATS_URL); "
+                                   "through the hub, its own gates apply and the token names the actor")
+        from mlhub.commands import models_client
+
+        answer = with_hub(settings, lambda client: models_client.promote(client, name, alias, version, reason))
+        if as_json:
+            click.echo(json.dumps(answer))
+        else:
+            click.echo(f"model {name}: alias {alias} -> v{version} at seq {answer.get('seq')}")
+        return
     expected = _expected(expect_current)
     gates = _gates(settings, gates_path)
     who = actor or _current_user() or settings.producer
@@ -231,11 +265,14 @@ def promote(name: str, version: int, alias: str, expect_current: str | None, rea
 @click.argument("name")
 @click.option("--alias", default=None, help="Only this alias.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-def history(name: str, alias: str | None, as_json: bool) -> None:
+@DIRECT
+def history(name: str, alias: str | None, as_json: bool, direct: bool) -> None:
     """Every alias change of model NAME, oldest first: when, who, from which version to which, why."""
+    from mlhub.commands import models_client
     from mlhub.registry.queries import alias_history
 
-    changes = _read(lambda conn: alias_history(conn, name, alias))
+    changes = _read(lambda conn: alias_history(conn, name, alias),
+                    lambda client: models_client.alias_history(client, name, alias), direct)
     if as_json:
         _echo_json(changes)
         return
@@ -251,14 +288,17 @@ def history(name: str, alias: str | None, as_json: bool) -> None:
 @click.option("--alias", default=None, help="The version this alias points to (e.g. production).")
 @click.option("--version", "version", type=click.IntRange(min=1), default=None, help="This version.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def lineage(name: str, alias: str | None, version: int | None, as_json: bool) -> None:
+@DIRECT
+def lineage(name: str, alias: str | None, version: int | None, as_json: bool, direct: bool) -> None:
     """The chain behind a version of model NAME: run -> config snapshot (sha256) -> seed -> dataset fingerprint
     -> code commit and dirty flag -> environment. Name exactly one of --alias and --version."""
+    from mlhub.commands import models_client
     from mlhub.registry.queries import lineage as query
 
     if (alias is None) == (version is None):
         raise click.UsageError("name exactly one of --alias and --version")
-    chain = _read(lambda conn: query(conn, name, alias=alias, version=version))
+    chain = _read(lambda conn: query(conn, name, alias=alias, version=version),
+                  lambda client: models_client.lineage(client, name, alias=alias, version=version), direct)
     if as_json:
         _echo_json(chain)
         return

@@ -14,6 +14,7 @@ import click
 import pyarrow as pa
 
 from mlhub.commands.common import fail, load_settings
+from mlhub.commands.hubclient import DIRECT, use_client, with_hub
 from mlhub.errors import MlhubError
 
 #: Read-model tables handed to the query engine (the views runs, params, ... select from them).
@@ -24,17 +25,27 @@ READMODEL_TABLE_NAMES = ("experiments", "runs", "params", "tags", "metric_defini
 @click.argument("sql")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
               help="Output format: an aligned text table, CSV with a header, or a JSON array of objects.")
-def query(sql: str, fmt: str) -> None:
+@DIRECT
+def query(sql: str, fmt: str, direct: bool) -> None:
     """Run one read-only SELECT over the views metrics, runs, params, tags, experiments, metric_definitions,
     metric_summary, epoch_metrics, leaderboard, undeclared_metrics and metric_range_violations (and the table
     macro run_metrics(run_id, key)).
 
     Example: mlhub query "SELECT r.name, p.value AS lr, s.max_value FROM runs r JOIN params p USING (run_id)
     JOIN metric_summary s USING (run_id) WHERE p.key = 'lr' AND s.key = 'val/acc'"
+
+    Asks the hub at MLHUB_URL (POST /api/v1/query) unless MLHUB_NATS_URL is set or --direct is given; then it
+    reads the metric tables and the read model of MLHUB_DATA_DIR / MLHUB_DATABASE_URL itself.
     """
     from mlhub.analytics import QueryEngine
 
     settings = load_settings()
+    if use_client(settings, direct):
+        answer = with_hub(settings, lambda client: client.post("/query", {"sql": sql}))
+        if answer.get("truncated"):
+            click.echo(f"note: the hub cut the answer at {answer['row_count']} rows", err=True)
+        click.echo(render_rows(answer["columns"], answer["rows"], fmt), nl=False)
+        return
     try:
         tables = load_readmodel_tables(settings.resolved_database_url)
         with QueryEngine(settings.metrics_dir, tables) as engine:
@@ -118,7 +129,11 @@ def _utc() -> Any:
 def render(table: pa.Table, fmt: str) -> str:
     """The result in one of the output formats (each ends with a newline)."""
     names = list(table.column_names)
-    rows = [[row[n] for n in names] for row in table.to_pylist()]
+    return render_rows(names, [[row[n] for n in names] for row in table.to_pylist()], fmt)
+
+
+def render_rows(names: list[str], rows: list[list[Any]], fmt: str) -> str:
+    """Rows of the named columns in one of the output formats (each ends with a newline)."""
     if fmt == "json":
         return json.dumps([dict(zip(names, map(_json_value, r), strict=True)) for r in rows], indent=None) + "\n"
     if fmt == "csv":

@@ -1,0 +1,300 @@
+"""The local hub of `mlhub up` and `mlhub demo`: every part of mlhub in one process tree.
+
+The parent process (this module) starts the embedded nats-server (unless MLHUB_NATS_URL names one), creates
+the stream, migrates the read model, then supervises its children: one `mlhub projector`, N `mlhub worker`
+processes and the API (uvicorn) on 127.0.0.1:PORT. There is no scheduler process: submitting is an append
+done by whoever submits, and job timeouts are enforced by the workers.
+
+Process tree guarantees:
+- every child runs in a session of its own, so a Ctrl-C in the terminal reaches only the parent, which then
+  stops the children in order (API, workers and projector first, with SIGTERM, then the event log last, so
+  a worker can still give its job back);
+- every child has PR_SET_PDEATHSIG=SIGKILL (and the nats-server SIGTERM, see mlhub.eventlog.server): when
+  the parent dies, even by SIGKILL, no child outlives it. A job a killed worker was running is redelivered
+  as a new attempt, as after any worker crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from mlhub.errors import MlhubError
+from mlhub.settings import Settings
+
+if TYPE_CHECKING:
+    from mlhub.eventlog import EmbeddedNats
+
+PR_SET_PDEATHSIG = 1
+#: Longest the children get to stop after SIGTERM before they are killed (a worker finishes its batch).
+STOP_GRACE_S = 30.0
+#: Longest the API may take to answer /healthz after it was started.
+READY_TIMEOUT_S = 120.0
+#: The file next to the data dir's state that tells clients where the local hub serves.
+HUB_FILE = "hub.json"
+#: The session's generated admin token (0600), when MLHUB_API_TOKENS/MLHUB_API_TOKENS_FILE are unset.
+TOKEN_FILE = "api-token"
+
+
+class HubError(MlhubError):
+    """The local hub could not start, or one of its parts died."""
+
+    code = "HUB_ERROR"
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+
+
+@dataclass
+class HubInfo:
+    """Where the started hub serves and how to authenticate."""
+
+    url: str
+    nats_url: str
+    data_dir: Path
+    token: str | None
+    token_file: Path | None
+    logs_dir: Path
+
+
+@dataclass
+class Hub:
+    """Start, watch and stop the local hub. Construct, then `start()`; always `stop()` (also after errors)."""
+
+    settings: Settings
+    port: int = 8000
+    workers: int = 1
+    host: str = "127.0.0.1"
+    echo: Callable[[str], None] = print
+    children: list[Child] = field(default_factory=list)
+    info: HubInfo | None = None
+    _nats: EmbeddedNats | None = None
+    _lock_fd: int | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """The hub's data dir, absolute (children may run in another working dir)."""
+        return self.settings.data_dir.resolve()
+
+    def start(self) -> HubInfo:
+        """Start everything and wait until the API answers; HubError names what failed."""
+        if self.info is not None:
+            raise HubError("the hub is started already")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        _check_port_free(self.host, self.port)
+        nats_url = self._start_nats()
+        self.echo(f"event log: {nats_url}" + ("" if self.settings.nats_url else
+                                              f" (embedded nats-server, store {self.settings.nats_dir.resolve()})"))
+        asyncio.run(self._prepare_stream(nats_url))
+        self._migrate()
+        token, token_file = self._token()
+        url = f"http://{self.host}:{self.port}"
+        env = self._child_env(nats_url, token)
+        python = [sys.executable, "-m"]
+        self.children = [Child("projector", [*python, "mlhub.cli", "projector"], logs / "projector.log")]
+        self.children += [Child(f"worker-{i + 1}", [*python, "mlhub.cli", "worker"], logs / f"worker-{i + 1}.log")
+                          for i in range(self.workers)]
+        self.children.append(Child("api", [*python, "uvicorn", "--factory", "mlhub.api:create_app", "--host",
+                                           self.host, "--port", str(self.port)], logs / "api.log"))
+        for child in self.children:
+            self._spawn(child, env)
+        self.info = HubInfo(url=url, nats_url=nats_url, data_dir=self.data_dir, token=token, token_file=token_file,
+                            logs_dir=logs)
+        self._wait_ready(url)
+        (self.data_dir / HUB_FILE).write_text(json.dumps({
+            "url": url, "pid": os.getpid(), "nats_url": nats_url,
+            "token_file": str(token_file) if token_file else None}) + "\n")
+        return self.info
+
+    def _take_lock(self) -> None:
+        """One `mlhub up` per data dir: it owns DIR/hub.json and DIR/api-token (a flock on DIR/hub.lock)."""
+        fd = os.open(self.data_dir / "hub.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                other = json.loads((self.data_dir / HUB_FILE).read_text())
+                where = f" (pid {other.get('pid')}, serving at {other.get('url')})"
+            except (OSError, ValueError, AttributeError):
+                where = ""
+            raise HubError(f"another `mlhub up` already runs on the data dir {self.data_dir}{where}: stop it, "
+                           "or give this one another --data-dir") from None
+        self._lock_fd = fd
+
+    def _start_nats(self) -> str:
+        if self.settings.nats_url:
+            return self.settings.nats_url
+        from mlhub.eventlog import EmbeddedNats
+
+        server = EmbeddedNats(self.settings.nats_dir, port=self.settings.nats_port, sync=self.settings.nats_sync)
+        url = server.start()  # stops what it started when it fails
+        self._nats = server
+        return url
+
+    async def _prepare_stream(self, url: str) -> None:
+        from mlhub.commands.common import open_event_log
+
+        async with open_event_log(self.settings, url, "mlhub-up"):  # creates or checks the stream
+            pass
+
+    def _migrate(self) -> None:
+        from mlhub.readmodel import create_engine, migrate
+
+        engine = create_engine(self.settings.resolved_database_url, writer=True)
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
+
+    def _token(self) -> tuple[str | None, Path | None]:
+        """A fresh admin token for this session when no token is configured; written 0600 to the data dir."""
+        path = self.data_dir / TOKEN_FILE
+        path.unlink(missing_ok=True)  # a token of an earlier session is void
+        if self.settings.api_tokens or self.settings.api_tokens_file:
+            return None, None
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token, path
+
+    def _child_env(self, nats_url: str, token: str | None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"MLHUB_DATA_DIR": str(self.data_dir), "MLHUB_NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"})
+        if token is not None:
+            env["MLHUB_API_TOKENS"] = f"{token}:admin"
+        return env
+
+    def _spawn(self, child: Child, env: dict[str, str]) -> None:
+        parent = os.getpid()
+        child.log = child.log_path.open("ab")
+        child.process = subprocess.Popen(
+            child.args, env=env, stdin=subprocess.DEVNULL, stdout=child.log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=lambda: _die_with_parent(parent))
+
+    def _wait_ready(self, url: str) -> None:
+        import httpx
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            dead = self.dead_child()
+            if dead is not None:
+                raise HubError(dead)
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise HubError(f"the API did not answer at {url} within {READY_TIMEOUT_S:g} s; see "
+                       f"{self.data_dir / 'logs' / 'api.log'}")
+
+    def dead_child(self) -> str | None:
+        """A line naming a part that stopped on its own (and its log), or None while all run."""
+        for child in self.children:
+            if child.process is not None and child.process.poll() is not None:
+                return (f"the {child.name} process exited with code {child.process.returncode}; its log: "
+                        f"{child.log_path}\n{_tail(child.log_path)}")
+        server = self._nats
+        if server is not None and server.process is not None and server.process.poll() is not None:
+            return (f"the embedded nats-server exited with code {server.process.returncode}; its log: "
+                    f"{server.log_file}")
+        return None
+
+    def stop(self) -> None:
+        """Stop every part: SIGTERM to the children, SIGKILL after STOP_GRACE_S, then the event log."""
+        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        for child in running:
+            assert child.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in running:
+            assert child.process is not None
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.echo(f"the {child.name} process did not stop within {STOP_GRACE_S:g} s: killed")
+                child.process.kill()
+                child.process.wait()
+        for child in self.children:
+            if child.log is not None:
+                child.log.close()
+                child.log = None
+        if self._nats is not None:
+            self._nats.stop()
+            self._nats = None
+        if self._lock_fd is not None:  # the files are this hub's only while it holds the lock
+            (self.data_dir / HUB_FILE).unlink(missing_ok=True)
+            (self.data_dir / TOKEN_FILE).unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise HubError(f"cannot serve the API on {host}:{port}: {e.strerror or e} (is another `mlhub up` "
+                           "running? choose another port with --port)") from e
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the child before exec: ask Linux to SIGKILL us when the parent dies; exit if it already has."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+def read_local_token(data_dir: Path, url: str) -> str | None:
+    """The token of the `mlhub up` serving `url` from this data dir, or None (another hub, or none running)."""
+    try:
+        hub = json.loads((data_dir / HUB_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(hub, dict) or _normal(str(hub.get("url", ""))) != _normal(url) or not hub.get("token_file"):
+        return None
+    try:
+        return Path(hub["token_file"]).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _normal(url: str) -> str:
+    return url.rstrip("/").replace("://localhost:", "://127.0.0.1:")

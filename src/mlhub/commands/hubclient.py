@@ -1,0 +1,150 @@
+"""The CLI as an API client: which mode a command uses, and a small HTTP client for the hub's REST API.
+
+The rule: a client command (submit, cancel, reproduce, runs, show, models, query) talks to the hub at
+MLHUB_URL (default http://127.0.0.1:8000) with MLHUB_TOKEN, unless MLHUB_NATS_URL is set (an operator inside a
+deployment) or --direct is given; then it uses the event log and the read model directly, as before.
+MLHUB_TOKEN unset: the session token of a local `mlhub up` serving MLHUB_URL from MLHUB_DATA_DIR is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from mlhub.errors import MlhubError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from mlhub.settings import Settings
+
+T = TypeVar("T")
+
+#: Job states after which nothing more happens (as mlhub.scheduler.ENDED_STATES).
+ENDED = ("succeeded", "failed", "cancelled")
+
+DIRECT = click.option("--direct", is_flag=True,
+                      help="Use the event log and read model directly (as when MLHUB_NATS_URL is set) instead of "
+                           "the hub at MLHUB_URL.")
+
+
+class HubRequestError(MlhubError):
+    """The hub answered with an error (its code and message are kept)."""
+
+    code = "HUB_REQUEST_FAILED"
+
+    def __init__(self, message: str, *, status: int = 0, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.details = details or {}
+
+    @classmethod
+    def with_code(cls, code: str | None, message: str, *, status: int,
+                  details: dict[str, Any]) -> HubRequestError:
+        """An error that carries the hub's own code (printed by the CLI as error [CODE])."""
+        if not code or not code.replace("_", "").isalnum():
+            return cls(message, status=status, details=details)
+        kind = _CODED.get(code)
+        if kind is None:
+            kind = _CODED[code] = type(f"HubRequestError_{code}", (cls,), {"code": code})
+        return kind(message, status=status, details=details)
+
+
+_CODED: dict[str, type[HubRequestError]] = {}
+
+
+class HubUnreachable(MlhubError):
+    """No hub answers at MLHUB_URL."""
+
+    code = "HUB_UNREACHABLE"
+
+
+def use_client(settings: Settings, direct: bool) -> bool:
+    """Whether a client command talks to the hub over HTTP (the rule in the module docstring)."""
+    return not direct and not settings.nats_url
+
+
+class HubClient:
+    """Calls to the hub's API under /api/v1 with a bearer token; errors become HubRequestError/HubUnreachable."""
+
+    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=timeout_s)
+        self.has_token = token is not None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HubClient:
+        """A client for MLHUB_URL with MLHUB_TOKEN, or the local `mlhub up` session token."""
+        from mlhub.commands.hub import read_local_token
+
+        token = settings.token or read_local_token(settings.data_dir, settings.url)
+        return cls(settings.url, token)
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, *, params: Any = None, json: Any = None) -> Any:
+        """One call; the decoded JSON answer."""
+        import httpx
+
+        try:
+            response = self._http.request(method, path, params=params, json=json)
+        except httpx.TransportError as e:
+            raise HubUnreachable(f"cannot reach the hub at {self.url} ({type(e).__name__}: {e}): start it with "
+                                 "`mlhub up`, set MLHUB_URL to where it runs, or use --direct") from e
+        if response.status_code >= 400:
+            raise self._error(response)
+        return response.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET with the non-None params."""
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any, **params: Any) -> Any:
+        """POST a JSON body."""
+        return self.request("POST", path, json=body, params={k: v for k, v in params.items() if v is not None})
+
+    def _error(self, response: httpx.Response) -> HubRequestError:
+        try:
+            error = response.json()["error"]
+            code, message, details = str(error["code"]), str(error["message"]), dict(error.get("details") or {})
+        except (ValueError, KeyError, TypeError):
+            code, message, details = "", response.text[:500] or response.reason_phrase, {}
+        if response.status_code == 401:
+            message += ("" if self.has_token else
+                        " (no token: set MLHUB_TOKEN, or run the CLI with the MLHUB_DATA_DIR of the local `mlhub up`)")
+        return HubRequestError.with_code(code, f"{message} (HTTP {response.status_code} from {self.url})",
+                                         status=response.status_code, details=details)
+
+
+def json_float(value: Any) -> float | None:
+    """A metric value from the API (a JSON number, or "NaN"/"Infinity"/"-Infinity") as a float."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[value]
+    return float(value)
+
+
+def with_hub(settings: Settings, work: Callable[[HubClient], T]) -> T:
+    """Run `work` with a client of MLHUB_URL; an mlhub error (the hub's own included) exits 1 with one line."""
+    from mlhub.commands.common import fail
+
+    try:
+        with HubClient.from_settings(settings) as client:
+            return work(client)
+    except MlhubError as e:
+        fail(e)

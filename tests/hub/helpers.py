@@ -1,0 +1,121 @@
+"""Running `mlhub up` / `mlhub demo` as a user does (subprocesses) and finding every process they started."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+MLHUB = [sys.executable, "-m", "mlhub.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hub_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user with no MLHUB_* settings but the data dir (and extra)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_")}
+    env.update({"MLHUB_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def processes_of(data_dir: Path) -> list[psutil.Process]:
+    """Every live process that belongs to the hub of data_dir: started with it as MLHUB_DATA_DIR, or naming it on
+    its command line (the nats-server). Found by scanning the whole machine, so orphans are found too."""
+    mine = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == mine:
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if str(data_dir) in cmdline or proc.environ().get("MLHUB_DATA_DIR") == str(data_dir):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def wait_until_none_left(data_dir: Path, timeout: float = 15) -> list[psutil.Process]:
+    """Wait for every process of the hub to be gone; what is still alive at the end."""
+    deadline = time.monotonic() + timeout
+    left = processes_of(data_dir)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = processes_of(data_dir)
+    return left
+
+
+@dataclass
+class RunningHub:
+    """An `mlhub up` (or `mlhub demo`) subprocess whose output is collected by a thread."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    port: int
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 180) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.output)
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                time.sleep(0.2)  # let the reader thread collect the last lines
+                match = re.search(pattern, self.output)
+                if match:
+                    return match
+                raise AssertionError(f"exited with {self.proc.returncode} before {pattern!r}:\n{self.output}")
+            time.sleep(0.1)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}")
+
+
+def start(args: list[str], data_dir: Path, port: int, **env: str) -> RunningHub:
+    proc = subprocess.Popen([*MLHUB, *args, "--data-dir", str(data_dir), "--port", str(port)],
+                            env=hub_env(data_dir, **env), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    hub = RunningHub(proc, data_dir, port)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            hub.lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return hub
+
+
+def stop(hub: RunningHub) -> None:
+    """Stop a hub a test left running (SIGTERM, then SIGKILL of everything of its data dir)."""
+    if hub.proc.poll() is None:
+        hub.proc.terminate()
+        try:
+            hub.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            hub.proc.kill()
+            hub.proc.wait()
+    for proc in wait_until_none_left(hub.data_dir, timeout=5):
+        proc.kill()
