@@ -291,3 +291,35 @@ def alias_history(conn: sa.Connection, name: str, alias: str) -> list[dict[str, 
     rows = conn.execute(sa.select(h).where(h.c.model_name == name, h.c.alias == alias).order_by(h.c.seq))
     return [row_dict(r, ("seq", "action", "from_version", "to_version", "actor", "reason", "occurred_at"))
             for r in rows]
+
+
+#: Job statuses a jobs list may filter by.
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: Columns of a job in the jobs list (the config is left to GET /jobs/{id}).
+JOB_LIST_COLUMNS = ("job_id", "run_id", "experiment_id", "plugin", "pool", "status", "attempts", "max_attempts",
+                    "worker_id", "queued_at", "started_at", "ended_at", "heartbeat_at", "progress", "error_type",
+                    "error", "cancel_reason", "cancelled_by", "updated_at", "last_seq")
+
+
+def list_jobs(conn: sa.Connection, statuses: Sequence[str], max_results: int,
+              page_token: str | None) -> dict[str, Any]:
+    """Jobs, most recently changed first (by the sequence of their last event), optionally of some statuses."""
+    j = t.jobs
+    unknown = [s for s in statuses if s not in JOB_STATUSES]
+    if unknown:
+        raise ApiError(f"status {unknown[0]!r} is not a job status; one of {', '.join(JOB_STATUSES)}",
+                       details={"status": unknown[0], "allowed": list(JOB_STATUSES)})
+    query_key = ",".join(sorted(set(statuses)))
+    stmt = sa.select(*(j.c[c] for c in JOB_LIST_COLUMNS))
+    if statuses:
+        stmt = stmt.where(j.c.status.in_(sorted(set(statuses))))
+    if page_token:
+        value, _ = decode_page_token(page_token, "last_seq DESC", query_key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ApiError("page_token is not a token this API issued", code="INVALID_PAGE_TOKEN")
+        stmt = stmt.where(j.c.last_seq < value)
+    rows = conn.execute(stmt.order_by(j.c.last_seq.desc()).limit(max_results + 1)).all()
+    data = [row_dict(r, JOB_LIST_COLUMNS) for r in rows[:max_results]]
+    token = encode_page_token("last_seq DESC", query_key, data[-1]["last_seq"], data[-1]["job_id"]) \
+        if len(rows) > max_results else None
+    return {"data": data, "count": len(data), "next_page_token": token}

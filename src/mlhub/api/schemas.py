@@ -189,6 +189,14 @@ class JobPublic(BaseModel):
     last_seq: int
 
 
+class JobsPublic(BaseModel):
+    """A page of jobs, most recently changed first; pass next_page_token as page_token for the next page."""
+
+    data: list[JobPublic]
+    count: int
+    next_page_token: str | None = None
+
+
 class JobCreate(BaseModel):
     """A job to submit: an experiment config (the same document as a configs/*.yaml file) and overrides."""
 
@@ -301,6 +309,23 @@ class AliasPromote(BaseModel):
 
     version: int = Field(ge=1)
     reason: str = Field(default="", max_length=2000)
+    expected_current: int | None = Field(default=None, ge=1, description=(
+        "the version the alias points to now as the caller believes (null: not set); left out: whatever it "
+        "points to when the request is handled. A promotion that landed in between is a 409."))
+
+
+class AliasPromoted(BaseModel):
+    """A promotion: the alias now points to version (it pointed to previous_version); seq is null and changed
+    false when it already did (nothing appended)."""
+
+    model_name: str
+    alias: str
+    version: int
+    previous_version: int | None
+    changed: bool
+    seq: int | None
+    seqs: list[int]
+    gates: list[dict[str, Any]]
 
 
 class QueryRequest(BaseModel):
