@@ -148,17 +148,23 @@ def search_runs(conn: sa.Connection, *, experiment_ids: Sequence[str], filter_te
 
 
 def _run_extras(conn: sa.Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]:
-    extras: dict[str, dict[str, Any]] = {i: {"params": {}, "tags": {}, "metrics": {}} for i in run_ids}
+    extras: dict[str, dict[str, Any]] = {i: {"params": {}, "tags": {}, "metrics": {}, "best_metrics": {}}
+                                         for i in run_ids}
     if not run_ids:
         return extras
     for table, target in ((t.params, "params"), (t.tags, "tags")):
         for run_id, key, value in conn.execute(
                 sa.select(table.c.run_id, table.c.key, table.c.value).where(table.c.run_id.in_(run_ids))):
             extras[run_id][target][key] = value
-    ms = t.metric_summaries
-    for run_id, key, value in conn.execute(
-            sa.select(ms.c.run_id, ms.c.key, ms.c.last_value).where(ms.c.run_id.in_(run_ids))):
+    ms, md = t.metric_summaries, t.metric_definitions
+    # best: the minimum or maximum by the direction configs/metrics.yaml declares; undeclared keys have none
+    best = sa.case((md.c.direction == "max", ms.c.max_value), (md.c.direction == "min", ms.c.min_value), else_=None)
+    for run_id, key, value, best_value, declared in conn.execute(
+            sa.select(ms.c.run_id, ms.c.key, ms.c.last_value, best, md.c.direction)
+            .select_from(ms.outerjoin(md, md.c.name == ms.c.key)).where(ms.c.run_id.in_(run_ids))):
         extras[run_id]["metrics"][key] = jv(value)
+        if declared is not None:
+            extras[run_id]["best_metrics"][key] = jv(best_value)
     return extras
 
 

@@ -61,7 +61,7 @@ class MetricSummaryPublic(BaseModel):
 
 
 class RunPublic(BaseModel):
-    """A run as listed: attributes, params, tags and the last value of each metric."""
+    """A run as listed: attributes, params, tags, the last value of each metric and the best of declared ones."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -80,6 +80,8 @@ class RunPublic(BaseModel):
     params: dict[str, str]
     tags: dict[str, str]
     metrics: dict[str, MetricValue | None]
+    #: The best value of each metric declared in configs/metrics.yaml (its max or min, by the declared direction).
+    best_metrics: dict[str, MetricValue | None] = Field(default_factory=dict)
 
 
 class RunsPublic(BaseModel):
