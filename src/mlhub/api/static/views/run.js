@@ -56,7 +56,7 @@ function artifacts(detail) {
 
 function summarize(event) {
   const skip = new Set(["seq", "subject", "event_id", "type", "schema_version", "occurred_at", "producer", "correlation_id", "run_id"]);
-  const payload = event.event || event;
+  const payload = event.payload || {};
   if (payload.series) return payload.series.map((s) => `${s.key}: ${s.values.length} points`).join(", ");
   return Object.entries(payload).filter(([k]) => !skip.has(k))
     .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ").slice(0, 200);
@@ -66,7 +66,7 @@ async function timeline(runId) {
   const events = await get(`/runs/${runId}/events`, { limit: 500 });
   return h("div", {},
     table(["seq", "time", "type", "what"], events.data.map((e) => h("tr", {},
-      h("td", { class: "num" }, e.seq), h("td", {}, fmtTime(e.occurred_at)), h("td", {}, e.type ?? e.event?.type),
+      h("td", { class: "num" }, e.seq), h("td", {}, fmtTime(e.occurred_at)), h("td", {}, e.type),
       h("td", { class: "muted" }, summarize(e)))), { id: "timeline", class: "grid" }),
     events.next_from_seq ? h("p", { class: "muted" }, "(first 500 events)") : null);
 }

@@ -5,7 +5,7 @@ import { get } from "../api.js";
 import { formatNumber } from "../chart.js";
 import { badge, duration, errorBox, fmtTime, go, h, routeParams, shortId, table } from "../util.js";
 
-const PAGE_SIZE = 50;
+const PAGE_SIZE = 50; // ?size= overrides it (1..1000)
 const SERVER_SORT = { name: "name", status: "status", started: "started_at", created: "created_at" };
 const COLUMNS_KEY = "mlhub.columns";
 
@@ -35,6 +35,8 @@ export async function runsView(root) {
   const order = q.get("order") || "created_at DESC";
   const tokens = (q.get("pages") || "").split(",").filter(Boolean); // page tokens of the pages before this one
   const clientSort = q.get("csort") || "";
+  const size = Math.min(1000, Math.max(1, Number(q.get("size")) || PAGE_SIZE));
+  const keep = { experiment, filter, order, size: q.get("size") || undefined }; // what every link of this view keeps
 
   const experiments = await get("/experiments", { max_results: 1000 });
   const nav = h("aside", { class: "experiments" }, h("h3", {}, "Experiments"),
@@ -48,7 +50,7 @@ export async function runsView(root) {
     placeholder: "metrics.val_acc > 0.9 and params.lr = '0.01' and status = 'finished'" });
   const form = h("form", { class: "filter", onsubmit: (e) => {
     e.preventDefault();
-    go("/runs", { experiment, filter: filterInput.value.trim(), order });
+    go("/runs", { ...keep, filter: filterInput.value.trim() });
   } }, filterInput, h("button", { type: "submit" }, "Filter"));
 
   const body = h("section", { class: "runs" }, form);
@@ -57,7 +59,7 @@ export async function runsView(root) {
   let page;
   try {
     page = await get("/runs", { experiment_id: experiment || undefined, filter: filter || undefined,
-      order_by: order, max_results: PAGE_SIZE, page_token: tokens[tokens.length - 1] });
+      order_by: order, max_results: size, page_token: tokens[tokens.length - 1] });
   } catch (error) {
     body.append(errorBox(error));
     return;
@@ -88,14 +90,14 @@ export async function runsView(root) {
     const active = orderColumn === column && !clientSort;
     const next = active && orderDir === "DESC" ? "ASC" : "DESC";
     return h("th", { class: `sortable${active ? ` sorted-${orderDir.toLowerCase()}` : ""}`, "data-sort": column,
-      onclick: () => go("/runs", { experiment, filter, order: `${column} ${next}` }) }, label);
+      onclick: () => go("/runs", { ...keep, order: `${column} ${next}` }) }, label);
   };
   const clientHeader = (label, kind, key) => {
     const [k, c, d] = clientSort.split(":");
     const active = k === kind && c === key;
     const next = active && d === "desc" ? "asc" : "desc";
     return h("th", { class: `sortable${active ? ` sorted-${d}` : ""}`, title: "sorts this page",
-      onclick: () => go("/runs", { experiment, filter, order, pages: tokens.join(","), csort: `${kind}:${key}:${next}` }) },
+      onclick: () => go("/runs", { ...keep, pages: tokens.join(","), csort: `${kind}:${key}:${next}` }) },
     label);
   };
   const headers = [h("th", {}, ""), sortHeader("name", SERVER_SORT.name), sortHeader("status", SERVER_SORT.status),
@@ -124,10 +126,10 @@ export async function runsView(root) {
 
   const pager = h("div", { class: "pager" },
     h("button", { id: "prev", disabled: tokens.length === 0,
-      onclick: () => go("/runs", { experiment, filter, order, pages: tokens.slice(0, -1).join(",") }) }, "‹ Previous"),
+      onclick: () => go("/runs", { ...keep, pages: tokens.slice(0, -1).join(",") }) }, "‹ Previous"),
     h("span", { id: "page-info" }, `page ${tokens.length + 1} · ${page.count} runs`),
     h("button", { id: "next", disabled: !page.next_page_token,
-      onclick: () => go("/runs", { experiment, filter, order, pages: [...tokens, page.next_page_token].join(",") }) },
+      onclick: () => go("/runs", { ...keep, pages: [...tokens, page.next_page_token].join(",") }) },
     "Next ›"));
 
   body.append(h("div", { class: "toolbar" }, compare, columns, pager),
