@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,10 @@ class Stack:
     seeded: dict[str, Any] = field(default_factory=dict)
 
 
-def _env(event: Any, correlation_id: str | None = None) -> Envelope:
-    return Envelope(event=event, producer="ui-test", correlation_id=correlation_id)
+def _env(event: Any, at: datetime | None = None) -> Envelope:
+    if at is None:
+        return Envelope(event=event, producer="ui-test")
+    return Envelope(event=event, producer="ui-test", occurred_at=at)
 
 
 def curve(n: int, key: str, scale: float, start: int = 0, steps_per_epoch: int = 10) -> MetricSeries:
@@ -122,7 +125,10 @@ async def seed_demo(log: EventLog, settings: Settings) -> dict[str, Any]:
             width = str(32 * (1 + i % 4))
             config = {"experiment": experiment, "plugin": "digits-mlp", "seed": 1000 + i,
                       "model": {"hidden": int(width)}, "optimizer": {"lr": float(lr)}, "trainer": {"max_epochs": 5}}
-            envs += [_env(e) for e in (
+            # an hour apart, each training for 10 to 40 minutes, so times and durations look like a real history
+            created = datetime.now(UTC) - timedelta(hours=2 * count - 2 * i, minutes=7 * i)
+            ended = created + timedelta(minutes=10 + 3 * i, seconds=17 * i)
+            envs += [_env(e, created) for e in (
                 RunCreated(run_id=run_id, experiment_id=experiment, name=f"{experiment}-{i:02d}", source="sdk"),
                 ConfigSnapshotted(run_id=run_id, config=config, sha256=sha256_of(config),
                                   overrides=("trainer.max_epochs=5",)),
@@ -148,9 +154,9 @@ async def seed_demo(log: EventLog, settings: Settings) -> dict[str, Any]:
             if i == count - 1 and experiment == "digits":
                 continue  # still training: the live run
             if i == count - 2 and experiment == "digits":
-                envs.append(_env(RunFailed(run_id=run_id, error_type="RuntimeError", error="CUDA out of memory")))
+                envs.append(_env(RunFailed(run_id=run_id, error_type="RuntimeError", error="CUDA out of memory"), ended))
             else:
-                envs.append(_env(RunFinished(run_id=run_id)))
+                envs.append(_env(RunFinished(run_id=run_id), ended))
     digits = runs["digits"]
     envs += [_env(ModelVersionRegistered(model_name="digits-mlp", version=v, run_id=digits[v - 1],
                                          artifact_path="model/model.onnx", artifact_sha256="a" * 64,
