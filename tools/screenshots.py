@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the stack lives with the browser tests
 
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
-
 from tests.ui.stack import ADMIN, CHROMIUM_ARGS, chromium_path, seed_demo, serve_stack  # noqa: E402
 
 

@@ -118,3 +118,33 @@ def test_filter_values_are_bound_never_spliced() -> None:
     assert "DROP" not in sql and "?" in sql
     with pytest.raises(FilterError):
         parse_filter("tags.team = 'unterminated")
+
+
+async def test_runs_list_carries_the_best_value_of_declared_metrics(api_any_db: Api) -> None:
+    from mlhub.events import Envelope, MetricDefined, MetricSpec
+
+    api = api_any_db
+    for name, direction in (("acc", "max"), ("err", "min")):
+        await api.event_log.append(Envelope(event=MetricDefined(name=name, spec=MetricSpec(direction=direction)),
+                                            producer="test"))
+    run = await create_run(api, "best")
+    logged = await api.post(f"/runs/{run['run_id']}/log-batch", {"metrics": [
+        {"key": "acc", "values": [0.5, 0.9, 0.7], "steps": [0, 1, 2]},
+        {"key": "err", "values": [0.4, 0.1, 0.3], "steps": [0, 1, 2]},
+        {"key": "free", "values": [1.0, 2.0], "steps": [0, 1]}]})
+    found = (await api.get("/runs", params={"min_seq": logged.json()["seq"], "experiment_id": run["experiment_id"]}))
+    item = found.json()["data"][0]
+    assert item["metrics"] == {"acc": 0.7, "err": 0.3, "free": 2.0}
+    assert item["best_metrics"] == {"acc": 0.9, "err": 0.1}  # an undeclared key has no direction, so no best
+
+
+async def test_the_dashboard_is_served_at_the_root(api: Api) -> None:
+    index = await api.client.get("/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/ui/app.js">' in index.text
+    for path in ("app.js", "api.js", "chart.js", "util.js", "style.css", "views/runs.js", "views/run.js",
+                 "views/compare.js", "views/models.js", "views/jobs.js", "views/series.js"):
+        response = await api.client.get(f"/ui/{path}")
+        assert response.status_code == 200 and response.content, path
+    assert (await api.client.get("/ui/nope.js")).status_code == 404
+    assert "/" not in (await api.client.get("/openapi.json")).json()["paths"]

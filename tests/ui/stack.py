@@ -15,9 +15,9 @@ import socket
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,13 @@ from mlhub.events import (
     CodeVersionRecorded,
     ConfigSnapshotted,
     DatasetVersionRecorded,
-    EnvironmentRecorded,
     Envelope,
+    EnvironmentRecorded,
     ExperimentCreated,
     MetricDefined,
     MetricSeries,
-    MetricSpec,
     MetricsLogged,
+    MetricSpec,
     ModelAliasSet,
     ModelVersionRegistered,
     ParamsLogged,
@@ -104,7 +104,8 @@ def curve(n: int, key: str, scale: float, start: int = 0, steps_per_epoch: int =
     else:
         values = [min(1.0, scale * (1 - math.exp(-s / max(1, n / 4)))) + 0.01 * math.sin(s) for s in steps]
     return MetricSeries(key=key, values=tuple(values), steps=tuple(steps),
-                        epochs=tuple(s // steps_per_epoch for s in steps), timestamps=tuple(T0 + 1000 * s for s in steps))
+                        epochs=tuple(s // steps_per_epoch for s in steps),
+                        timestamps=tuple(T0 + 1000 * s for s in steps))
 
 
 async def seed_demo(log: EventLog, settings: Settings) -> dict[str, Any]:
@@ -154,7 +155,8 @@ async def seed_demo(log: EventLog, settings: Settings) -> dict[str, Any]:
             if i == count - 1 and experiment == "digits":
                 continue  # still training: the live run
             if i == count - 2 and experiment == "digits":
-                envs.append(_env(RunFailed(run_id=run_id, error_type="RuntimeError", error="CUDA out of memory"), ended))
+                failed = RunFailed(run_id=run_id, error_type="RuntimeError", error="CUDA out of memory")
+                envs.append(_env(failed, ended))
             else:
                 envs.append(_env(RunFinished(run_id=run_id), ended))
     digits = runs["digits"]
