@@ -174,8 +174,10 @@ async def seed_demo(log: EventLog, settings: Settings) -> dict[str, Any]:
             "model": "digits-mlp"}
 
 
-async def seed_scale(log: EventLog, settings: Settings, runs: int = 10_000, points: int = 100_000) -> dict[str, Any]:
-    """`runs` small runs in one experiment and one run of `points` points for each of two keys."""
+async def seed_scale(log: EventLog, settings: Settings, runs: int = 10_000, points: int = 100_000,
+                     long_runs: int = 10) -> dict[str, Any]:
+    """`runs` small runs in one experiment, one run of `points` points for each of two keys, and `long_runs` - 1
+    more runs of `points` points of "loss" (a compare of 10 runs x 100,000 points)."""
     envs: list[Envelope] = [_env(ExperimentCreated(experiment_id="scale", name="scale")),
                             _env(MetricDefined(name="val_acc", spec=MetricSpec(direction="max")))]
     for i in range(runs):
@@ -188,17 +190,21 @@ async def seed_scale(log: EventLog, settings: Settings, runs: int = 10_000, poin
                                                for s in range(5)]),
             RunFinished(run_id=run_id),
         )]
-    long_id = f"long{uuid.uuid4().hex[:12]}"
-    envs += [_env(RunCreated(run_id=long_id, experiment_id="scale", name="long", source="sdk")),
-             _env(RunStarted(run_id=long_id))]
-    for start in range(0, points, 4000):
-        n = min(4000, points - start)
-        envs.append(_env(MetricsLogged(run_id=long_id, series=(
-            curve(n, "loss", 2.0, start=start, steps_per_epoch=1000),
-            curve(n, "val_acc", 0.95, start=start, steps_per_epoch=1000)))))
-    envs.append(_env(RunFinished(run_id=long_id)))
+    long_ids = []
+    for number in range(long_runs):  # the first has two keys of `points` points, the others one ("loss")
+        long_id = f"long{number:02d}{uuid.uuid4().hex[:10]}"
+        long_ids.append(long_id)
+        envs += [_env(RunCreated(run_id=long_id, experiment_id="scale", name=f"long-{number}", source="sdk")),
+                 _env(RunStarted(run_id=long_id))]
+        for start in range(0, points, 4000):
+            n = min(4000, points - start)
+            series = [curve(n, "loss", 2.0 + number / 5, start=start, steps_per_epoch=1000)]
+            if number == 0:
+                series.append(curve(n, "val_acc", 0.95, start=start, steps_per_epoch=1000))
+            envs.append(_env(MetricsLogged(run_id=long_id, series=tuple(series))))
+        envs.append(_env(RunFinished(run_id=long_id)))
     await log.append_many(envs, max_in_flight=256)
-    return {"long_run": long_id, "runs": runs, "points": points}
+    return {"long_run": long_ids[0], "long_runs": long_ids, "runs": runs, "points": points}
 
 
 def _settings(tmp: Path, nats_url: str, **extra: Any) -> Settings:

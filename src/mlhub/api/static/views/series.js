@@ -53,8 +53,10 @@ export function metricChart(container, key, runs, getUnit) {
     const total = loaded.reduce((n, s) => n + s.total_points, 0);
     const returned = loaded.reduce((n, s) => n + s.returned_points, 0);
     const note = `${returned.toLocaleString()} of ${total.toLocaleString()} points${range ? ` · steps ${range[0]}–${range[1]} (double-click: all)` : ""}`;
-    chart.setData(loaded.map((s, i) => ({ label: label[s.run_id] || s.run_id, color: PALETTE[i % PALETTE.length],
-      xs: xs(s, unit), ys: s.values })), { xLabel: unit, note });
+    const colour = Object.fromEntries(runs.map((r, i) => [r.run_id, PALETTE[i % PALETTE.length]])); // one per run
+    chart.setData(loaded.filter((s) => s.total_points > 0 || runs.length === 1).map((s) => ({
+      label: label[s.run_id] || s.run_id, color: colour[s.run_id], xs: xs(s, unit), ys: s.values })),
+    { xLabel: unit, note });
     chart.root.dataset.zoomed = range ? "true" : "false";
   }
 
