@@ -73,6 +73,21 @@ def test_runs_are_paged_on_the_server(browser: Browser, demo: Stack) -> None:
         page.click("#prev")
         expect(page.locator("#page-info")).to_contain_text("page 2")
         assert [r[:8] for r in rows(page)] == [f"digits{i:02d}" for i in range(4, 8)]
+
+        # a metric column sorts on the server too, across pages: val_acc's best rises with the run number
+        page.evaluate("() => localStorage.setItem('mlhub.columns', '{\"params\": [], \"metrics\": [\"val_acc\"]}')")
+        page.reload()
+        wait_ready(page)
+        page.click('th[data-sort="best_metrics.val_acc"]')
+        expect(page.locator("th.sorted-desc")).to_have_text(re.compile("val_acc"))
+        seen = []
+        for expected in (4, 4, 2):
+            expect(page.locator("#runs-table tbody tr")).to_have_count(expected)
+            seen += rows(page)
+            if expected != 2:
+                page.click("#next")
+                wait_ready(page)
+        assert [r[:8] for r in seen] == [f"digits{i:02d}" for i in range(9, -1, -1)]
     finally:
         page.context.close()
 

@@ -34,7 +34,6 @@ export async function runsView(root) {
   const filter = q.get("filter") || "";
   const order = q.get("order") || "created_at DESC";
   const tokens = (q.get("pages") || "").split(",").filter(Boolean); // page tokens of the pages before this one
-  const clientSort = q.get("csort") || "";
   const size = Math.min(1000, Math.max(1, Number(q.get("size")) || PAGE_SIZE));
   const keep = { experiment, filter, order, size: q.get("size") || undefined }; // what every link of this view keeps
 
@@ -66,17 +65,6 @@ export async function runsView(root) {
   }
   const runs = page.data.slice();
   const { all, pick } = chosenColumns(runs);
-  if (clientSort) { // a param or metric column sorts this page only (the API sorts by run attributes)
-    const [kind, key, dir] = clientSort.split(":");
-    const value = (r) => (kind === "p" ? r.params[key] : (r.best_metrics?.[key] ?? r.metrics[key]));
-    runs.sort((a, b) => {
-      const x = value(a), y = value(b);
-      const c = x === undefined ? 1 : y === undefined ? -1 : (typeof x === "number" && typeof y === "number"
-        ? x - y : String(x).localeCompare(String(y), undefined, { numeric: true }));
-      return dir === "desc" ? -c : c;
-    });
-  }
-
   const selected = new Set();
   const compare = h("button", { id: "compare", disabled: true, onclick: () => go("/compare", { runs: [...selected].join(",") }) },
     "Compare selected");
@@ -85,24 +73,21 @@ export async function runsView(root) {
     compare.textContent = `Compare selected (${selected.size})`;
   };
 
-  const [orderColumn, orderDir] = order.split(" ");
-  const sortHeader = (label, column) => {
-    const active = orderColumn === column && !clientSort;
+  // Every column but duration sorts on the server (the API's order_by), so a sort spans all pages.
+  const [orderColumn, orderDir = "ASC"] = order.split(" ");
+  const declared = new Set(runs.flatMap((r) => Object.keys(r.best_metrics || {})));
+  const sortHeader = (label, column, title) => {
+    const active = orderColumn === column;
     const next = active && orderDir === "DESC" ? "ASC" : "DESC";
-    return h("th", { class: `sortable${active ? ` sorted-${orderDir.toLowerCase()}` : ""}`, "data-sort": column,
+    return h("th", { class: `sortable${active ? ` sorted-${orderDir.toLowerCase()}` : ""}`, "data-sort": column, title,
       onclick: () => go("/runs", { ...keep, order: `${column} ${next}` }) }, label);
-  };
-  const clientHeader = (label, kind, key) => {
-    const [k, c, d] = clientSort.split(":");
-    const active = k === kind && c === key;
-    const next = active && d === "desc" ? "asc" : "desc";
-    return h("th", { class: `sortable${active ? ` sorted-${d}` : ""}`, title: "sorts this page",
-      onclick: () => go("/runs", { ...keep, pages: tokens.join(","), csort: `${kind}:${key}:${next}` }) },
-    label);
   };
   const headers = [h("th", {}, ""), sortHeader("name", SERVER_SORT.name), sortHeader("status", SERVER_SORT.status),
     sortHeader("start", SERVER_SORT.started), h("th", {}, "duration"),
-    ...pick.params.map((k) => clientHeader(k, "p", k)), ...pick.metrics.map((k) => clientHeader(k, "m", k))];
+    ...pick.params.map((k) => sortHeader(k, `params.${k}`, `param ${k}`)),
+    ...pick.metrics.map((k) => (declared.has(k)
+      ? sortHeader(k, `best_metrics.${k}`, `${k}: best value (by its declared direction)`)
+      : sortHeader(k, `metrics.${k}`, `${k}: last value`)))];
   const rows = runs.map((r) => h("tr", { "data-run": r.run_id },
     h("td", {}, h("input", { type: "checkbox", "aria-label": `select ${r.name}`, onchange: (e) => {
       if (e.target.checked) selected.add(r.run_id); else selected.delete(r.run_id);
