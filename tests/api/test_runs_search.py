@@ -176,3 +176,15 @@ async def test_the_dashboard_is_served_at_the_root(api: Api) -> None:
         assert response.status_code == 200 and response.content, path
     assert (await api.client.get("/ui/nope.js")).status_code == 404
     assert "/" not in (await api.client.get("/openapi.json")).json()["paths"]
+
+
+async def test_whoami_names_the_role_and_what_it_may_do(api: Api) -> None:
+    from tests.api.conftest import ADMIN, READER, WRITER
+
+    for token, role, write, admin in ((READER, "reader", False, False), (WRITER, "writer", True, False),
+                                      (ADMIN, "admin", True, True)):
+        me = (await api.get("/whoami", token=token)).json()
+        assert (me["role"], me["can_write"], me["can_admin"]) == (role, write, admin)
+        assert "production" in me["protected_aliases"] and token not in me["name"]
+    assert (await api.get("/whoami", token=None)).status_code == 401
+    assert (await api.get("/whoami", token="not-a-configured-token")).status_code == 401

@@ -246,3 +246,28 @@ def test_reads_need_a_token_unless_open(browser: Browser, demo: Stack) -> None:
         expect(page.locator("#runs-table tbody tr").first).to_be_visible()
     finally:
         page.context.close()
+
+
+def test_a_reader_token_sees_no_write_actions(browser: Browser, demo: Stack) -> None:
+    page = open_page(browser, demo, token=READER)
+    try:
+        wait_ready(page)
+        expect(page.locator("#token-state")).to_have_text("reader token")
+        page.goto(f"{demo.url}/#/jobs?status=queued")
+        wait_ready(page)
+        expect(page.locator("#jobs tbody tr").first).to_contain_text("queued")
+        expect(page.locator("#jobs button.cancel")).to_have_count(0)
+        page.goto(f"{demo.url}/#/model/digits-mlp")
+        wait_ready(page)
+        expect(page.locator(".promote button")).to_be_disabled()
+        expect(page.locator("#promote-rights")).to_contain_text("may only read")
+        page.fill("#token", ADMIN)
+        page.click("#token-form button")
+        expect(page.locator("#token-state")).to_have_text("admin token")
+        expect(page.locator(".promote button")).to_be_enabled()
+        page.fill("#token", "not-a-configured-token")
+        page.click("#token-form button")
+        expect(page.locator("#token-state")).to_have_text("token refused")
+        expect(page.locator(".error")).to_contain_text("UNAUTHENTICATED")
+    finally:
+        page.context.close()

@@ -13,10 +13,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mlhub.api import queries
+from mlhub.api.auth import Role
 from mlhub.api.deps import MinSeq, ReaderDep, StateDep
 from mlhub.api.errors import ApiError, NotFound
 from mlhub.api.schemas import (
     AliasHistoryPublic,
+    CallerPublic,
     ArtifactsPublic,
     CompareSeriesPublic,
     EventsPublic,
@@ -56,6 +58,15 @@ async def _sql(state: AppState, min_seq: int | None, work: Any, *args: Any, **kw
             return work(conn, *args, **kwargs)
 
     return await run_in_threadpool(run)
+
+
+@router.get("/whoami", response_model=CallerPublic, operation_id="whoami")
+async def whoami(state: StateDep, who: ReaderDep) -> Any:
+    """The caller's role and what it may do (the dashboard shows write actions only to a token that may)."""
+    role = who.role
+    return {"role": role.name if role is not None else None, "name": who.name,
+            "can_write": role is not None and role >= Role.writer, "can_admin": role is not None and role >= Role.admin,
+            "protected_aliases": sorted(state.protected_aliases)}
 
 
 @router.get("/experiments", response_model=ExperimentsPublic, operation_id="list_experiments")

@@ -410,6 +410,16 @@ class RunFinish(BaseModel):
     error: str | None = Field(default=None, max_length=20_000)
 
 
+class CallerPublic(BaseModel):
+    """Who the caller is to the API: the token's role (null: no token, reads open) and what it may do."""
+
+    role: Literal["reader", "writer", "admin"] | None
+    name: str
+    can_write: bool
+    can_admin: bool
+    protected_aliases: list[str]
+
+
 class Health(BaseModel):
     """Liveness."""
 

@@ -74,3 +74,20 @@ export async function download(path, filename) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
+
+// The caller as the API sees the current token ({role, can_write, can_admin, ...}), asked once per token;
+// {role: null, invalid: true} when the token is refused, so pages can hide what the token may not do.
+let caller = null;
+let callerToken = null;
+export async function whoami() {
+  const token = getToken();
+  if (caller && callerToken === token) return caller;
+  try {
+    caller = await get("/whoami");
+  } catch (error) {
+    caller = { role: null, can_write: false, can_admin: false, protected_aliases: [], invalid: error.status === 401,
+      error };
+  }
+  callerToken = token;
+  return caller;
+}

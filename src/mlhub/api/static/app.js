@@ -1,7 +1,7 @@
 // The dashboard's router: hash routes to views; each view renders into <main id="view"> and may return a
 // cleanup function (timers, chart listeners) run when the route changes.
 
-import { getToken, setToken } from "./api.js";
+import { getToken, setToken, whoami } from "./api.js";
 import { compareView } from "./views/compare.js";
 import { jobsView } from "./views/jobs.js";
 import { modelView, modelsView } from "./views/models.js";
@@ -50,8 +50,11 @@ async function render() {
   main.replaceChildren(errorBox(`no page ${path}`));
 }
 
-function showTokenState() {
-  document.getElementById("token-state").textContent = getToken() ? "token set" : "no token";
+async function showTokenState() {
+  const me = await whoami();
+  const state = document.getElementById("token-state");
+  state.textContent = me.role ? `${me.role} token` : getToken() ? "token refused" : "no token (open reads?)";
+  state.dataset.role = me.role || "";
 }
 
 document.getElementById("token").value = getToken();

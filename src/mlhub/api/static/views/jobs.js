@@ -1,6 +1,6 @@
 // Jobs: queued, running, finished and failed jobs with their worker and attempts; cancel a queued or running one.
 
-import { get, post } from "../api.js";
+import { get, post, whoami } from "../api.js";
 import { badge, errorBox, fmtTime, go, h, routeParams, shortId, table } from "../util.js";
 
 const STATUSES = ["", "queued", "running", "succeeded", "failed", "cancelled"];
@@ -9,8 +9,8 @@ export async function jobsView(root, minSeq) {
   const q = routeParams();
   const status = q.get("status") || "";
   const tokens = (q.get("pages") || "").split(",").filter(Boolean);
-  const page = await get("/jobs", { status: status || undefined, max_results: 50, page_token: tokens[tokens.length - 1],
-    min_seq: minSeq });
+  const [page, me] = await Promise.all([get("/jobs", { status: status || undefined, max_results: 50,
+    page_token: tokens[tokens.length - 1], min_seq: minSeq }), whoami()]);
   const message = h("div", { id: "jobs-message" });
   const cancel = async (job) => {
     message.replaceChildren();
@@ -36,7 +36,7 @@ export async function jobsView(root, minSeq) {
         h("td", { class: "num" }, `${j.attempts}/${j.max_attempts ?? "?"}`),
         h("td", {}, fmtTime(j.queued_at)), h("td", {}, fmtTime(j.started_at)), h("td", {}, fmtTime(j.ended_at)),
         h("td", { class: "muted" }, j.error_type ? `${j.error_type}: ${j.error ?? ""}`.slice(0, 120) : (j.cancel_reason ?? "")),
-        h("td", {}, ["queued", "running"].includes(j.status)
+        h("td", {}, ["queued", "running"].includes(j.status) && me.can_write  // cancelling needs a writer token
           ? h("button", { class: "cancel", onclick: () => cancel(j) }, "Cancel") : ""))),
       { id: "jobs", class: "grid" }),
     page.count ? "" : h("p", { class: "muted" }, "No job."),

@@ -1,7 +1,7 @@
 // Models: registered models; a model's versions, aliases with their history, and promotion (the API checks the
 // token's role: a protected alias such as production needs an admin token, and the registry's gates).
 
-import { get, post } from "../api.js";
+import { get, post, whoami } from "../api.js";
 import { errorBox, fmtTime, h, shortId, table } from "../util.js";
 
 export async function modelsView(root) {
@@ -23,7 +23,7 @@ async function history(name, alias, minSeq) {
 }
 
 export async function modelView(root, name, minSeq) {
-  const model = await get(`/models/${encodeURIComponent(name)}`, { min_seq: minSeq });
+  const [model, me] = await Promise.all([get(`/models/${encodeURIComponent(name)}`, { min_seq: minSeq }), whoami()]);
   const aliasesOf = (v) => model.aliases.filter((a) => a.version === v.version).map((a) => a.alias).join(", ");
   const aliasInput = h("input", { id: "promote-alias", list: "alias-names", required: true, placeholder: "alias, e.g. staging",
     pattern: "[A-Za-z0-9_-]{1,128}" });
@@ -48,7 +48,9 @@ export async function modelView(root, name, minSeq) {
     } catch (error) {
       message.replaceChildren(errorBox(error));
     }
-  } }, "Promote ", versionPick, " to ", aliasInput, " ", reason, " ", h("button", { type: "submit" }, "Promote"),
+  } }, "Promote ", versionPick, " to ", aliasInput, " ", reason, " ",
+  h("button", { type: "submit", disabled: !me.can_write, title: me.can_write ? "" : "needs a writer or admin token" },
+    "Promote"),
   h("datalist", { id: "alias-names" }, ["staging", "production", ...model.aliases.map((a) => a.alias)]
     .filter((a, i, all) => all.indexOf(a) === i).map((a) => h("option", { value: a }))));
 
@@ -63,7 +65,9 @@ export async function modelView(root, name, minSeq) {
       model.aliases.map((a) => h("tr", { "data-alias": a.alias }, h("td", {}, a.alias), h("td", { class: "num" }, `v${a.version}`),
         h("td", {}, a.set_by), h("td", {}, fmtTime(a.set_at)), h("td", {}, a.reason))), { id: "aliases", class: "grid" })),
     h("section", {}, h("h3", {}, "Promote"), form, message,
-      h("p", { class: "muted" }, "Needs a writer token; a protected alias (e.g. production) needs an admin token. The registry's gates apply.")),
+      h("p", { class: "muted", id: "promote-rights" }, me.can_write
+        ? `Your ${me.role} token may promote${me.can_admin ? " to any alias" : `, except to the protected aliases (${me.protected_aliases.join(", ")}), which need an admin token`}. The registry's gates apply.`
+        : "Promoting needs a writer token (an admin token for a protected alias such as production); this token may only read.")),
     h("section", {}, h("h3", {}, "Alias history"), histories));
   for (const a of model.aliases) {
     histories.append(h("h4", {}, a.alias));

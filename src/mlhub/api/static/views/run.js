@@ -100,12 +100,13 @@ export async function runView(root, runId) {
   const charts = new Map();
   const label = [{ run_id: runId, label: run.name || runId }];
   const addCharts = (keys) => keys.filter((k) => !charts.has(k)).map((k) => {
+    chartGrid.querySelector(".no-metrics")?.remove();
     const c = metricChart(chartGrid, k, label, () => unit);
     charts.set(k, c);
     return c.reload();
   });
   await Promise.all(addCharts(detail.metrics.map((m) => m.key)));
-  if (!charts.size) chartGrid.append(h("p", { class: "muted" }, "No metrics logged yet."));
+  if (!charts.size) chartGrid.append(h("p", { class: "muted no-metrics" }, "No metrics logged yet."));
   timeline(runId).then((t) => timelineBox.append(t), (e) => timelineBox.append(errorBox(e)));
 
   // Live: while the run may still log, poll its summary and redraw the (unzoomed) charts.
