@@ -18,8 +18,8 @@ from mlhub.api.deps import MinSeq, ReaderDep, StateDep
 from mlhub.api.errors import ApiError, NotFound
 from mlhub.api.schemas import (
     AliasHistoryPublic,
-    CallerPublic,
     ArtifactsPublic,
+    CallerPublic,
     CompareSeriesPublic,
     EventsPublic,
     ExperimentPublic,
