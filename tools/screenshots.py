@@ -24,7 +24,7 @@ from tests.ui.stack import ADMIN, CHROMIUM_ARGS, chromium_path, seed_demo, serve
 def shoot(page: Page, url: str, ready: str, path: Path) -> None:
     """Open url, wait for the view and the selector, and save a full-page PNG."""
     page.goto(url)
-    page.wait_for_selector("body[data-ready]", state="attached")
+    page.wait_for_function("() => document.body.dataset.ready === (location.hash || '#/').slice(1)")
     page.wait_for_selector(ready, state="attached")
     page.wait_for_timeout(300)  # let the last chart paint
     page.screenshot(path=str(path), full_page=True)

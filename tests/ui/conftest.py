@@ -19,14 +19,16 @@ aliases:
 """
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in the main thread while it is
+# open, which would break the async tests of the modules that run after these.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     """Playwright's driver (its Node process; no browser of its own is used)."""
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     """Debian's headless Chromium."""
     browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
@@ -73,8 +75,9 @@ def page(browser: Browser, demo: Stack) -> Iterator[Page]:
 
 
 def wait_ready(page: Page) -> None:
-    """Wait until the current view has rendered."""
-    page.wait_for_selector("body[data-ready]", state="attached")
+    """Wait until the view of the current route (location.hash) has rendered: app.js sets body[data-ready] to
+    the route it finished, so a view still showing the previous route does not count."""
+    page.wait_for_function("() => document.body.dataset.ready === (location.hash || '#/').slice(1)")
 
 
 def drawn_pixels(page: Page, selector: str) -> int:

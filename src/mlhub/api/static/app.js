@@ -44,7 +44,7 @@ async function render() {
       container.replaceChildren(errorBox(error));
     }
     document.body.dataset.view = nav;
-    document.body.dataset.ready = String(mine);
+    document.body.dataset.ready = hash; // the route rendered (tests wait for it to equal the current hash)
     return;
   }
   main.replaceChildren(errorBox(`no page ${path}`));
