@@ -35,6 +35,9 @@ from mlhub.events import (
     Envelope,
     EnvironmentRecorded,
     ExperimentCreated,
+    JobFailed,
+    JobStarted,
+    JobSucceeded,
     MetricDefined,
     MetricSeries,
     MetricsLogged,
@@ -170,8 +173,18 @@ async def seed_demo(log: EventLog, settings: Settings) -> dict[str, Any]:
     await log.append_many(envs, max_in_flight=64)
     config = validate_config(yaml.safe_load(CONFIG.read_text()), str(CONFIG))
     jobs = [(await submit(log, config, producer="ui-test")).job_id for _ in range(2)]
+    # jobs that workers took: one retried on another worker after its first worker was lost, one succeeded
+    retried, done = [await submit(log, config, producer="ui-test") for _ in range(2)]
+    await log.append_many([_env(e) for e in (
+        JobStarted(job_id=retried.job_id, run_id=retried.run_id, attempt=1, worker_id="gpu-node-1/worker-0"),
+        JobFailed(job_id=retried.job_id, attempt=1, error_type="WorkerLost", error="no heartbeat for 60 s",
+                  retryable=True),
+        JobStarted(job_id=retried.job_id, run_id=retried.run_id, attempt=2, worker_id="gpu-node-2/worker-1"),
+        JobStarted(job_id=done.job_id, run_id=done.run_id, attempt=1, worker_id="cpu-node-1/worker-0"),
+        JobSucceeded(job_id=done.job_id, attempt=1),
+    )])
     return {"runs": runs, "live_run": digits[-1], "provenance_run": digits[0], "jobs": jobs,
-            "model": "digits-mlp"}
+            "retried_job": retried.job_id, "done_job": done.job_id, "model": "digits-mlp"}
 
 
 async def seed_scale(log: EventLog, settings: Settings, runs: int = 10_000, points: int = 100_000,

@@ -20,7 +20,7 @@ def rows(page: Page) -> list[str]:
 
 def test_runs_table_lists_filters_sorts_and_scopes_by_experiment(page: Page, demo: Stack) -> None:
     wait_ready(page)
-    expect(page.locator("#runs-table tbody tr")).to_have_count(16)  # 14 runs + the runs of two queued jobs
+    expect(page.locator("#runs-table tbody tr")).to_have_count(18)  # 14 runs + the runs of four jobs
     headers = page.locator("#runs-table thead th").all_inner_texts()
     assert {"name", "status", "start", "duration", "lr", "width", "val_acc", "val_loss"} <= {h.strip(" ▲▼")
                                                                                             for h in headers}
@@ -215,6 +215,20 @@ def test_promote_a_version_as_admin_and_see_the_alias_history(browser: Browser, 
         expect(page.locator("#promote-message .error")).to_contain_text("val_acc >= 0.99 failed")
     finally:
         page.context.close()
+
+
+def test_jobs_show_their_worker_and_attempts(page: Page, demo: Stack) -> None:
+    page.goto(f"{demo.url}/#/jobs")
+    wait_ready(page)
+    retried = page.locator(f'#jobs tr[data-job="{demo.seeded["retried_job"]}"]')
+    expect(retried).to_contain_text("running")
+    expect(retried).to_contain_text("gpu-node-2/worker-1")
+    expect(retried).to_contain_text("2/")  # the second attempt
+    page.click('[data-status="succeeded"]')
+    wait_ready(page)
+    expect(page.locator("#jobs tbody tr")).to_have_count(1)
+    expect(page.locator(f'#jobs tr[data-job="{demo.seeded["done_job"]}"]')).to_contain_text("cpu-node-1/worker-0")
+    expect(page.locator("#jobs button.cancel")).to_have_count(0)
 
 
 def test_cancel_a_queued_job(page: Page, demo: Stack) -> None:
