@@ -8,9 +8,10 @@ import hashlib
 import re
 
 import httpx
+import pytest
 from playwright.sync_api import Browser, Page, expect
 from tests.ui.conftest import drawn_pixels, open_page, wait_ready
-from tests.ui.stack import ADMIN, READER, WRITER, Stack
+from tests.ui.stack import ADMIN, READER, WRITER, Stack, seed_demo, serve_stack
 
 
 def rows(page: Page) -> list[str]:
@@ -285,3 +286,23 @@ def test_a_reader_token_sees_no_write_actions(browser: Browser, demo: Stack) -> 
         expect(page.locator(".error")).to_contain_text("UNAUTHENTICATED")
     finally:
         page.context.close()
+
+
+def test_with_open_reads_no_token_is_needed_to_look(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> None:
+    with serve_stack(tmp_path_factory.mktemp("ui-open"), seed_demo, api_open_reads=True) as stack:
+        page = open_page(browser, stack, token=None)
+        try:
+            wait_ready(page)
+            expect(page.locator("#runs-table tbody tr")).to_have_count(18)
+            expect(page.locator("#token-state")).to_have_text("no token (open reads?)")
+            page.goto(f"{stack.url}/#/run/{stack.seeded['provenance_run']}")
+            wait_ready(page)
+            expect(page.locator("#charts canvas[data-points]")).to_have_count(3)
+            page.goto(f"{stack.url}/#/model/digits-mlp")
+            wait_ready(page)
+            expect(page.locator(".promote button")).to_be_disabled()  # writes still need a token
+            page.goto(f"{stack.url}/#/jobs")
+            wait_ready(page)
+            expect(page.locator("#jobs button.cancel")).to_have_count(0)
+        finally:
+            page.context.close()
