@@ -125,8 +125,75 @@ async def test_model_registry_reads_and_promotion_rules(api: Api) -> None:
 
     protected = await api.post("/models/digits/aliases/production", {"version": 1}, token=WRITER)
     assert protected.status_code == 403 and protected.json()["error"]["details"]["required"] == "admin"
-    admin = await api.post("/models/digits/aliases/production", {"version": 1}, token=ADMIN)
-    assert admin.status_code == 501 and admin.json()["error"]["code"] == "NOT_IMPLEMENTED"
+    # champion is protected and (unlike production) has no gate in configs/registry.yaml
+    assert (await api.post("/models/digits/aliases/champion", {"version": 1}, token=WRITER)).status_code == 403
+    admin = await api.post("/models/digits/aliases/champion", {"version": 1, "reason": "ship it"}, token=ADMIN)
+    assert admin.status_code == 200, admin.text
+    assert admin.json()["changed"] is True and admin.json()["previous_version"] is None
+    history = await api.get("/models/digits/aliases/champion/history", params={"min_seq": admin.json()["seq"]})
+    assert [(h["to_version"], h["actor"], h["reason"]) for h in history.json()["data"]] == [
+        (1, "token#3:admin", "ship it")]
+    same = await api.post("/models/digits/aliases/champion", {"version": 1}, token=ADMIN)
+    assert same.status_code == 200 and same.json()["changed"] is False and same.json()["seq"] is None
+
+    # The caller's belief about the alias is checked: a stale expectation is a 409 and appends nothing.
+    last = await api.event_log.last_sequence()
+    stale = await api.post("/models/digits/aliases/staging", {"version": 1, "expected_current": None})
+    assert stale.status_code == 409 and stale.json()["error"]["code"] == "PROMOTION_CONFLICT", stale.text
+    assert stale.json()["error"]["details"]["actual"] == 1
+    missing = await api.post("/models/digits/aliases/staging", {"version": 7})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "MODEL_VERSION_NOT_FOUND"
+    assert (await api.post("/models/nomodel/aliases/staging", {"version": 1})).status_code == 404
+    assert await api.event_log.last_sequence() == last
+
+
+async def test_a_promotion_whose_gate_fails_is_a_422_naming_the_condition(tmp_path: Path, nats_url: str,
+                                                                          event_log: EventLog) -> None:
+    gates = tmp_path / "registry.yaml"
+    gates.write_text("aliases:\n  production:\n    - {metric: val_acc, op: '>=', value: 0.9}\n")
+    with database_url("sqlite", tmp_path) as url:
+        async with running_api(api_settings(tmp_path, nats_url, url, registry_gates=gates), event_log) as api:
+            run = await create_run(api)
+            logged = await api.post(f"/runs/{run['run_id']}/log-batch",
+                                    {"metrics": [{"key": "val_acc", "values": [0.5, 0.85], "steps": [0, 1]}]})
+            assert logged.status_code == 200, logged.text
+            await event_log.append(Envelope(event=ModelVersionRegistered(
+                model_name="digits", version=1, run_id=run["run_id"], artifact_path="model.onnx",
+                artifact_sha256="a" * 64), producer="test"))
+            last = await event_log.last_sequence()
+            failed = await api.post("/models/digits/aliases/production", {"version": 1}, token=ADMIN)
+            assert failed.status_code == 422 and failed.json()["error"]["code"] == "PROMOTION_GATE_FAILED"
+            assert "val_acc >= 0.9 failed" in failed.json()["error"]["message"] and "0.85" in failed.text
+            assert await event_log.last_sequence() == last
+            staging = await api.post("/models/digits/aliases/staging", {"version": 1}, token=WRITER)
+            assert staging.status_code == 200 and staging.json()["changed"] is True, staging.text
+
+
+async def test_jobs_list_filters_by_status_and_pages(api: Api) -> None:
+    jobs = []
+    for _ in range(3):
+        submitted = await api.post("/jobs", {"config": digits_config()})
+        assert submitted.status_code == 201, submitted.text
+        jobs.append(submitted.json())
+    cancelled = await api.post(f"/jobs/{jobs[0]['job_id']}/cancel", {"reason": "not needed"})
+    seq = cancelled.json()["seq"]
+    listed = await api.get("/jobs", params={"min_seq": seq})
+    assert listed.status_code == 200, listed.text
+    # most recently changed first: the cancelled job moved last
+    assert [j["job_id"] for j in listed.json()["data"]] == [jobs[0]["job_id"], jobs[2]["job_id"], jobs[1]["job_id"]]
+    assert listed.json()["data"][0]["status"] == "cancelled" and listed.json()["data"][0]["attempts"] == 0
+    queued = (await api.get("/jobs", params={"status": "queued"})).json()
+    assert {j["job_id"] for j in queued["data"]} == {jobs[1]["job_id"], jobs[2]["job_id"]}
+    both = (await api.get("/jobs", params=[("status", "queued"), ("status", "cancelled")])).json()
+    assert both["count"] == 3
+    first = (await api.get("/jobs", params={"max_results": 2})).json()
+    assert first["count"] == 2 and first["next_page_token"]
+    second = (await api.get("/jobs", params={"max_results": 2, "page_token": first["next_page_token"]})).json()
+    assert [j["job_id"] for j in second["data"]] == [jobs[1]["job_id"]] and second["next_page_token"] is None
+    other = await api.get("/jobs", params={"status": "queued", "page_token": first["next_page_token"]})
+    assert other.status_code == 400 and other.json()["error"]["code"] == "INVALID_PAGE_TOKEN"
+    bad = await api.get("/jobs", params={"status": "sleeping"})
+    assert bad.status_code == 400 and "sleeping" in bad.json()["error"]["message"]
 
 
 async def test_a_read_waits_for_min_seq_then_gives_up_with_504(tmp_path: Path, nats_url: str,

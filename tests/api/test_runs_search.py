@@ -57,7 +57,8 @@ async def test_filter_sort_and_pages(api_any_db: Api) -> None:
         assert [r["name"] for r in found.json()["data"]] == expected, text
 
     for order, descending in (("created_at DESC", True), ("name ASC", False), ("name DESC", True),
-                              ("run_id ASC", False)):
+                              ("run_id ASC", False), ("metrics.val_acc DESC", True), ("metrics.`val_acc` ASC", False),
+                              ("params.lr DESC", True)):
         seen: list[str] = []
         token = None
         for _ in range(10):
@@ -76,6 +77,12 @@ async def test_filter_sort_and_pages(api_any_db: Api) -> None:
             assert names == sorted(names, reverse=descending)
         if order.startswith("run_id"):
             assert seen == sorted(seen)
+        if order.startswith("metrics."):  # g logged no val_acc: it sorts as the lowest value
+            expected = ["d", "c", "a", "e", "b", "f", "g"]
+            assert [by_id[r] for r in seen] == (expected if descending else expected[::-1]), order
+        if order.startswith("params."):  # ties (lr 0.01) by run id, in the same direction
+            ties = sorted((r for r in seen if by_id[r] in "abdeg"), reverse=True)
+            assert seen == [runs["c"]["run_id"], *ties, runs["f"]["run_id"]]
 
     other = await api.get("/runs", params={"order_by": "name", "max_results": 2})
     reused = await api.get("/runs", params={"order_by": "name DESC", "page_token": other.json()["next_page_token"]})
@@ -118,3 +125,66 @@ def test_filter_values_are_bound_never_spliced() -> None:
     assert "DROP" not in sql and "?" in sql
     with pytest.raises(FilterError):
         parse_filter("tags.team = 'unterminated")
+
+
+async def test_runs_list_carries_the_best_value_of_declared_metrics(api_any_db: Api) -> None:
+    from mlhub.events import Envelope, MetricDefined, MetricSpec
+
+    api = api_any_db
+    for name, direction in (("acc", "max"), ("err", "min")):
+        await api.event_log.append(Envelope(event=MetricDefined(name=name, spec=MetricSpec(direction=direction)),
+                                            producer="test"))
+    run = await create_run(api, "best")
+    logged = await api.post(f"/runs/{run['run_id']}/log-batch", {"metrics": [
+        {"key": "acc", "values": [0.5, 0.9, 0.7], "steps": [0, 1, 2]},
+        {"key": "err", "values": [0.4, 0.1, 0.3], "steps": [0, 1, 2]},
+        {"key": "free", "values": [1.0, 2.0], "steps": [0, 1]}]})
+    found = (await api.get("/runs", params={"min_seq": logged.json()["seq"], "experiment_id": run["experiment_id"]}))
+    item = found.json()["data"][0]
+    assert item["metrics"] == {"acc": 0.7, "err": 0.3, "free": 2.0}
+    assert item["best_metrics"] == {"acc": 0.9, "err": 0.1}  # an undeclared key has no direction, so no best
+
+    # sorting by a best value: err is "min", so its best is its minimum
+    other = await create_run(api, "best")
+    logged = await api.post(f"/runs/{other['run_id']}/log-batch", {"metrics": [
+        {"key": "err", "values": [0.05, 0.2], "steps": [0, 1]}, {"key": "acc", "values": [0.8], "steps": [0]}]})
+    seq = logged.json()["seq"]
+    for order, first in (("best_metrics.err ASC", other), ("best_metrics.err DESC", run),
+                         ("metrics.err ASC", other), ("best_metrics.acc DESC", run), ("metrics.acc DESC", other)):
+        found = await api.get("/runs", params={"order_by": order, "min_seq": seq,
+                                               "experiment_id": run["experiment_id"]})
+        assert found.status_code == 200, found.text
+        assert found.json()["data"][0]["run_id"] == first["run_id"], order
+        page = await api.get("/runs", params={"order_by": order, "max_results": 1,
+                                              "experiment_id": run["experiment_id"]})
+        rest = await api.get("/runs", params={"order_by": order, "max_results": 1, "page_token": page.json()[
+            "next_page_token"], "experiment_id": run["experiment_id"]})
+        assert {page.json()["data"][0]["run_id"], rest.json()["data"][0]["run_id"]} == {run["run_id"],
+                                                                                      other["run_id"]}
+    for bad in ("metrics. DESC", "metrics.a b", "colour.x ASC", "params.x SIDEWAYS"):
+        refused = await api.get("/runs", params={"order_by": bad})
+        assert refused.status_code == 400 and "order_by" in refused.json()["error"]["message"], bad
+
+
+async def test_the_dashboard_is_served_at_the_root(api: Api) -> None:
+    index = await api.client.get("/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert '<script type="module" src="/ui/app.js">' in index.text
+    for path in ("app.js", "api.js", "chart.js", "util.js", "style.css", "views/runs.js", "views/run.js",
+                 "views/compare.js", "views/models.js", "views/jobs.js", "views/series.js"):
+        response = await api.client.get(f"/ui/{path}")
+        assert response.status_code == 200 and response.content, path
+    assert (await api.client.get("/ui/nope.js")).status_code == 404
+    assert "/" not in (await api.client.get("/openapi.json")).json()["paths"]
+
+
+async def test_whoami_names_the_role_and_what_it_may_do(api: Api) -> None:
+    from tests.api.conftest import ADMIN, READER, WRITER
+
+    for token, role, write, admin in ((READER, "reader", False, False), (WRITER, "writer", True, False),
+                                      (ADMIN, "admin", True, True)):
+        me = (await api.get("/whoami", token=token)).json()
+        assert (me["role"], me["can_write"], me["can_admin"]) == (role, write, admin)
+        assert "production" in me["protected_aliases"] and token not in me["name"]
+    assert (await api.get("/whoami", token=None)).status_code == 401
+    assert (await api.get("/whoami", token="not-a-configured-token")).status_code == 401

@@ -33,7 +33,6 @@ EXAMPLES_PER_OPERATION = 40
 #: No 5xx, every status and content type documented, every body valid against its schema, and schema-invalid
 #: requests refused with a 4xx. (positive_data_acceptance is left out: a filter or SQL text can be a valid
 #: string by the schema and still be refused, rightly, with a 400 naming the problem.)
-UNTIL_THE_REGISTRY_LANDS = {"POST /api/v1/models/{model_name}/aliases/{alias}"}
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance, checks.content_type_conformance,
           checks.response_headers_conformance, checks.response_schema_conformance, checks.negative_data_rejection]
 
@@ -114,9 +113,7 @@ def _seed(base: str) -> None:
 def test_no_server_error_and_no_schema_violation(served: str) -> None:
     schema = schemathesis.openapi.from_url(f"{served}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 24, [o.label for o in operations]
-    # Promotion answers a documented 501 until the registry service is wired in (tested on its own).
-    operations = [o for o in operations if o.label not in UNTIL_THE_REGISTRY_LANDS]
+    assert len(operations) >= 25, [o.label for o in operations]
     for operation in operations:
 
         @given(case=operation.as_strategy())

@@ -102,6 +102,15 @@ async def test_downsampling_keeps_the_extremes_and_the_ends(api: Api) -> None:
     assert body["values"][body["steps"].index(12_345)] == 50.0
     full = await api.get(f"/runs/{run['run_id']}/metrics/loss", params={"max_points": 100_000})
     assert full.json()["returned_points"] == n and not full.json()["downsampled"]
+    # a zoom: only the steps in [12_000, 12_999], at full resolution (1,000 points <= max_points)
+    zoom = (await api.get(f"/runs/{run['run_id']}/metrics/loss",
+                          params={"max_points": 1000, "min_step": 12_000, "max_step": 12_999})).json()
+    assert zoom["total_points"] == 1000 and not zoom["downsampled"]
+    assert zoom["steps"] == list(range(12_000, 13_000)) and zoom["values"][345] == 50.0
+    wide = (await api.get(f"/runs/{run['run_id']}/metrics/loss",
+                          params={"max_points": 100, "min_step": 5_000})).json()
+    assert wide["total_points"] == n - 5_000 and wide["downsampled"] and wide["steps"][0] == 5_000
+    assert 50.0 in wide["values"] and -40.0 in wide["values"]
 
     other = await create_run(api)
     await api.post(f"/runs/{other['run_id']}/log-batch",

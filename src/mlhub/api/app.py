@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 import mlhub
 from mlhub.api.auth import load_tokens
+from mlhub.api.dashboard import install_dashboard
 from mlhub.api.deps import MinSeq, ReaderDep, StateDep
 from mlhub.api.errors import install_error_handlers
 from mlhub.api.routes_read import router as read_router
@@ -143,4 +144,5 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
     # /healthz and /readyz also at the root, where orchestrators look (documented once, under /api/v1)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+    install_dashboard(app)
     return app

@@ -33,18 +33,27 @@ ERROR_CODE_TO_HTTP_STATUS: dict[str, int] = {
     "NOT_FOUND": 404,
     "RESOURCE_DOES_NOT_EXIST": 404,
     "JOB_NOT_FOUND": 404,
+    "MODEL_NOT_FOUND": 404,
+    "MODEL_VERSION_NOT_FOUND": 404,
+    "ALIAS_NOT_FOUND": 404,
     "ARTIFACT_NOT_FOUND": 404,
     "PLUGIN_NOT_FOUND": 422,
     # 409: it conflicts with the current state
     "CONCURRENCY_CONFLICT": 409,
     "INVALID_STATE": 409,
+    "PROMOTION_CONFLICT": 409,
     # 422: a well-formed body whose content cannot be used (a bad experiment config, a bad event field)
     "INVALID_CONFIG": 422,
     "UNPROCESSABLE": 422,
     "QUERY_TIMEOUT": 422,
     "ARTIFACT_CHECKSUM_MISMATCH": 422,
+    # a promotion whose gate (e.g. val_acc >= 0.9) the version does not meet: the body is well formed, but that
+    # version cannot take that alias; retrying the same request cannot succeed until the facts change
+    "PROMOTION_GATE_FAILED": 422,
+    "RUN_NOT_REGISTRABLE": 422,
     # 5xx: the server side
     "NOT_IMPLEMENTED": 501,
+    "REGISTRY_GATES_INVALID": 500,
     "EVENT_LOG_UNAVAILABLE": 503,
     "READ_MODEL_ERROR": 503,
     "METRIC_TABLE_ERROR": 503,

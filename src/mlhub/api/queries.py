@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,10 @@ from mlhub.readmodel import tables as t
 #: Columns a runs search may sort by.
 SORTABLE = ("created_at", "started_at", "ended_at", "updated_at", "name", "status", "run_id", "experiment_id")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Sorts by a key: metrics.<key> (last value), best_metrics.<key>, params.<key>.
+KEYED_SORTS = ("metrics", "best_metrics", "params")
+#: The sort value of a run that lacks the metric: the lowest finite double (last in DESC order, first in ASC).
+MISSING_METRIC = -sys.float_info.max
 #: Columns of a run in the runs list (the detail has every column).
 LIST_COLUMNS = ("run_id", "experiment_id", "name", "status", "source", "job_id", "created_by", "created_at",
                 "started_at", "ended_at", "updated_at", "last_seq")
@@ -75,13 +80,41 @@ def parse_order_by(order_by: str | None) -> tuple[str, bool]:
     parts = order_by.split()
     column = parts[0].removeprefix("attributes.").removeprefix("attribute.")
     direction = parts[1].upper() if len(parts) > 1 else "ASC"
-    if column not in SORTABLE or direction not in ("ASC", "DESC") or len(parts) > 2:
+    kind, dot, key = column.partition(".")
+    if dot and kind in KEYED_SORTS:
+        key = key[1:-1] if len(key) > 1 and key[0] == key[-1] and key[0] in "`\"" else key
+        column = f"{kind}.{key}"
+    if (column not in SORTABLE and not (dot and kind in KEYED_SORTS and 0 < len(key) <= 250)) \
+            or direction not in ("ASC", "DESC") or len(parts) > 2:
         raise ApiError(f"order_by {order_by!r}: expected '<column> [ASC|DESC]' with a column of "
-                       f"{', '.join(SORTABLE)}", details={"order_by": order_by})
+                       f"{', '.join(SORTABLE)}, or metrics.<key>, best_metrics.<key>, params.<key>",
+                       details={"order_by": order_by})
     return column, direction == "DESC"
 
 
+def _keyed_sort_expression(column: str) -> Any:
+    """The sort key of metrics.<key> (last value), best_metrics.<key> (max or min by the declared direction) or
+    params.<key> (the string): a correlated subquery per run; a run without it sorts as the lowest value."""
+    kind, _, key = column.partition(".")
+    runs = t.runs
+    if kind == "params":
+        p = t.params
+        value = sa.select(p.c.value).where(p.c.run_id == runs.c.run_id, p.c.key == key).scalar_subquery()
+        return sa.func.coalesce(value, "")
+    ms, md = t.metric_summaries, t.metric_definitions
+    if kind == "metrics":
+        number = sa.select(ms.c.last_value).where(ms.c.run_id == runs.c.run_id, ms.c.key == key)
+    else:
+        best = sa.case((md.c.direction == "max", ms.c.max_value), (md.c.direction == "min", ms.c.min_value),
+                       else_=None)
+        number = sa.select(best).select_from(ms.join(md, md.c.name == ms.c.key)).where(
+            ms.c.run_id == runs.c.run_id, ms.c.key == key)
+    return sa.func.coalesce(number.scalar_subquery(), sa.literal(MISSING_METRIC, type_=ms.c.last_value.type))
+
+
 def _sort_expression(column: str) -> Any:
+    if column.partition(".")[0] in KEYED_SORTS:
+        return _keyed_sort_expression(column)
     col = t.runs.c[column]
     if column in TIME_ATTRIBUTES:
         return sa.func.coalesce(col, sa.literal(_EPOCH, type_=t.runs.c.updated_at.type))
@@ -91,6 +124,12 @@ def _sort_expression(column: str) -> Any:
 
 
 def _token_value(column: str, value: Any) -> Any:
+    if column.partition(".")[0] in ("metrics", "best_metrics"):
+        if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+            return float(value.replace("Infinity", "inf"))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ApiError("page_token is damaged", code="INVALID_PAGE_TOKEN")
     if column in TIME_ATTRIBUTES:
         try:
             parsed = datetime.fromisoformat(str(value))
@@ -148,17 +187,23 @@ def search_runs(conn: sa.Connection, *, experiment_ids: Sequence[str], filter_te
 
 
 def _run_extras(conn: sa.Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]:
-    extras: dict[str, dict[str, Any]] = {i: {"params": {}, "tags": {}, "metrics": {}} for i in run_ids}
+    extras: dict[str, dict[str, Any]] = {i: {"params": {}, "tags": {}, "metrics": {}, "best_metrics": {}}
+                                         for i in run_ids}
     if not run_ids:
         return extras
     for table, target in ((t.params, "params"), (t.tags, "tags")):
         for run_id, key, value in conn.execute(
                 sa.select(table.c.run_id, table.c.key, table.c.value).where(table.c.run_id.in_(run_ids))):
             extras[run_id][target][key] = value
-    ms = t.metric_summaries
-    for run_id, key, value in conn.execute(
-            sa.select(ms.c.run_id, ms.c.key, ms.c.last_value).where(ms.c.run_id.in_(run_ids))):
+    ms, md = t.metric_summaries, t.metric_definitions
+    # best: the minimum or maximum by the direction configs/metrics.yaml declares; undeclared keys have none
+    best = sa.case((md.c.direction == "max", ms.c.max_value), (md.c.direction == "min", ms.c.min_value), else_=None)
+    for run_id, key, value, best_value, declared in conn.execute(
+            sa.select(ms.c.run_id, ms.c.key, ms.c.last_value, best, md.c.direction)
+            .select_from(ms.outerjoin(md, md.c.name == ms.c.key)).where(ms.c.run_id.in_(run_ids))):
         extras[run_id]["metrics"][key] = jv(value)
+        if declared is not None:
+            extras[run_id]["best_metrics"][key] = jv(best_value)
     return extras
 
 
@@ -291,3 +336,35 @@ def alias_history(conn: sa.Connection, name: str, alias: str) -> list[dict[str, 
     rows = conn.execute(sa.select(h).where(h.c.model_name == name, h.c.alias == alias).order_by(h.c.seq))
     return [row_dict(r, ("seq", "action", "from_version", "to_version", "actor", "reason", "occurred_at"))
             for r in rows]
+
+
+#: Job statuses a jobs list may filter by.
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: Columns of a job in the jobs list (the config is left to GET /jobs/{id}).
+JOB_LIST_COLUMNS = ("job_id", "run_id", "experiment_id", "plugin", "pool", "status", "attempts", "max_attempts",
+                    "worker_id", "queued_at", "started_at", "ended_at", "heartbeat_at", "progress", "error_type",
+                    "error", "cancel_reason", "cancelled_by", "updated_at", "last_seq")
+
+
+def list_jobs(conn: sa.Connection, statuses: Sequence[str], max_results: int,
+              page_token: str | None) -> dict[str, Any]:
+    """Jobs, most recently changed first (by the sequence of their last event), optionally of some statuses."""
+    j = t.jobs
+    unknown = [s for s in statuses if s not in JOB_STATUSES]
+    if unknown:
+        raise ApiError(f"status {unknown[0]!r} is not a job status; one of {', '.join(JOB_STATUSES)}",
+                       details={"status": unknown[0], "allowed": list(JOB_STATUSES)})
+    query_key = ",".join(sorted(set(statuses)))
+    stmt = sa.select(*(j.c[c] for c in JOB_LIST_COLUMNS))
+    if statuses:
+        stmt = stmt.where(j.c.status.in_(sorted(set(statuses))))
+    if page_token:
+        value, _ = decode_page_token(page_token, "last_seq DESC", query_key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ApiError("page_token is not a token this API issued", code="INVALID_PAGE_TOKEN")
+        stmt = stmt.where(j.c.last_seq < value)
+    rows = conn.execute(stmt.order_by(j.c.last_seq.desc()).limit(max_results + 1)).all()
+    data = [row_dict(r, JOB_LIST_COLUMNS) for r in rows[:max_results]]
+    token = encode_page_token("last_seq DESC", query_key, data[-1]["last_seq"], data[-1]["job_id"]) \
+        if len(rows) > max_results else None
+    return {"data": data, "count": len(data), "next_page_token": token}

@@ -13,16 +13,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from mlhub.api import queries
+from mlhub.api.auth import Role
 from mlhub.api.deps import MinSeq, ReaderDep, StateDep
 from mlhub.api.errors import ApiError, NotFound
 from mlhub.api.schemas import (
     AliasHistoryPublic,
     ArtifactsPublic,
+    CallerPublic,
     CompareSeriesPublic,
     EventsPublic,
     ExperimentPublic,
     ExperimentsPublic,
     JobPublic,
+    JobsPublic,
     MetricsPublic,
     ModelPublic,
     ModelsPublic,
@@ -44,6 +47,7 @@ JobId = Annotated[str, Path(pattern=ID_PATTERN)]
 ModelName = Annotated[str, Path(pattern=ID_PATTERN)]
 MetricKey = Annotated[str, Path(min_length=1, max_length=250, description="a metric key (may contain '/')")]
 MaxPoints = Annotated[int, Query(ge=4, le=100_000, description="most points returned; more are downsampled")]
+StepBound = Annotated[int | None, Query(ge=0, le=2**62, description="only points with a step in [min_step, max_step]")]
 
 
 async def _sql(state: AppState, min_seq: int | None, work: Any, *args: Any, **kwargs: Any) -> Any:
@@ -54,6 +58,15 @@ async def _sql(state: AppState, min_seq: int | None, work: Any, *args: Any, **kw
             return work(conn, *args, **kwargs)
 
     return await run_in_threadpool(run)
+
+
+@router.get("/whoami", response_model=CallerPublic, operation_id="whoami")
+async def whoami(state: StateDep, who: ReaderDep) -> Any:
+    """The caller's role and what it may do (the dashboard shows write actions only to a token that may)."""
+    role = who.role
+    return {"role": role.name if role is not None else None, "name": who.name,
+            "can_write": role is not None and role >= Role.writer, "can_admin": role is not None and role >= Role.admin,
+            "protected_aliases": sorted(state.protected_aliases)}
 
 
 @router.get("/experiments", response_model=ExperimentsPublic, operation_id="list_experiments")
@@ -141,14 +154,17 @@ async def _series(state: AppState, run_id: str, key: str, max_points: int, min_s
 
 @router.get("/runs/{run_id}/metrics/{key:path}", response_model=SeriesPublic, operation_id="get_metric_series")
 async def get_metric_series(run_id: RunId, key: MetricKey, state: StateDep, _: ReaderDep, min_seq: MinSeq = None,
-                            max_points: MaxPoints = 1000) -> Any:
-    """One run's series of one key in step order, downsampled to max_points keeping each bucket's first, last,
-    minimum and maximum point."""
+                            max_points: MaxPoints = 1000, min_step: StepBound = None,
+                            max_step: StepBound = None) -> Any:
+    """One run's series of one key in step order (optionally only steps in [min_step, max_step]), downsampled to
+    max_points keeping each bucket's first, last, minimum and maximum point."""
     engine = await _metric_engine(state, min_seq)
-    cache_key = ("series", engine, run_id, key, max_points)
+    cache_key = ("series", engine, run_id, key, max_points) + ((min_step, max_step) if (min_step, max_step) != (
+        None, None) else ())
     cached = state.cache.get(cache_key)
     if cached is None:
-        result = await run_in_threadpool(read_series, engine, run_id, key, max_points)
+        result = await run_in_threadpool(read_series, engine, run_id, key, max_points, min_step=min_step,
+                                         max_step=max_step)
         if result["total_points"] == 0 and not await _sql(state, None, queries.run_exists, run_id):
             raise NotFound(f"no run {run_id!r}", details={"run_id": run_id})
         cached = bytes(JSONResponse(result).body)
@@ -226,6 +242,16 @@ async def download_artifact(run_id: RunId, path: Annotated[str, Path(min_length=
     return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
         "Content-Length": str(row["size_bytes"]), "ETag": f'"{sha256}"', "X-Mlhub-Sha256": sha256,
         "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/jobs", response_model=JobsPublic, operation_id="list_jobs")
+async def list_jobs(state: StateDep, _: ReaderDep, min_seq: MinSeq = None,
+                    status: Annotated[list[str] | None, Query(max_length=5, description=(
+                        "repeatable: queued, running, succeeded, failed, cancelled"))] = None,
+                    max_results: Annotated[int, Query(ge=1, le=1000)] = 100,
+                    page_token: Annotated[str | None, Query(max_length=4096)] = None) -> Any:
+    """Jobs with their status, worker and attempts, most recently changed first, a page at a time."""
+    return await _sql(state, min_seq, queries.list_jobs, status or [], max_results, page_token)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, operation_id="get_job")

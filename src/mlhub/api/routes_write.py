@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path as FsPath
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,10 +22,11 @@ from pydantic import ValidationError
 
 from mlhub.api.auth import Role
 from mlhub.api.deps import StateDep, WriterDep
-from mlhub.api.errors import ApiError, NotFound, NotImplementedYet, PermissionDenied
+from mlhub.api.errors import ApiError, NotFound, PermissionDenied
 from mlhub.api.routes_read import ID_PATTERN, ModelName, RunId
 from mlhub.api.schemas import (
     AliasPromote,
+    AliasPromoted,
     Appended,
     ArtifactUploaded,
     JobCancel,
@@ -57,6 +58,9 @@ from mlhub.events import (
     aggregate_subject_filter,
 )
 from mlhub.events import RunCreated as RunCreatedEvent
+
+if TYPE_CHECKING:
+    from mlhub.registry import GatesConfig
 
 router = APIRouter()
 
@@ -358,14 +362,42 @@ async def upload_artifact(
 
 # -- registry ----------------------------------------------------------------------------------------------------
 
-@router.post("/models/{model_name}/aliases/{alias}", response_model=Appended, operation_id="set_model_alias",
-             responses={501: {"description": "the registry service is not part of this build yet"}})
+@router.post("/models/{model_name}/aliases/{alias}", response_model=AliasPromoted, operation_id="set_model_alias")
 async def set_model_alias(model_name: ModelName, alias: Annotated[str, Path(pattern=ID_PATTERN)],
                           body: AliasPromote, state: StateDep, who: WriterDep) -> Any:
-    """Point an alias at a version (promotion); a protected alias (e.g. production) needs an admin token."""
+    """Point an alias at a version (promotion) through the model registry: the alias must point where the caller
+    expects (409 PROMOTION_CONFLICT), the alias's gates must hold (422 PROMOTION_GATE_FAILED); a protected alias
+    (e.g. production) needs an admin token."""
+    from mlhub.registry import current_alias, promote
+
     if alias.lower() in state.protected_aliases and (who.role is None or who.role < Role.admin):
         raise PermissionDenied(f"alias {alias!r} is protected: moving it needs an admin token",
                                details={"alias": alias, "required": "admin"})
-    raise NotImplementedYet("promotion goes through the model registry service (mlhub.registry), which this "
-                            "build does not include yet", details={"model_name": model_name, "alias": alias})
+    gates = registry_gates(state)
+    expected = body.expected_current if "expected_current" in body.model_fields_set \
+        else await current_alias(state.event_log, model_name, alias)
+    result = await promote(state.event_log, model_name, alias, body.version, expected, actor=who.name,
+                           reason=body.reason, gates=gates, producer=state.settings.producer)
+    return {"model_name": result.model_name, "alias": result.alias, "version": result.version,
+            "previous_version": result.previous_version, "changed": result.changed, "seq": result.seq,
+            "seqs": [result.seq] if result.seq is not None else [],
+            "gates": [{"condition": g.condition, "passed": g.passed, "detail": g.detail} for g in result.gates]}
 
+
+def registry_gates(state: AppState) -> GatesConfig | None:
+    """The promotion gates: MLHUB_REGISTRY_GATES, else configs/registry.yaml in the working directory if it exists
+    (as `mlhub models promote`); read per request so an edited file applies without a restart."""
+    from pathlib import Path as FilePath
+
+    from mlhub.registry import GatesConfigError, load_gates
+
+    chosen = state.settings.registry_gates
+    if chosen is None:
+        default = FilePath("configs") / "registry.yaml"
+        if not default.is_file():
+            return None
+        chosen = default
+    try:
+        return load_gates(chosen)
+    except GatesConfigError as e:  # the server's configuration is wrong, not the request
+        raise ApiError(f"the promotion gates file cannot be used: {e}", code="REGISTRY_GATES_INVALID") from e

@@ -62,7 +62,7 @@ class MetricSummaryPublic(BaseModel):
 
 
 class RunPublic(BaseModel):
-    """A run as listed: attributes, params, tags and the last value of each metric."""
+    """A run as listed: attributes, params, tags, the last value of each metric and the best of declared ones."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -81,6 +81,8 @@ class RunPublic(BaseModel):
     params: dict[str, str]
     tags: dict[str, str]
     metrics: dict[str, MetricValue | None]
+    #: The best value of each metric declared in configs/metrics.yaml (its max or min, by the declared direction).
+    best_metrics: dict[str, MetricValue | None] = Field(default_factory=dict)
 
 
 class RunsPublic(BaseModel):
@@ -188,6 +190,14 @@ class JobPublic(BaseModel):
     attempts: int
     updated_at: datetime
     last_seq: int
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs, most recently changed first; pass next_page_token as page_token for the next page."""
+
+    data: list[JobPublic]
+    count: int
+    next_page_token: str | None = None
 
 
 class JobCreate(BaseModel):
@@ -308,6 +318,23 @@ class AliasPromote(BaseModel):
 
     version: int = Field(ge=1)
     reason: str = Field(default="", max_length=2000)
+    expected_current: int | None = Field(default=None, ge=1, description=(
+        "the version the alias points to now as the caller believes (null: not set); left out: whatever it "
+        "points to when the request is handled. A promotion that landed in between is a 409."))
+
+
+class AliasPromoted(BaseModel):
+    """A promotion: the alias now points to version (it pointed to previous_version); seq is null and changed
+    false when it already did (nothing appended)."""
+
+    model_name: str
+    alias: str
+    version: int
+    previous_version: int | None
+    changed: bool
+    seq: int | None
+    seqs: list[int]
+    gates: list[dict[str, Any]]
 
 
 class QueryRequest(BaseModel):
@@ -409,6 +436,16 @@ class RunFinish(BaseModel):
     status: Literal["finished", "failed", "cancelled"] = "finished"
     error_type: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, max_length=20_000)
+
+
+class CallerPublic(BaseModel):
+    """Who the caller is to the API: the token's role (null: no token, reads open) and what it may do."""
+
+    role: Literal["reader", "writer", "admin"] | None
+    name: str
+    can_write: bool
+    can_admin: bool
+    protected_aliases: list[str]
 
 
 class Health(BaseModel):

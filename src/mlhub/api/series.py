@@ -40,18 +40,30 @@ SELECT x.s, x.e, x.v, x.t FROM picked ORDER BY x.s, x.t, x.q
 """
 
 
-def read_series(engine: QueryEngine, run_id: str, key: str, max_points: int) -> dict[str, Any]:
-    """A run's series of one key in step order; at most max_points points (min/max-preserving downsampling)."""
+def _in_range(sql: str) -> str:
+    return sql.replace("AND key = $key", "AND key = $key AND step BETWEEN $min_step AND $max_step")
+
+
+def read_series(engine: QueryEngine, run_id: str, key: str, max_points: int, *, min_step: int | None = None,
+                max_step: int | None = None) -> dict[str, Any]:
+    """A run's series of one key in step order; at most max_points points (min/max-preserving downsampling).
+
+    With min_step or max_step only the points whose step lies in that closed range are read (a chart's zoom)."""
+    ranged = min_step is not None or max_step is not None
     cursor = engine.connection.cursor()
     try:
         params: dict[str, Any] = {"bucket": run_bucket(run_id, engine.num_buckets), "run_id": run_id, "key": key}
-        stats = cursor.execute(_STATS, params).fetchone()
+        if ranged:
+            params.update(min_step=min_step or 0, max_step=2**62 if max_step is None else max_step)
+        pick = _in_range if ranged else (lambda sql: sql)
+        stats = cursor.execute(pick(_STATS), params).fetchone()
         total, lo, hi = (int(stats[0]), stats[1], stats[2]) if stats else (0, None, None)
         if total <= max_points:
-            rows = cursor.execute(_ALL, params).fetchall() if total else []
+            rows = cursor.execute(pick(_ALL), params).fetchall() if total else []
         else:
             buckets = max(1, max_points // 4)
-            rows = cursor.execute(_DOWNSAMPLED, {**params, "lo": lo, "hi": hi, "buckets": buckets}).fetchall()
+            rows = cursor.execute(pick(_DOWNSAMPLED),
+                                  {**params, "lo": lo, "hi": hi, "buckets": buckets}).fetchall()
     except duckdb.Error as e:
         raise QueryFailed(f"reading the series {key!r} of run {run_id!r} failed: {e}") from e
     finally:
