@@ -1,9 +1,10 @@
 """Tracking overhead benchmark: training steps/s of the digits-mlp model with no logger, CSVLogger, MLHubLogger.
 
 The model and datamodule are the digits-mlp plugin's, built from configs/digits-mlp.yaml (trainer settings as the
-worker turns them into Trainer arguments), trained for `--steps` steps with log_every_n_steps=1 and a callback that
-logs the training loss at every step (the plugin itself logs per epoch only), so every step hands a point to the
-logger. Variants, each run `--rounds` times, interleaved with the order rotated per round, same seed every time:
+worker turns them into Trainer arguments), trained for `--steps` steps with the config's log_every_n_steps (10;
+`--log-every-n-steps 1` for the worst case) and a callback that logs the training loss at every step (the plugin
+itself logs per epoch only), so every N-th step hands a point to the logger. Variants, each run `--rounds`
+times, interleaved with the order rotated per round, same seed every time:
 
   (a) no logger (baseline)   (b) Lightning's CSVLogger   (c) MLHubLogger -> MetricSender -> a real embedded
   nats-server (fsync always, mlhub's default), sending through an asyncio loop thread as the worker does.
@@ -113,7 +114,7 @@ def callbacks_classes() -> tuple[type[Any], type[Any]]:
     return FitTimer, StepLoss
 
 
-def fit_once(config: dict[str, Any], steps: int, logger: Any, tmp: Path) -> tuple[int, float, float]:
+def fit_once(config: dict[str, Any], steps: int, logger: Any, tmp: Path, every: int = 1) -> tuple[int, float, float]:
     """Train `steps` steps; (steps done, fit-loop seconds, seconds from on_train_end until fit returned)."""
     import lightning as L
     import torch
@@ -122,7 +123,7 @@ def fit_once(config: dict[str, Any], steps: int, logger: Any, tmp: Path) -> tupl
     plugin = load_plugin(config["plugin"])
     kwargs = trainer_kwargs(dict(config["trainer"]), "cpu")
     kwargs.update(max_epochs=-1, max_steps=steps, limit_train_batches=None, limit_val_batches=0,
-                  log_every_n_steps=1)
+                  log_every_n_steps=every)
     if kwargs.get("deterministic"):
         torch.use_deterministic_algorithms(True)
     L.seed_everything(int(config["seed"]), workers=True, verbose=False)
@@ -141,6 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3_000, help="training steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant (interleaved)")
+    parser.add_argument("--log-every-n-steps", type=int, default=None, metavar="N",
+                        help="Lightning's log_every_n_steps (default: the config's, 10; 1: every step, the worst case)")
     parser.add_argument("--interval", type=float, default=0.5, help="MetricSender interval_s (worker default 0.5)")
     args = parser.parse_args()
 
@@ -151,6 +154,7 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
     config = load_config(CONFIG).config.model_dump(mode="json")
+    every = args.log_every_n_steps or int(config["trainer"]["log_every_n_steps"])
     mlhub_logger = mlhub_logger_class()
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     finalize_s: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -181,7 +185,7 @@ def main() -> None:
                 makers: dict[str, Callable[[str], Any]] = {
                     "no logger": no_logger, "CSVLogger": csv_logger, "MLHubLogger": mlhub}
                 fit_once(config, 100, False, tmp / "warmup")  # first-use costs (kernels, lazy init) off the clock
-                print(f"digits-mlp, {args.steps:,} steps/run, log_every_n_steps=1, seed {config['seed']}, "
+                print(f"digits-mlp, {args.steps:,} steps/run, log_every_n_steps={every}, seed {config['seed']}, "
                       f"torch threads {torch_threads()}, cores {os.cpu_count()}")
                 for r in range(args.rounds):
                     order = VARIANTS[r % 3:] + VARIANTS[: r % 3]
@@ -189,7 +193,7 @@ def main() -> None:
                         run_id = f"bench-{uuid.uuid4().hex[:12]}"
                         logger = makers[variant](run_id)
                         cpu_before = background_cpu(logger.sender, loop, server) if variant == "MLHubLogger" else []
-                        steps, fit_s, fin_s = fit_once(config, args.steps, logger, tmp / run_id)
+                        steps, fit_s, fin_s = fit_once(config, args.steps, logger, tmp / run_id, every)
                         assert steps == args.steps, (variant, steps)
                         rates[variant].append(steps / fit_s)
                         finalize_s[variant].append(fin_s)
@@ -231,8 +235,8 @@ def main() -> None:
                 cost = log_metrics_cost_us(probe)
                 probe.sender.close()
                 step_us = 1e6 / base
-                print(f"  training thread: log_metrics {cost:.1f} us/call, one call per step = "
-                      f"{cost / step_us * 100:.2f}% of a baseline step ({step_us:,.0f} us)")
+                print(f"  training thread: log_metrics {cost:.1f} us/call, one call per {every} step(s) = "
+                      f"{cost / every / step_us * 100:.3f}% of a baseline step ({step_us:,.0f} us)")
                 fit_s_all = args.steps / statistics.median(rates["MLHubLogger"])
                 for i, name in enumerate(("sender thread", "event-log loop thread", "nats-server process")):
                     values = [b[i] for b in background if b[i] is not None]
