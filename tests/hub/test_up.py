@@ -26,7 +26,8 @@ def test_up_serves_everything_and_sigterm_leaves_no_process(tmp_path: Path) -> N
         tree = [hub.proc.pid, *(c.pid for c in psutil.Process(hub.proc.pid).children(recursive=True))]
         names = [" ".join(psutil.Process(pid).cmdline()) for pid in tree[1:]]
         assert sum("nats-server" in n for n in names) == 1
-        assert sum(n.endswith("mlhub.cli projector") for n in names) == 1
+        assert sorted(n.split("mlhub.cli ")[-1] for n in names if "mlhub.cli projector" in n) == [
+            "projector --only metrics", "projector --only sql"]
         assert sum(n.endswith("mlhub.cli worker") for n in names) == 2
         assert sum("uvicorn" in n and f"--port {hub.port}" in n for n in names) == 1
         # The session token: printed, stored 0600, admitted by the API; a wrong one is refused.
@@ -57,7 +58,7 @@ def test_ctrl_c_stops_up_cleanly(tmp_path: Path) -> None:
     hub = start(["up", "--workers", "1"], data_dir, free_port())
     try:
         hub.wait_for(r"press Ctrl-C to stop")
-        assert len(processes_of(data_dir)) >= 4  # up, nats-server, projector, worker, api
+        assert len(processes_of(data_dir)) >= 4  # up, nats-server, 2 projectors, worker, api
         hub.proc.send_signal(signal.SIGINT)
         assert hub.proc.wait(60) == 0, hub.output
         assert wait_until_none_left(data_dir, timeout=5) == []
@@ -71,7 +72,7 @@ def test_sigkill_of_up_leaves_no_orphan(tmp_path: Path) -> None:
     try:
         hub.wait_for(r"press Ctrl-C to stop")
         children = psutil.Process(hub.proc.pid).children(recursive=True)
-        assert len(children) == 5
+        assert len(children) == 6  # nats-server, 2 projectors, 2 workers, api
         hub.proc.kill()  # no chance to clean up
         hub.proc.wait()
         left = wait_until_none_left(data_dir, timeout=15)
@@ -101,10 +102,11 @@ def test_a_dying_part_stops_the_whole_hub(tmp_path: Path) -> None:
     try:
         hub.wait_for(r"press Ctrl-C to stop")
         projector = next(p for p in psutil.Process(hub.proc.pid).children()
-                         if p.cmdline()[-1] == "projector")
+                         if p.cmdline()[-3:] == ["projector", "--only", "sql"])
         projector.kill()
         assert hub.proc.wait(60) == 1
-        assert re.search(r"the projector process exited with code -9; its log: \S+projector\.log", hub.output)
+        assert re.search(r"the projector-sql process exited with code -9; its log: \S+projector-sql\.log",
+                         hub.output)
         assert wait_until_none_left(data_dir, timeout=5) == []
     finally:
         stop(hub)
@@ -150,7 +152,7 @@ def test_up_against_an_external_event_log_and_postgresql_starts_no_server(tmp_pa
             hub.wait_for(r"press Ctrl-C to stop")
             assert f"event log: {nats_url}" in hub.output and "tokens: from MLHUB_API_TOKENS" in hub.output
             names = [" ".join(c.cmdline()) for c in psutil.Process(hub.proc.pid).children(recursive=True)]
-            assert len(names) == 3 and not any("nats-server" in n for n in names)
+            assert len(names) == 4 and not any("nats-server" in n for n in names)
             assert not (data_dir / "api-token").exists()
             runs = httpx.get(f"{hub.url}/api/v1/runs", headers={"Authorization": "Bearer an-admin-token"},
                              timeout=30)

@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--ingest-points", type=int, default=2_000_000)
     parser.add_argument("--ingest-per-request", type=int, default=50_000)
     parser.add_argument("--ingest-clients", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (one a core)")
     parser.add_argument("--sync", default="always", help="fsync policy of the embedded nats-server")
     args = parser.parse_args()
 
@@ -250,8 +250,9 @@ def main() -> None:
                    "MLHUB_API_TOKENS": f"{TOKEN}:admin", "MLHUB_COMPACT_INTERVAL_S": "2",
                    "MLHUB_SEAL_INTERVAL_S": "0", "MLHUB_API_MIN_SEQ_WAIT_S": "60"}
             log_file = (Path(tmp) / "procs.log").open("wb")
-            procs.append(subprocess.Popen([sys.executable, "-m", "mlhub.cli", "projector"], env=env,
-                                          stdout=log_file, stderr=subprocess.STDOUT))
+            for name in ("sql", "metrics"):  # as `mlhub up` runs them: one process each
+                procs.append(subprocess.Popen([sys.executable, "-m", "mlhub.cli", "projector", "--only", name],
+                                              env=env, stdout=log_file, stderr=subprocess.STDOUT))
             port = _free_port()
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--factory", "mlhub.api:create_app", "--host", "127.0.0.1",

@@ -28,7 +28,11 @@ if TYPE_CHECKING:
               help="Most events applied in one transaction.")
 @click.option("--status-every", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds between progress lines on stderr (0: none).")
-def projector(no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float) -> None:
+@click.option("--only", "only", multiple=True, metavar="NAME",
+              help="Run only this projector (repeatable; e.g. --only sql, --only metrics). Projectors in separate "
+                   "processes do not share a Python interpreter lock: `mlhub up` runs sql and metrics apart.")
+def projector(no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float,
+              only: tuple[str, ...]) -> None:
     """Build the read models from the event log: the SQL read model and every registered projector.
 
     Runs `alembic upgrade head` on the read model first (MLHUB_DATABASE_URL, default SQLite in MLHUB_DATA_DIR),
@@ -42,7 +46,7 @@ def projector(no_wait: bool, until_caught_up: bool, batch_size: int, status_ever
     try:
         with event_log_url(settings) as url:
             positions = _run_in_loop(settings, url, no_wait=no_wait, until_caught_up=until_caught_up,
-                                     batch_size=batch_size, status_every=status_every)
+                                     batch_size=batch_size, status_every=status_every, only=only)
     except MlhubError as e:
         fail(e)
     if positions is not None:
@@ -50,7 +54,8 @@ def projector(no_wait: bool, until_caught_up: bool, batch_size: int, status_ever
 
 
 def _run_in_loop(
-    settings: Settings, url: str, *, no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float
+    settings: Settings, url: str, *, no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float,
+    only: tuple[str, ...] = (),
 ) -> dict[str, int] | None:
     async def main() -> dict[str, int] | None:
         task = asyncio.current_task()
@@ -60,7 +65,7 @@ def _run_in_loop(
             loop.add_signal_handler(sig, task.cancel)
         try:
             return await _serve(settings, url, no_wait=no_wait, until_caught_up=until_caught_up,
-                                batch_size=batch_size, status_every=status_every)
+                                batch_size=batch_size, status_every=status_every, only=only)
         except asyncio.CancelledError:
             click.echo("projectors stopped", err=True)
             return None
@@ -69,7 +74,8 @@ def _run_in_loop(
 
 
 async def _serve(
-    settings: Settings, url: str, *, no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float
+    settings: Settings, url: str, *, no_wait: bool, until_caught_up: bool, batch_size: int, status_every: float,
+    only: tuple[str, ...] = (),
 ) -> dict[str, int]:
     from mlhub.eventlog import run_sealer
     from mlhub.projections import (
@@ -84,16 +90,25 @@ async def _serve(
     try:
         await asyncio.to_thread(migrate, engine)
         projectors = build_projectors(settings, engine)
+        if only:
+            known = [p.name for p in projectors]
+            unknown = sorted(set(only) - set(known))
+            if unknown:
+                raise click.BadParameter(f"no projector named {', '.join(unknown)} (projectors: {', '.join(known)})",
+                                         param_hint="--only")
+            projectors = [p for p in projectors if p.name in only]
+        names = {p.name for p in projectors}
         async with open_event_log(settings, url, "mlhub-projector") as event_log:
             until = await event_log.last_sequence() if until_caught_up else None
             runners: list[ProjectorRunner] = []
             reporter = asyncio.create_task(_report(event_log, runners, status_every))
             stop_sealing = asyncio.Event()
             housekeeping: list[asyncio.Task[None]] = []
-            if settings.seal_interval_s > 0 and not until_caught_up:
+            # Sealing goes with the SQL projector, compaction with the metric tables (once each when split).
+            if settings.seal_interval_s > 0 and not until_caught_up and "sql" in names:
                 housekeeping.append(asyncio.create_task(run_sealer(
                     event_log, producer=settings.producer, interval_s=settings.seal_interval_s, stop=stop_sealing)))
-            if settings.compact_interval_s > 0 and not until_caught_up:
+            if settings.compact_interval_s > 0 and not until_caught_up and "metrics" in names:
                 housekeeping.append(asyncio.create_task(_compact_periodically(settings)))
             try:
                 return await run_projectors(
