@@ -13,6 +13,8 @@ import click
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from mlhub.eventlog import EventLog
     from mlhub.settings import Settings
 
@@ -87,3 +89,25 @@ def progress_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
         yield update
     finally:
         bar.close()
+
+
+@contextmanager
+def read_model(settings: Settings) -> Iterator[sa.Connection]:
+    """A connection to the read model, or one clear error when there is none yet."""
+    import sqlalchemy as sa
+
+    from mlhub.readmodel import ReadModelError, create_engine, sqlite_path
+
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        path = sqlite_path(engine)
+        if path is not None and not path.exists():
+            raise ReadModelError(f"no read model at {path} yet: run `mlhub projector --until-caught-up` first")
+        try:
+            with engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as e:
+            raise ReadModelError(f"cannot read the read model at {engine.url!r} (was it migrated by "
+                                 f"`mlhub projector`?): {getattr(e, 'orig', None) or e}") from e
+    finally:
+        engine.dispose()

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from mlhub.commands.common import fail, load_settings, run_with_event_log
+from mlhub.commands.common import fail, load_settings, read_model, run_with_event_log
 from mlhub.commands.hubclient import DIRECT, HubClient, use_client, with_hub
 from mlhub.errors import MlhubError
 
@@ -43,26 +42,6 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(to_json(value), indent=2, sort_keys=False))
 
 
-@contextmanager
-def _read_model(settings: Settings) -> Iterator[sa.Connection]:
-    """A connection to the read model, or one clear error when there is none yet."""
-    import sqlalchemy as sa
-
-    from mlhub.readmodel import ReadModelError, create_engine, sqlite_path
-
-    engine = create_engine(settings.resolved_database_url)
-    try:
-        path = sqlite_path(engine)
-        if path is not None and not path.exists():
-            raise ReadModelError(f"no read model at {path} yet: run `mlhub projector --until-caught-up` first")
-        try:
-            with engine.connect() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as e:
-            raise ReadModelError(f"cannot read the read model at {engine.url!r} (was it migrated by "
-                                 f"`mlhub projector`?): {getattr(e, 'orig', None) or e}") from e
-    finally:
-        engine.dispose()
 
 
 def _read(query: Callable[[sa.Connection], T], via_hub: Callable[[HubClient], T], direct: bool) -> T:
@@ -71,7 +50,7 @@ def _read(query: Callable[[sa.Connection], T], via_hub: Callable[[HubClient], T]
     if use_client(settings, direct):
         return with_hub(settings, via_hub)
     try:
-        with _read_model(settings) as conn:
+        with read_model(settings) as conn:
             return query(conn)
     except MlhubError as e:
         fail(e)

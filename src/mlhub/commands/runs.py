@@ -4,13 +4,12 @@ with MLHUB_NATS_URL set or --direct, from the read model itself (the same querie
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from mlhub.commands.common import fail, load_settings
+from mlhub.commands.common import fail, load_settings, read_model
 from mlhub.commands.hubclient import DIRECT, json_float, use_client, with_hub
 from mlhub.errors import MlhubError
 
@@ -22,26 +21,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@contextmanager
-def read_model(settings: Settings) -> Iterator[sa.Connection]:
-    """A connection to the read model, or one clear error when there is none yet."""
-    import sqlalchemy as sa
-
-    from mlhub.readmodel import ReadModelError, create_engine, sqlite_path
-
-    engine = create_engine(settings.resolved_database_url)
-    try:
-        path = sqlite_path(engine)
-        if path is not None and not path.exists():
-            raise ReadModelError(f"no read model at {path} yet: run `mlhub projector --until-caught-up` first")
-        try:
-            with engine.connect() as conn:
-                yield conn
-        except sa.exc.SQLAlchemyError as e:
-            raise ReadModelError(f"cannot read the read model at {engine.url!r} (was it migrated by "
-                                 f"`mlhub projector`?): {getattr(e, 'orig', None) or e}") from e
-    finally:
-        engine.dispose()
 
 
 def _direct(settings: Settings, query: Callable[[sa.Connection], T]) -> T:
