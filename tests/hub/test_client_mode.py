@@ -167,3 +167,16 @@ def test_models_reads_over_http_match_the_direct_mode(hub: RunningHub, client_en
     assert "dataset     sklearn-digits fingerprint " in chain and "missing" not in chain
     missing = mlhub(["models", "show", "no-such-model"], client_env)
     assert missing.returncode == 1 and "HTTP 404" in missing.stderr
+
+    # Promotion through the hub: an alias without gates moves; production's gates (configs/registry.yaml:
+    # val_acc >= 0.9 and a reproduced run) refuse a 1-epoch model, naming the gate, and append nothing.
+    ok(mlhub(["models", "promote", "digits", "1", "--alias", "candidate", "--reason", "try it"], client_env))
+    refused = mlhub(["models", "promote", "digits", "1", "--alias", "production"], client_env)
+    assert refused.returncode == 1 and "PROMOTION_GATE_FAILED" in refused.stderr, refused.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        history = json.loads(ok(mlhub(["models", "history", "digits", "--json"], client_env)))
+        if history:
+            break
+        time.sleep(0.5)
+    assert [(h["alias"], h["to_version"], h["reason"]) for h in history] == [("candidate", 1, "try it")]
