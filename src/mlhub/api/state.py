@@ -125,42 +125,12 @@ def _sql_checkpoint(engine: Engine) -> int:
 
 def load_query_tables(engine: Engine) -> dict[str, pa.Table]:
     """The read-model tables a /query sees, as Arrow (JSON columns as JSON text)."""
-    import json
-    from datetime import UTC, datetime
+    from mlhub.readmodel.arrow import rows_to_arrow
 
-    result: dict[str, pa.Table] = {}
     with engine.connect() as conn:
-        for name in QUERY_TABLES:
-            table = t.metadata.tables[name]
-            fields = [pa.field(c.name, _arrow_type(c)) for c in table.columns]
-            columns: dict[str, list[object]] = {f.name: [] for f in fields}
-            json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
-            for row in conn.execute(sa.select(table)).mappings():
-                for column_name, values in columns.items():
-                    value = row[column_name]
-                    if column_name in json_columns and value is not None:
-                        value = json.dumps(value, sort_keys=True)
-                    elif isinstance(value, datetime) and value.tzinfo is None:
-                        value = value.replace(tzinfo=UTC)
-                    values.append(value)
-            result[name] = pa.table({f.name: pa.array(columns[f.name], f.type) for f in fields},
-                                    schema=pa.schema(fields))
-    return result
-
-
-def _arrow_type(column: sa.Column[object]) -> pa.DataType:
-    kind = column.type
-    if isinstance(kind, sa.Boolean):
-        return pa.bool_()
-    if isinstance(kind, sa.Integer):
-        return pa.int64()
-    if isinstance(kind, sa.Float | sa.Numeric):
-        return pa.float64()
-    if isinstance(kind, sa.DateTime):
-        return pa.timestamp("us", tz="UTC")
-    if isinstance(kind, sa.LargeBinary):
-        return pa.binary()
-    return pa.string()
+        return {name: rows_to_arrow(t.metadata.tables[name], conn.execute(sa.select(t.metadata.tables[name]))
+                                    .mappings())
+                for name in QUERY_TABLES}
 
 
 @dataclass

@@ -59,6 +59,7 @@ def load_readmodel_tables(url: str) -> dict[str, pa.Table]:
     """The read model's tables named in READMODEL_TABLE_NAMES that exist, as Arrow (none if no database yet)."""
     import sqlalchemy as sa
 
+    from mlhub.readmodel.arrow import rows_to_arrow
     from mlhub.readmodel.database import create_engine, sqlite_path
 
     engine = create_engine(url)
@@ -77,53 +78,12 @@ def load_readmodel_tables(url: str) -> dict[str, pa.Table]:
                 for name in wanted:
                     table = metadata.tables[name]
                     rows = conn.execute(sa.select(table)).mappings().all()
-                    result[name] = _to_arrow(table, rows)
+                    result[name] = rows_to_arrow(table, rows)
             return result
         except sa.exc.SQLAlchemyError as e:
             raise MlhubError(f"cannot read the read model at {engine.url!r}: {e}") from e
     finally:
         engine.dispose()
-
-
-def _arrow_type(column: Any) -> pa.DataType:
-    import sqlalchemy as sa
-
-    t = column.type
-    if isinstance(t, sa.Boolean):
-        return pa.bool_()
-    if isinstance(t, sa.Integer):
-        return pa.int64()
-    if isinstance(t, sa.Float | sa.Numeric):
-        return pa.float64()
-    if isinstance(t, sa.DateTime):
-        return pa.timestamp("us", tz="UTC")
-    if isinstance(t, sa.LargeBinary):
-        return pa.binary()
-    return pa.string()  # strings, text, and JSON (serialized)
-
-
-def _to_arrow(table: Any, rows: Any) -> pa.Table:
-    """Rows of a reflected table as Arrow with types from the column types (JSON columns as JSON text)."""
-    import sqlalchemy as sa
-
-    fields = [pa.field(c.name, _arrow_type(c)) for c in table.columns]
-    columns: dict[str, list[Any]] = {f.name: [] for f in fields}
-    json_columns = {c.name for c in table.columns if isinstance(c.type, sa.JSON)}
-    for row in rows:
-        for name in columns:
-            value = row[name]
-            if name in json_columns and value is not None and not isinstance(value, str):
-                value = json.dumps(value, sort_keys=True)
-            elif isinstance(value, datetime) and value.tzinfo is None:
-                value = value.replace(tzinfo=_utc())
-            columns[name].append(value)
-    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in fields}, schema=pa.schema(fields))
-
-
-def _utc() -> Any:
-    from datetime import UTC
-
-    return UTC
 
 
 def render(table: pa.Table, fmt: str) -> str:
