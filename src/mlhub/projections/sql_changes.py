@@ -325,10 +325,12 @@ class ReadModelChanges:
                 row = {"run_id": e.run_id, "key": series.key, "last_value": None, "last_step": -1,
                        "last_timestamp": -1, "min_value": None, "max_value": None, "count": 0, "nan_count": 0}
                 rows[(e.run_id, series.key)] = row
-            _fold_series(row, series.values, series.steps, series.timestamps)
+            # Checked once per series, used by both folds: points in (step, timestamp) order take the fast paths.
+            in_order = _ordered(series.steps) and _ordered(series.timestamps)
+            _fold_series(row, series.values, series.steps, series.timestamps, in_order)
             row["declared"] = series.key in self.declared
             row["last_seq"] = seq
-            _fold_epochs(epochs, e.run_id, series, seq)
+            _fold_epochs(epochs, e.run_id, series, seq, in_order)
 
     def _artifact_stored(self, seq: int, env: Envelope, e: ArtifactStored) -> None:
         self._put(t.artifacts, (e.run_id, e.path), {
@@ -455,7 +457,8 @@ class ReadModelChanges:
         })
 
 
-def _fold_series(row: Row, values: Sequence[float], steps: Sequence[int], timestamps: Sequence[int]) -> None:
+def _fold_series(row: Row, values: Sequence[float], steps: Sequence[int], timestamps: Sequence[int],
+                 in_order: bool | None = None) -> None:
     """Fold points into a summary: count (NaN included), min/max over non-NaN, last by (step, timestamp).
 
     The common case, no NaN and points in (step, timestamp) order, takes C-speed builtins only (sum() is NaN
@@ -465,7 +468,9 @@ def _fold_series(row: Row, values: Sequence[float], steps: Sequence[int], timest
     row["count"] += len(values)
     last = (row["last_step"], row["last_timestamp"])
     total = sum(values)
-    if total == total and _ordered(steps) and _ordered(timestamps) and (steps[0], timestamps[0]) >= last:
+    if in_order is None:
+        in_order = _ordered(steps) and _ordered(timestamps)
+    if total == total and in_order and (steps[0], timestamps[0]) >= last:
         lo, hi = min(values), max(values)
         row["min_value"] = lo if row["min_value"] is None else min(row["min_value"], lo)
         row["max_value"] = hi if row["max_value"] is None else max(row["max_value"], hi)
@@ -485,14 +490,14 @@ def _fold_series(row: Row, values: Sequence[float], steps: Sequence[int], timest
     row["last_step"], row["last_timestamp"] = last
 
 
-def _fold_epochs(rows: dict[Key, Row], run_id: str, series: MetricSeries, seq: int) -> None:
+def _fold_epochs(rows: dict[Key, Row], run_id: str, series: MetricSeries, seq: int, in_order: bool) -> None:
     """Keep, per epoch of the series, its last point by (step, timestamp) in rows (keyed run, key, epoch).
 
     Series almost always come with epochs, steps and timestamps in order; then the last point of an epoch is
     found by bisection (C-speed checks, no loop over points). Anything else takes the point-by-point path.
     """
     epochs, steps, stamps, values = series.epochs, series.steps, series.timestamps, series.values
-    if _ordered(epochs) and _ordered(steps) and _ordered(stamps):
+    if in_order and _ordered(epochs):
         candidates: Iterable[int] = (bisect.bisect_right(epochs, epoch) - 1 for epoch in sorted(set(epochs)))
     else:
         candidates = range(len(values))
