@@ -77,3 +77,20 @@ async def test_an_artifact_upload_is_checked_and_recorded_once(api: Api) -> None
     download = await api.get(f"/runs/{run['run_id']}/artifacts/models/w.bin")
     assert download.content == data
     assert not list((api.settings.data_dir / "uploads").iterdir()), "no temporary upload is left behind"
+
+
+async def test_a_create_run_retried_with_its_request_id_names_the_same_run_and_appends_nothing(api: Api) -> None:
+    request_id = str(uuid.uuid4())
+    body = {"experiment": "retried", "params": {"lr": "0.1"}, "tags": {"t": "x"}, "request_id": request_id}
+    first = await api.post("/runs", body)
+    assert first.status_code == 201, first.text
+    last = await api.event_log.last_sequence()
+    again = await api.post("/runs", body)
+    assert again.status_code == 201, again.text
+    assert again.json()["run_id"] == first.json()["run_id"] == uuid.uuid5(uuid.UUID(request_id), "run").hex
+    assert await api.event_log.last_sequence() == last, "the retry appended nothing"
+    events = (await api.event_log.read_aggregate("run", first.json()["run_id"])).events
+    assert [r.envelope.type for r in events] == ["run.created", "run.params_logged", "run.tags_set", "run.started"]
+    # Without a request_id every call is a new run (the old behaviour).
+    plain = [(await api.post("/runs", {"experiment": "retried"})).json()["run_id"] for _ in range(2)]
+    assert plain[0] != plain[1]

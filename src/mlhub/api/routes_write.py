@@ -162,7 +162,9 @@ async def create_run(body: RunCreate, state: StateDep, _: WriterDep) -> Any:
     """Create (and start) a run of a script that no worker runs; the experiment is created when new."""
     if not re.search(r"\S", body.experiment):
         raise ApiError("experiment: must not be blank", details={"field": "experiment"})
-    run_id = uuid.uuid4().hex
+    # With a request_id the run id and every event id are derived from it: a retry appends the same events
+    # under the same ids, which the log stores once (dedup within the window, the version check after it).
+    run_id = uuid.uuid5(body.request_id, "run").hex if body.request_id else uuid.uuid4().hex
     try:
         events: list[DomainEvent] = [RunCreatedEvent(run_id=run_id, experiment_id="placeholder",
                                                      name=body.name or f"run-{run_id[:8]}", source="sdk")]
@@ -177,8 +179,10 @@ async def create_run(body: RunCreate, state: StateDep, _: WriterDep) -> Any:
     events.append(RunStarted(run_id=run_id, attempt=1))
     seqs = [created_seq] if created_seq is not None else []
     version = 0
-    for event in events:
-        version = (await state.event_log.append(_envelope(state, event), expected_version=version)).seq
+    for index, event in enumerate(events):
+        event_id = uuid.uuid5(body.request_id, f"create-run/{index}") if body.request_id else None
+        version = (await state.event_log.append(_envelope(state, event, event_id=event_id),
+                                                expected_version=version)).seq
         seqs.append(version)
     return {"run_id": run_id, "experiment_id": experiment_id, "seq": seqs[-1], "seqs": seqs}
 

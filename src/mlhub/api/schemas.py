@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -365,6 +366,9 @@ class RunCreate(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=250)
     params: dict[str, str] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
+    request_id: uuid.UUID | None = Field(default=None, description=(
+        "client-chosen id of this request: the run id and the events' ids are derived from it, so a retried "
+        "request (the answer was lost) names the same run and appends nothing new"))
 
 
 class RunCreated(BaseModel):

@@ -6,6 +6,7 @@ import atexit
 import logging
 import threading
 import time
+import uuid
 import weakref
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ class Hub:
                                 "tags": {str(k): str(v) for k, v in (tags or {}).items()}}
         if name is not None:
             body["name"] = name
+        # One request id for every retry: a retry whose first answer was lost names the same run.
+        body["request_id"] = str(uuid.uuid4())
         deadline = time.monotonic() + self.start_timeout_s
         delay = 0.2
         while True:
