@@ -46,7 +46,6 @@ from mlhub.events import (
     ArtifactStored,
     DomainEvent,
     Envelope,
-    ExperimentCreated,
     MetricSeries,
     MetricsLogged,
     ParamsLogged,
@@ -141,20 +140,15 @@ async def reproduce_run(run_id: RunId, state: StateDep, who: WriterDep) -> Any:
 # -- tracking ----------------------------------------------------------------------------------------------------
 
 async def _ensure_experiment(state: AppState, name: str) -> tuple[str, int | None]:
-    from mlhub.scheduler import experiment_id_for
+    from mlhub.scheduler.errors import ExperimentNameTaken
+    from mlhub.scheduler.service import ensure_experiment, experiment_id_for
 
     experiment_id = experiment_id_for(name)
     try:
-        result = await state.event_log.append(
-            _envelope(state, ExperimentCreated(experiment_id=experiment_id, name=name)), expected_version=0)
-    except ConcurrencyError:
-        existing = await state.event_log.last_event(f"{SUBJECT_PREFIX}.experiment.{experiment_id}.created")
-        if existing is not None and isinstance(existing.envelope.event, ExperimentCreated) \
-                and existing.envelope.event.name != name:
-            raise ApiError(f"experiment id {experiment_id!r} belongs to the experiment named "
-                           f"{existing.envelope.event.name!r}, not {name!r}", code="CONCURRENCY_CONFLICT") from None
-        return experiment_id, None
-    return experiment_id, None if result.duplicate else result.seq
+        seq = await ensure_experiment(state.event_log, experiment_id, name, lambda e: _envelope(state, e))
+    except ExperimentNameTaken as e:  # the name's id is taken by another experiment: a conflict, 409
+        raise ApiError(str(e), code="CONCURRENCY_CONFLICT") from None
+    return experiment_id, seq
 
 
 @router.post("/runs", response_model=RunCreated, status_code=201, operation_id="create_run")

@@ -16,7 +16,15 @@ from mlhub.scheduler.config import (
     parse_override,
     validate_config,
 )
-from mlhub.scheduler.errors import ConfigError, JobAlreadyEnded, JobNotFound, NotReproducible, RunNotFound, WaitTimeout
+from mlhub.scheduler.errors import (
+    ConfigError,
+    ExperimentNameTaken,
+    JobAlreadyEnded,
+    JobNotFound,
+    NotReproducible,
+    RunNotFound,
+    WaitTimeout,
+)
 from mlhub.scheduler.follow import JobOutcome, wait_for_job
 from mlhub.scheduler.reproduce import Comparison, MetricMatch, RunRecord, compare, fold_run, read_run, reproduce
 from mlhub.scheduler.service import (
@@ -49,6 +57,7 @@ __all__ = [
     "ENDED_STATES",
     "CancelResult",
     "ConfigError",
+    "ExperimentNameTaken",
     "DataConfig",
     "ExperimentConfig",
     "JobAlreadyEnded",

@@ -38,6 +38,10 @@ class JobAlreadyEnded(MlhubError):
         self.state = state
 
 
+class ExperimentNameTaken(InvalidInput):
+    """The experiment id a name maps to already belongs to an experiment of another name."""
+
+
 class RunNotFound(MlhubError):
     """No run with that id was ever created."""
 

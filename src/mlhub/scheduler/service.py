@@ -37,7 +37,7 @@ from mlhub.events import (
     sha256_of,
 )
 from mlhub.scheduler.config import ExperimentConfig
-from mlhub.scheduler.errors import JobAlreadyEnded, JobNotFound
+from mlhub.scheduler.errors import ExperimentNameTaken, JobAlreadyEnded, JobNotFound
 
 _ENTITY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: Job states after which nothing more happens to a job.
@@ -156,7 +156,7 @@ async def _queue(
         return Envelope(event=event, producer=producer, correlation_id=job_id)
 
     seqs: list[int] = []
-    created_seq = await _ensure_experiment(event_log, experiment_id, config.experiment, envelope)
+    created_seq = await ensure_experiment(event_log, experiment_id, config.experiment, envelope)
     if created_seq is not None:
         seqs.append(created_seq)
 
@@ -183,10 +183,14 @@ async def _queue(
                         experiment_created=created_seq is not None, seqs=tuple(seqs))
 
 
-async def _ensure_experiment(
+async def ensure_experiment(
     event_log: EventLog, experiment_id: str, name: str, envelope: Callable[[DomainEvent], Envelope]
 ) -> int | None:
-    """Append experiment.created when the experiment is new; its sequence, or None when it existed."""
+    """Append experiment.created when the experiment is new; its sequence, or None when it existed.
+
+    ExperimentNameTaken when the id belongs to an experiment of another name (the scheduler and the API's
+    tracking endpoints both create experiments through this).
+    """
     try:
         result = await event_log.append(
             envelope(ExperimentCreated(experiment_id=experiment_id, name=name)), expected_version=0
@@ -195,7 +199,7 @@ async def _ensure_experiment(
         existing = await event_log.last_event(f"{SUBJECT_PREFIX}.experiment.{experiment_id}.created")
         if existing is not None and isinstance(existing.envelope.event, ExperimentCreated) \
                 and existing.envelope.event.name != name:
-            raise InvalidInput(
+            raise ExperimentNameTaken(
                 f"experiment id {experiment_id!r} belongs to the experiment named "
                 f"{existing.envelope.event.name!r}, not {name!r}: choose another experiment name"
             ) from None
