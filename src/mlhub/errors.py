@@ -21,6 +21,12 @@ class InvalidInput(MlhubError):
     code = "INVALID_PARAMETER_VALUE"
 
 
+class InvalidMetric(InvalidInput):
+    """A metric, param or tag key or a metric value that cannot be logged (mlhub.events.keys names the rules)."""
+
+    code = "INVALID_METRIC"
+
+
 class EventDecodeError(MlhubError):
     """A stored message is not a readable mlhub event (unknown type, newer schema, corrupt payload)."""
 

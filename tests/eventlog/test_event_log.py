@@ -204,7 +204,7 @@ async def test_a_server_too_old_for_per_aggregate_checks_is_refused(tmp_path: Pa
     server = EmbeddedNats(tmp_path / "old", binary=old, sync=None)  # 2.9 knows no sync_interval
     url = server.start()
     try:
-        with pytest.raises(EventLogUnavailable, match=r"nats-server 2\.9\.\d+ .* version >= 2\.11"):
+        with pytest.raises(EventLogUnavailable, match=r"nats-server 2\.9\.\d+ .* version >= 2\.12"):
             await EventLog(url).connect()
     finally:
         server.stop()

@@ -36,10 +36,14 @@ from mlhub.events import (
     ModelAliasSet,
     ModelVersionRegistered,
     ParamsLogged,
+    RequestAccepted,
     RunCancelled,
+    RunCrashed,
     RunCreated,
     RunFailed,
     RunFinished,
+    RunHeartbeat,
+    RunResumed,
     RunStarted,
     SeedRecorded,
     TagsSet,
@@ -58,11 +62,15 @@ SAMPLES: list[DomainEvent] = [
     RunStarted(run_id="run1", attempt=2, worker_id="w1"),
     RunFinished(run_id="run1", attempt=2),
     RunFailed(run_id="run1", attempt=1, error_type="ValueError", error="boom"),
-    RunCancelled(run_id="run1", reason="user"),
+    RunCancelled(run_id="run1", reason="user", ended_by="ana"),
+    RunHeartbeat(run_id="run1", attempt=1),
+    RunCrashed(run_id="run1", attempt=1, reason="no heartbeat for 301 s", silent_s=301.5, last_seq=42),
+    RunResumed(run_id="run1", attempt=1, resumed_by="ana"),
     ConfigSnapshotted(run_id="run1", config=CONFIG, sha256=sha256_of(CONFIG), overrides=("model.lr=0.01",)),
     SeedRecorded(run_id="run1", seed=2**32 - 1, source="drawn"),
     DatasetVersionRecorded(run_id="run1", name="digits", fingerprint=H, size_bytes=10, num_examples=1797),
-    CodeVersionRecorded(run_id="run1", git_commit="a" * 40, dirty=True, diff_sha256=H),
+    CodeVersionRecorded(run_id="run1", git_commit="a" * 40, dirty=True, diff_sha256=H, untracked=("notes.txt",),
+                        untracked_count=1),
     EnvironmentRecorded(run_id="run1", python="3.11.7", platform="linux", torch="2.5", lightning="2.4",
                         cuda="12.4", device_name="H100", packages_sha256=H),
     ParamsLogged(run_id="run1", params={"lr": "0.01", "model/hidden": "64"}),
@@ -87,6 +95,7 @@ SAMPLES: list[DomainEvent] = [
     MetricMigrated(name="val_acc", migration_id="0002", previous=MetricSpec(direction="max"),
                    spec=MetricSpec(direction="max", unit="%")),
     AuditSealed(first_seq=1, last_seq=10, message_count=10, digest=H, previous_digest=None),
+    RequestAccepted(request_key="k" * 32, operation="log_batch", digest=H, run_id="run1", events=2),
 ]
 
 
@@ -179,11 +188,11 @@ def test_a_stored_v1_payload_reads_back_as_the_current_class() -> None:
         {"key": "loss", "value": 0.5, "step": 1, "epoch": 0, "timestamp": 20},
     ])
     env = decode(v1)
-    assert isinstance(env.event, MetricsLogged) and env.schema_version == MetricsLogged.schema_version == 2
+    assert isinstance(env.event, MetricsLogged) and env.schema_version == MetricsLogged.schema_version == 3
     assert [s.key for s in env.event.series] == ["loss", "acc"]
     assert env.event.series[0].values == (1.0, 0.5) and env.event.series[0].steps == (0, 1)
     # Written again, it is written in the current version.
-    assert json.loads(encode(env))["schema_version"] == 2
+    assert json.loads(encode(env))["schema_version"] == 3 and env.event.attempt is None
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlhub.errors import InvalidInput, MlhubError
+from mlhub.errors import InvalidMetric, MlhubError
+
+__all__ = ["HubRequestError", "HubUnavailable", "InvalidMetric", "RunClosed"]
 
 
 class HubUnavailable(MlhubError):
@@ -32,12 +34,6 @@ class HubRequestError(MlhubError):
         self.status = status
         self.api_code = api_code
         self.details = details or {}
-
-
-class InvalidMetric(InvalidInput):
-    """A metric key or value the SDK cannot send (empty key, a value that is not a number)."""
-
-    code = "INVALID_METRIC"
 
 
 class RunClosed(MlhubError):

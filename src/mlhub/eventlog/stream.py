@@ -45,6 +45,8 @@ class StreamSpec:
             deny_purge=True,
             allow_rollup_hdrs=False,
             allow_direct=True,
+            # Atomic batches (nats-server >= 2.12): what one API request appends is stored together or not at all.
+            allow_atomic=True,
         )
 
     def conflicts(self, actual: StreamConfig) -> list[str]:
@@ -89,6 +91,11 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec) -> StreamInfo:
     for _ in range(3):
         try:
             info = await js.stream_info(spec.name)
+            if not info.config.allow_atomic:
+                # Streams made before atomic batches were used: turning the setting on changes nothing stored.
+                config = info.config
+                config.allow_atomic = True
+                info = await js.update_stream(config)
         except NotFoundError:
             try:
                 return await js.add_stream(spec.config())

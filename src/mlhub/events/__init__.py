@@ -4,7 +4,7 @@ This package does no I/O and imports nothing of mlhub but `mlhub.errors`.
 """
 
 from mlhub.events.audit import AuditSealed
-from mlhub.events.base import DomainEvent, canonical_json, sha256_of
+from mlhub.events.base import DomainEvent, canonical_json, sha256_of, subject_token
 from mlhub.events.catalog import AGGREGATE_TYPES, EVENT_CLASSES, EVENT_TYPES
 from mlhub.events.envelope import (
     STREAM_SUBJECTS,
@@ -17,11 +17,27 @@ from mlhub.events.envelope import (
     to_json_dict,
 )
 from mlhub.events.experiment import ExperimentCreated
-from mlhub.events.folds import final_metrics
+from mlhub.events.folds import RunLifecycle, final_metrics, run_lifecycle
 from mlhub.events.job import JobCancelled, JobFailed, JobHeartbeat, JobQueued, JobStarted, JobSucceeded
-from mlhub.events.metric import MetricDefined, MetricMigrated, MetricSpec
+from mlhub.events.keys import (
+    MAX_COUNT,
+    MAX_KEY_LENGTH,
+    MAX_TIMESTAMP_MS,
+    MIN_TIMESTAMP_MS,
+    Key,
+    MetricValue,
+    check_key,
+    check_step,
+    check_timestamp,
+    key_problem,
+    metric_value,
+)
+from mlhub.events.metric import MetricDefined, MetricMigrated, MetricSpec, metric_aggregate_id
 from mlhub.events.model import ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
+from mlhub.events.request import RequestAccepted
 from mlhub.events.run import (
+    MAX_PARAM_VALUE_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
     ArtifactStored,
     CodeVersionRecorded,
     ConfigSnapshotted,
@@ -32,17 +48,44 @@ from mlhub.events.run import (
     MetricsLogged,
     ParamsLogged,
     RunCancelled,
+    RunCrashed,
     RunCreated,
     RunFailed,
     RunFinished,
+    RunHeartbeat,
+    RunResumed,
     RunStarted,
     SeedRecorded,
     TagsSet,
 )
+from mlhub.events.status import ENDED_RUN_STATUSES, RunStatus
 from mlhub.events.upcasting import UPCASTERS, upcast
 
 __all__ = [
+    "ENDED_RUN_STATUSES",
+    "MAX_COUNT",
+    "MAX_KEY_LENGTH",
+    "MAX_PARAM_VALUE_LENGTH",
+    "MAX_TAG_VALUE_LENGTH",
+    "MAX_TIMESTAMP_MS",
+    "MIN_TIMESTAMP_MS",
+    "Key",
+    "MetricValue",
+    "RequestAccepted",
+    "RunCrashed",
+    "RunHeartbeat",
+    "RunLifecycle",
+    "RunResumed",
+    "RunStatus",
+    "check_key",
+    "check_step",
+    "check_timestamp",
     "final_metrics",
+    "key_problem",
+    "metric_aggregate_id",
+    "metric_value",
+    "run_lifecycle",
+    "subject_token",
     "AGGREGATE_TYPES",
     "EVENT_CLASSES",
     "EVENT_TYPES",

@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from mlhub.events.keys import Key
+
+__all__ = ["Attempt", "DomainEvent", "EntityId", "Key", "NonNegativeInt", "RelativePath", "Sha256Hex",
+           "canonical_json", "sha256_of", "subject_token"]
+
 #: An id that is also a NATS subject token: letters, digits, '_' and '-' (no '.', '*', '>' or spaces).
 EntityId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+_ENTITY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def subject_token(name: str, fallback: str = "experiment") -> str:
+    """The id (subject token) of a free-form name: the name itself when it is a valid id, else its slug and a
+    short hash of the name (names that slug alike stay apart: "My exp" and "my-exp!" differ). Stable: the
+    experiment ids of existing experiments and the aggregate ids of declared metrics are made by it."""
+    if _ENTITY_ID.fullmatch(name):
+        return name
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:100] or fallback
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
 #: A lowercase hex sha256 digest.
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -20,10 +39,6 @@ def _relative_without_dotdot(value: str) -> str:
     return value
 
 
-#: A metric, param or tag key (MLflow's rules: letters, digits and _-./ :, 250 characters at most; relative).
-Key = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9_\-./ :]{1,250}$"), AfterValidator(_relative_without_dotdot)
-]
 #: A logical artifact path inside a run: relative, no '..' components.
 RelativePath = Annotated[
     str, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]+$"),

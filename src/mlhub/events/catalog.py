@@ -8,6 +8,7 @@ from mlhub.events.experiment import ExperimentCreated
 from mlhub.events.job import JobCancelled, JobFailed, JobHeartbeat, JobQueued, JobStarted, JobSucceeded
 from mlhub.events.metric import MetricDefined, MetricMigrated
 from mlhub.events.model import ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
+from mlhub.events.request import RequestAccepted
 from mlhub.events.run import (
     ArtifactStored,
     CodeVersionRecorded,
@@ -17,9 +18,12 @@ from mlhub.events.run import (
     MetricsLogged,
     ParamsLogged,
     RunCancelled,
+    RunCrashed,
     RunCreated,
     RunFailed,
     RunFinished,
+    RunHeartbeat,
+    RunResumed,
     RunStarted,
     SeedRecorded,
     TagsSet,
@@ -32,6 +36,9 @@ EVENT_CLASSES: tuple[type[DomainEvent], ...] = (
     RunFinished,
     RunFailed,
     RunCancelled,
+    RunHeartbeat,
+    RunCrashed,
+    RunResumed,
     ConfigSnapshotted,
     SeedRecorded,
     DatasetVersionRecorded,
@@ -53,6 +60,7 @@ EVENT_CLASSES: tuple[type[DomainEvent], ...] = (
     MetricDefined,
     MetricMigrated,
     AuditSealed,
+    RequestAccepted,
 )
 
 

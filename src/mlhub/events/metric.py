@@ -6,7 +6,8 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mlhub.events.base import DomainEvent, EntityId
+from mlhub.events.base import DomainEvent, subject_token
+from mlhub.events.keys import Key
 
 
 class MetricSpec(BaseModel):
@@ -28,12 +29,24 @@ class MetricSpec(BaseModel):
 
 
 class MetricDefinitionEvent(DomainEvent):
-    """Base of events about one declared metric."""
+    """Base of events about one declared metric. Any valid metric key can be declared (`train/loss`,
+    `val/acc@top1`): the aggregate id (the subject token) is `subject_token(name)`, the name itself when it is
+    a plain id (so metrics declared before keys were free-form keep their subjects)."""
 
     aggregate_type: ClassVar[str] = "metric"
     aggregate_field: ClassVar[str] = "name"
 
-    name: EntityId
+    name: Key
+
+    @property
+    def aggregate_id(self) -> str:
+        """The metric's subject token."""
+        return metric_aggregate_id(self.name)
+
+
+def metric_aggregate_id(name: str) -> str:
+    """The aggregate id (subject token) of a declared metric's name."""
+    return subject_token(name, fallback="metric")
 
 
 class MetricDefined(MetricDefinitionEvent):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -11,12 +11,18 @@ from mlhub.events.base import (
     Attempt,
     DomainEvent,
     EntityId,
-    Key,
     NonNegativeInt,
     RelativePath,
     Sha256Hex,
     sha256_of,
 )
+from mlhub.events.keys import Key, MetricValue, Step, TimestampMs, as_floats
+
+#: Longest param value (MLflow's limit) and tag value (MLflow's limit), in characters.
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+#: Who ended a run by hand (a token's name, a user): recorded on the end event.
+Actor = Annotated[str, Field(min_length=1, max_length=200)]
 
 GitCommit = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}([0-9a-f]{24})?$")]
 
@@ -52,29 +58,65 @@ class RunStarted(RunEvent):
 
 
 class RunFinished(RunEvent):
-    """The run ended successfully."""
+    """The run ended successfully (schema v2: `ended_by` when a user ended it by hand)."""
 
     event_type: ClassVar[str] = "run.finished"
+    schema_version: ClassVar[int] = 2
 
     attempt: Attempt = 1
+    ended_by: Actor | None = None
 
 
 class RunFailed(RunEvent):
-    """The run ended with an error."""
+    """The run ended with an error (schema v2: `ended_by` when a user ended it by hand)."""
 
     event_type: ClassVar[str] = "run.failed"
+    schema_version: ClassVar[int] = 2
 
     attempt: Attempt = 1
     error_type: str = Field(min_length=1, max_length=200)
     error: str = Field(max_length=20_000)
+    ended_by: Actor | None = None
 
 
 class RunCancelled(RunEvent):
-    """The run was cancelled before it ended."""
+    """The run was stopped before it ended: its status is `killed` (a user, SIGTERM or Ctrl-C, a cancelled
+    job). Schema v2: `ended_by` when a user ended it by hand."""
 
     event_type: ClassVar[str] = "run.cancelled"
+    schema_version: ClassVar[int] = 2
 
     reason: str = Field(default="", max_length=2000)
+    ended_by: Actor | None = None
+
+
+class RunHeartbeat(RunEvent):
+    """The run's producer is alive (sent when it has appended nothing else for MLHUB_RUN_HEARTBEAT_S)."""
+
+    event_type: ClassVar[str] = "run.heartbeat"
+
+    attempt: Attempt = 1
+
+
+class RunCrashed(RunEvent):
+    """The run's producer went silent: nothing of the run (or of its job) was appended for `silent_s`
+    seconds, past MLHUB_RUN_DEAD_AFTER_S; the reaper ended it. It can be resumed (run.resumed)."""
+
+    event_type: ClassVar[str] = "run.crashed"
+
+    attempt: Attempt = 1
+    reason: str = Field(max_length=2000)
+    silent_s: float = Field(ge=0)
+    last_seq: NonNegativeInt
+
+
+class RunResumed(RunEvent):
+    """A crashed run was resumed: logging goes on in the same attempt (the points from before count)."""
+
+    event_type: ClassVar[str] = "run.resumed"
+
+    attempt: Attempt = 1
+    resumed_by: Actor | None = None
 
 
 class ConfigSnapshotted(RunEvent):
@@ -118,11 +160,17 @@ class CodeVersionRecorded(RunEvent):
     """The code the run ran: git commit, whether the tree was dirty, and the sha256 of the uncommitted diff."""
 
     event_type: ClassVar[str] = "run.code_version_recorded"
+    schema_version: ClassVar[int] = 2
 
     git_commit: GitCommit | None
+    #: Whether tracked files differ from the commit (untracked files do not make a tree dirty).
     dirty: bool
+    #: sha256 of the real diff of tracked files against the commit (`git diff HEAD --binary`), when dirty.
     diff_sha256: Sha256Hex | None = None
     repository: str | None = None
+    #: Untracked files (not ignored) in the tree, listed apart (v2; the first 1,000) and how many there were.
+    untracked: tuple[Annotated[str, Field(max_length=1000)], ...] = Field(default=(), max_length=1000)
+    untracked_count: NonNegativeInt = 0
 
 
 class EnvironmentRecorded(RunEvent):
@@ -144,7 +192,7 @@ class ParamsLogged(RunEvent):
 
     event_type: ClassVar[str] = "run.params_logged"
 
-    params: dict[Key, Annotated[str, Field(max_length=6000)]]
+    params: dict[Key, Annotated[str, Field(max_length=MAX_PARAM_VALUE_LENGTH)]]
 
 
 class TagsSet(RunEvent):
@@ -152,11 +200,12 @@ class TagsSet(RunEvent):
 
     event_type: ClassVar[str] = "run.tags_set"
 
-    tags: dict[Key, Annotated[str, Field(max_length=5000)]]
+    tags: dict[Key, Annotated[str, Field(max_length=MAX_TAG_VALUE_LENGTH)]]
 
 
 class MetricPoint(NamedTuple):
-    """One metric value at a step and epoch; timestamp in milliseconds since the Unix epoch."""
+    """One metric value at a step and epoch; timestamp in milliseconds since the Unix epoch (validated by the
+    event that carries it, with the rules of mlhub.events.keys)."""
 
     key: str
     value: float
@@ -166,15 +215,25 @@ class MetricPoint(NamedTuple):
 
 
 class MetricSeries(BaseModel):
-    """Points of one metric key in columnar form (the four columns have one length)."""
+    """Points of one metric key in columnar form (the four columns have one length). Values are strict numbers
+    (or "NaN"/"Infinity"/"-Infinity", turned into floats); steps and epochs 0..2**63-1; timestamps in ms
+    within the years 1 to 9999 (mlhub.events.keys)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
 
     key: Key
-    values: tuple[float, ...]
-    steps: tuple[NonNegativeInt, ...]
-    epochs: tuple[NonNegativeInt, ...]
-    timestamps: tuple[NonNegativeInt, ...]
+    if TYPE_CHECKING:  # what the validator below leaves: floats only
+        values: tuple[float, ...]
+    else:
+        values: tuple[MetricValue, ...]
+    steps: tuple[Step, ...]
+    epochs: tuple[Step, ...]
+    timestamps: tuple[TimestampMs, ...]
+
+    @field_validator("values")
+    @classmethod
+    def _floats(cls, values: tuple[float | str, ...]) -> tuple[float, ...]:
+        return as_floats(values)
 
     @model_validator(mode="after")
     def _same_lengths(self) -> Self:
@@ -188,12 +247,16 @@ class MetricSeries(BaseModel):
 
 
 class MetricsLogged(RunEvent):
-    """A batch of metric points (schema v2: one columnar series per key; v1 stored a list of points)."""
+    """A batch of metric points of one attempt of the run (schema v3: `attempt`; v2: one columnar series per
+    key; v1 stored a list of points). Readers of a run's results use its last attempt's points only."""
 
     event_type: ClassVar[str] = "run.metrics_logged"
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     series: tuple[MetricSeries, ...] = Field(min_length=1)
+    #: The attempt the points belong to; None for points stored before v3 (which did not say: they belong to
+    #: the attempt whose run.started came last before them).
+    attempt: Attempt | None = 1
 
     @field_validator("series")
     @classmethod
@@ -204,7 +267,8 @@ class MetricsLogged(RunEvent):
         return series
 
     @classmethod
-    def from_points(cls, run_id: str, points: list[MetricPoint] | list[tuple[str, float, int, int, int]]) -> Self:
+    def from_points(cls, run_id: str, points: list[MetricPoint] | list[tuple[str, float, int, int, int]],
+                    attempt: int = 1) -> Self:
         """Build a batch from points in any key order (the order within a key is kept)."""
         columns: dict[str, tuple[list[float], list[int], list[int], list[int]]] = {}
         for key, value, step, epoch, timestamp in points:
@@ -215,6 +279,7 @@ class MetricsLogged(RunEvent):
             col[3].append(timestamp)
         return cls(
             run_id=run_id,
+            attempt=attempt,
             series=tuple(
                 MetricSeries(key=k, values=tuple(v), steps=tuple(s), epochs=tuple(e), timestamps=tuple(t))
                 for k, (v, s, e, t) in columns.items()

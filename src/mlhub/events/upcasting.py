@@ -33,9 +33,30 @@ def upcast_run_metrics_logged_v1_v2(payload: Payload) -> Payload:
     return {**rest, "series": list(series.values())}
 
 
+def upcast_run_metrics_logged_v2_v3(payload: Payload) -> Payload:
+    """v3 records the attempt the points belong to; v2 did not say, so its points get None (unknown: they
+    belong to the attempt whose run.started came last before them, as readers assumed before v3)."""
+    return {**payload, "attempt": None}
+
+
+def upcast_added_ended_by(payload: Payload) -> Payload:
+    """run.finished / run.failed / run.cancelled v2 name who ended a run by hand; earlier ones were not."""
+    return {**payload, "ended_by": None}
+
+
+def upcast_run_code_version_recorded_v1_v2(payload: Payload) -> Payload:
+    """v2 lists untracked files apart; v1 did not look at them (its `dirty` may have counted them)."""
+    return {**payload, "untracked": [], "untracked_count": 0}
+
+
 #: (event type, from version) -> upcaster to version + 1
 UPCASTERS: dict[tuple[str, int], Callable[[Payload], Payload]] = {
     ("run.metrics_logged", 1): upcast_run_metrics_logged_v1_v2,
+    ("run.metrics_logged", 2): upcast_run_metrics_logged_v2_v3,
+    ("run.finished", 1): upcast_added_ended_by,
+    ("run.failed", 1): upcast_added_ended_by,
+    ("run.cancelled", 1): upcast_added_ended_by,
+    ("run.code_version_recorded", 1): upcast_run_code_version_recorded_v1_v2,
 }
 
 

@@ -9,7 +9,6 @@ The scheduler knows a plugin name and a config, nothing about models.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import uuid
@@ -35,6 +34,7 @@ from mlhub.events import (
     SeedRecorded,
     TagsSet,
     sha256_of,
+    subject_token,
 )
 from mlhub.scheduler.config import ExperimentConfig
 from mlhub.scheduler.errors import ExperimentNameTaken, JobAlreadyEnded, JobNotFound
@@ -73,14 +73,9 @@ class CancelResult:
 
 
 def experiment_id_for(name: str) -> str:
-    """The experiment id of a name: the name itself when it is a valid id, else its slug + a short hash.
-
-    The hash keeps names that slug alike apart ("My exp" and "my-exp!" differ) and is stable across runs.
-    """
-    if _ENTITY_ID.fullmatch(name):
-        return name
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:100] or "experiment"
-    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+    """The experiment id of a name: the name itself when it is a valid id, else its slug + a short hash
+    (`mlhub.events.subject_token`, stable across runs)."""
+    return subject_token(name)
 
 
 def resolve_snapshot(config: ExperimentConfig, seed: int) -> dict[str, Any]:
