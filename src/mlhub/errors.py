@@ -27,6 +27,12 @@ class InvalidMetric(InvalidInput):
     code = "INVALID_METRIC"
 
 
+class ExperimentNameTaken(InvalidInput):
+    """The experiment id a name maps to already belongs to an experiment of another name."""
+
+    code = "CONCURRENCY_CONFLICT"
+
+
 class EventDecodeError(MlhubError):
     """A stored message is not a readable mlhub event (unknown type, newer schema, corrupt payload)."""
 

@@ -69,6 +69,20 @@ class Settings(BaseSettings):
     api_query_max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     #: Longest a /query runs before it is interrupted (seconds).
     api_query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: Largest request body the API reads (bytes); a larger one is refused with 413 before it is read.
+    api_max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    #: Most params + tags + metric keys one tracking request may carry (MLflow's log-batch allows 1,000).
+    api_max_keys_per_request: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    #: Most metric points one tracking request may carry.
+    api_max_points_per_request: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
+    #: Largest experiment config a job may be submitted with (bytes of its canonical JSON) and its deepest nesting.
+    api_max_config_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024
+    api_max_config_depth: Annotated[int, Field(ge=2, le=200)] = 32
+    #: The reaper (in `mlhub projector`, one active instance) ends a running run as `crashed` when nothing of it
+    #: (no metric batch, heartbeat, or its job's heartbeat) was appended for this long (seconds).
+    run_dead_after_s: Annotated[float, Field(gt=0)] = 300.0
+    #: Seconds between the reaper's sweeps.
+    reaper_interval_s: Annotated[float, Field(gt=0)] = 30.0
     #: How often the API looks for new metric-table commits (seconds); a read with min_seq looks at once.
     api_metrics_refresh_s: Annotated[float, Field(ge=0)] = 1.0
     #: The hub the CLI's client commands (submit, runs, show, query, ...) talk to, unless MLHUB_NATS_URL is set

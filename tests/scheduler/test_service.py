@@ -132,10 +132,11 @@ async def test_cancel_a_queued_job(event_log: EventLog) -> None:
     last = job.events[-1].envelope
     assert last.event == JobCancelled(job_id=result.job_id, reason="wrong config", requested_by="ana")
     assert last.correlation_id == result.job_id
-    # No worker holds a queued job, so its run is cancelled too (after the job: the job's cancel decides).
+    # No worker holds a queued job, so its run is cancelled too, in the same atomic batch, right after the job's.
     run = await event_log.read_aggregate("run", result.run_id)
-    assert cancelled.run_seq == run.version > cancelled.seq
-    assert run.events[-1].envelope.event == RunCancelled(run_id=result.run_id, reason="wrong config")
+    assert cancelled.run_seq == run.version == cancelled.seq + 1
+    assert run.events[-1].envelope.event == RunCancelled(run_id=result.run_id, reason="wrong config",
+                                                         ended_by="ana")
     assert run.events[-1].envelope.correlation_id == result.job_id
 
 

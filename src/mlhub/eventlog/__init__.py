@@ -2,6 +2,7 @@
 embedded nats-server launcher. Imports only `mlhub.events` (and `mlhub.errors`) of mlhub."""
 
 from mlhub.eventlog.client import (
+    MAX_ATOMIC_BATCH,
     AggregateEvents,
     AppendResult,
     EventLog,
@@ -13,6 +14,7 @@ from mlhub.eventlog.server import EmbeddedNats, nats_endpoint, nats_server_binar
 from mlhub.eventlog.stream import MAX_EVENT_BYTES, STREAM_NAME, StreamSpec, ensure_stream
 
 __all__ = [
+    "MAX_ATOMIC_BATCH",
     "MAX_EVENT_BYTES",
     "STREAM_NAME",
     "AggregateEvents",

@@ -442,6 +442,26 @@ class EventLog:
 
     # -- reading ------------------------------------------------------------------------------------------
 
+    async def find_events(self, subject_filter: str, event_ids: Iterable[str], *,
+                          from_seq: int = 1) -> dict[str, Recorded]:
+        """The stored events among `event_ids` under subject_filter (from from_seq on), decoded, by event id.
+        Only matching messages are decoded (the event id leads every stored message)."""
+        wanted = {str(i) for i in event_ids}
+        found: dict[str, Recorded] = {}
+        if not wanted or await self.last_sequence(subject_filter) < from_seq:
+            return found
+        async with contextlib.aclosing(self.replay_batches(from_seq, subject_filter=subject_filter)) as batches:
+            async for batch in batches:
+                for stored in batch:
+                    head = stored.data[:64]
+                    if any(i.encode() in head for i in wanted - found.keys()):
+                        recorded = Recorded(stored.seq, decode(stored.data))
+                        if str(recorded.envelope.event_id) in wanted:
+                            found[str(recorded.envelope.event_id)] = recorded
+                if len(found) == len(wanted):
+                    break
+        return found
+
     async def read_aggregate(self, aggregate_type: str, aggregate_id: str) -> AggregateEvents:
         """Every event of one aggregate, upcast to the current classes, and the aggregate's version."""
         subject = aggregate_subject_filter(aggregate_type, aggregate_id)

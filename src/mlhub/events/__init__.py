@@ -16,8 +16,8 @@ from mlhub.events.envelope import (
     event_subject,
     to_json_dict,
 )
-from mlhub.events.experiment import ExperimentCreated
-from mlhub.events.folds import RunLifecycle, final_metrics, run_lifecycle
+from mlhub.events.experiment import ExperimentCreated, experiment_id_for, experiment_to_create
+from mlhub.events.folds import ENDED_JOB_STATES, JobStatus, RunLifecycle, final_metrics, job_status, run_lifecycle
 from mlhub.events.job import JobCancelled, JobFailed, JobHeartbeat, JobQueued, JobStarted, JobSucceeded
 from mlhub.events.keys import (
     MAX_COUNT,
@@ -62,7 +62,12 @@ from mlhub.events.status import ENDED_RUN_STATUSES, RunStatus
 from mlhub.events.upcasting import UPCASTERS, upcast
 
 __all__ = [
+    "ENDED_JOB_STATES",
     "ENDED_RUN_STATUSES",
+    "JobStatus",
+    "experiment_id_for",
+    "experiment_to_create",
+    "job_status",
     "MAX_COUNT",
     "MAX_KEY_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",

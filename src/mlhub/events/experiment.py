@@ -6,7 +6,8 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from mlhub.events.base import DomainEvent, EntityId
+from mlhub.errors import ExperimentNameTaken
+from mlhub.events.base import DomainEvent, EntityId, subject_token
 
 
 class ExperimentEvent(DomainEvent):
@@ -26,3 +27,23 @@ class ExperimentCreated(ExperimentEvent):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=5000)
     tags: dict[str, str] = Field(default_factory=dict)
+
+
+def experiment_id_for(name: str) -> str:
+    """The experiment id of a name: the name itself when it is a valid id, else its slug and a short hash."""
+    return subject_token(name)
+
+
+def experiment_to_create(name: str, existing: DomainEvent | None) -> ExperimentCreated | None:
+    """The experiment.created to append for a name, or None when `existing` (the experiment's stored
+    experiment.created, read by the caller) shows it exists; ExperimentNameTaken when that id belongs to an
+    experiment of another name. The scheduler and the tracking service both create experiments through it
+    (appending the event guarded to be the experiment's first)."""
+    experiment_id = experiment_id_for(name)
+    if existing is None:
+        return ExperimentCreated(experiment_id=experiment_id, name=name)
+    if isinstance(existing, ExperimentCreated) and existing.name != name:
+        raise ExperimentNameTaken(
+            f"experiment id {experiment_id!r} belongs to the experiment named {existing.name!r}, not {name!r}: "
+            "choose another experiment name")
+    return None

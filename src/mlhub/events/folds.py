@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from mlhub.events.base import DomainEvent
+from mlhub.events.job import JobCancelled, JobFailed, JobQueued, JobStarted, JobSucceeded
 from mlhub.events.run import (
     MetricsLogged,
     ParamsLogged,
@@ -107,3 +109,27 @@ def final_metrics(events: Iterable[DomainEvent]) -> dict[str, float]:
                             best, final[series.key] = (step, ts), value
                 at[series.key] = best
     return final
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+#: Job states after which nothing more happens to a job.
+ENDED_JOB_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def job_status(events: Iterable[DomainEvent]) -> JobStatus | None:
+    """A job's status from its events, oldest first (None when it was never queued); a retryable failure
+    re-queues it while attempts are left."""
+    status: JobStatus | None = None
+    max_attempts = 1
+    for event in events:
+        if isinstance(event, JobQueued):
+            status, max_attempts = "queued", event.max_attempts
+        elif isinstance(event, JobStarted):
+            status = "running"
+        elif isinstance(event, JobSucceeded):
+            status = "succeeded"
+        elif isinstance(event, JobFailed):
+            status = "queued" if event.retryable and event.attempt < max_attempts else "failed"
+        elif isinstance(event, JobCancelled):
+            status = "cancelled"
+    return status

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mlhub.errors import InvalidInput, MlhubError
+from mlhub.errors import ExperimentNameTaken, InvalidInput, MlhubError
+
+__all__ = ["ExperimentNameTaken"]  # re-exported: the error lives in mlhub.errors (the tracking service raises it too)
 
 
 class ConfigError(InvalidInput):
@@ -36,10 +38,6 @@ class JobAlreadyEnded(MlhubError):
         super().__init__(message)
         #: The state the job ended in.
         self.state = state
-
-
-class ExperimentNameTaken(InvalidInput):
-    """The experiment id a name maps to already belongs to an experiment of another name."""
 
 
 class RunNotFound(MlhubError):

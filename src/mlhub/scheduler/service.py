@@ -25,24 +25,27 @@ from mlhub.events import (
     Envelope,
     ExperimentCreated,
     JobCancelled,
-    JobFailed,
     JobQueued,
-    JobStarted,
-    JobSucceeded,
     RunCancelled,
     RunCreated,
     SeedRecorded,
     TagsSet,
+    aggregate_subject_filter,
+    experiment_id_for,
+    experiment_to_create,
     sha256_of,
-    subject_token,
 )
+from mlhub.events.folds import ENDED_JOB_STATES, JobStatus
+from mlhub.events.folds import job_status as fold_job_status
 from mlhub.scheduler.config import ExperimentConfig
 from mlhub.scheduler.errors import ExperimentNameTaken, JobAlreadyEnded, JobNotFound
 
+__all__ = ["ENDED_STATES", "JobStatus", "SubmitResult", "CancelResult", "cancel", "ensure_experiment",
+           "experiment_id_for", "job_status", "resolve_snapshot", "submit", "submit_snapshot"]
+
 _ENTITY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: Job states after which nothing more happens to a job.
-ENDED_STATES = frozenset({"succeeded", "failed", "cancelled"})
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ENDED_STATES = ENDED_JOB_STATES
 
 
 @dataclass(frozen=True)
@@ -70,12 +73,6 @@ class CancelResult:
     #: Sequence of the run.cancelled appended for a job that was not running; None for a running job (the
     #: worker running it ends its run).
     run_seq: int | None = None
-
-
-def experiment_id_for(name: str) -> str:
-    """The experiment id of a name: the name itself when it is a valid id, else its slug + a short hash
-    (`mlhub.events.subject_token`, stable across runs)."""
-    return subject_token(name)
 
 
 def resolve_snapshot(config: ExperimentConfig, seed: int) -> dict[str, Any]:
@@ -150,11 +147,6 @@ async def _queue(
     def envelope(event: DomainEvent) -> Envelope:
         return Envelope(event=event, producer=producer, correlation_id=job_id)
 
-    seqs: list[int] = []
-    created_seq = await ensure_experiment(event_log, experiment_id, config.experiment, envelope)
-    if created_seq is not None:
-        seqs.append(created_seq)
-
     run_events: list[DomainEvent] = [
         RunCreated(run_id=run_id, experiment_id=experiment_id, name=f"{config.plugin}-{run_id[:8]}",
                    job_id=job_id, source="job", reproduces_run_id=reproduces_run_id),
@@ -163,19 +155,35 @@ async def _queue(
     ]
     if config.tags:
         run_events.append(TagsSet(run_id=run_id, tags=dict(config.tags)))
-    version = 0
-    for event in run_events:
-        version = (await event_log.append(envelope(event), expected_version=version)).seq
-        seqs.append(version)
-
     queued = JobQueued(
         job_id=job_id, run_id=run_id, experiment_id=experiment_id, plugin=config.plugin, pool=config.pool,
         config=snapshot, config_sha256=config_sha256, timeout_s=config.timeout_s, max_attempts=config.max_attempts,
     )
-    seqs.append((await event_log.append(envelope(queued), expected_version=0)).seq)
-    return SubmitResult(job_id=job_id, run_id=run_id, experiment_id=experiment_id, seed=seed,
-                        seed_source=seed_source, config_sha256=config_sha256,
-                        experiment_created=created_seq is not None, seqs=tuple(seqs))
+    # One atomic batch: the experiment (when new), the run's provenance and job.queued are stored together or
+    # not at all, so no half-submitted job (a run without its job, an experiment without its run) is left.
+    for _ in range(3):
+        created = await experiment_event(event_log, experiment_id, config.experiment)
+        events = ([created] if created is not None else []) + run_events + [queued]
+        guards = {0: (aggregate_subject_filter("experiment", experiment_id), 0)} if created is not None else {}
+        guards[len(events) - len(run_events) - 1] = (aggregate_subject_filter("run", run_id), 0)
+        guards[len(events) - 1] = (aggregate_subject_filter("job", job_id), 0)
+        try:
+            results = await event_log.append_atomic([envelope(e) for e in events], guards=guards)
+        except ConcurrencyError:
+            if created is None:
+                raise
+            continue  # the experiment was created meanwhile: queue without creating it
+        return SubmitResult(job_id=job_id, run_id=run_id, experiment_id=experiment_id, seed=seed,
+                            seed_source=seed_source, config_sha256=config_sha256,
+                            experiment_created=created is not None, seqs=tuple(r.seq for r in results))
+    raise ConcurrencyError(f"experiment {experiment_id} kept changing while the job was submitted; retry")
+
+
+async def experiment_event(event_log: EventLog, experiment_id: str, name: str) -> ExperimentCreated | None:
+    """The experiment.created to append with a new run of experiment `name` (None when it exists); the
+    scheduler and the tracking service both create experiments through this and `experiment_to_create`."""
+    existing = await event_log.last_event(f"{SUBJECT_PREFIX}.experiment.{experiment_id}.created")
+    return experiment_to_create(name, existing.envelope.event if existing is not None else None)
 
 
 async def ensure_experiment(
@@ -203,22 +211,8 @@ async def ensure_experiment(
 
 
 def job_status(events: Sequence[Recorded]) -> JobStatus | None:
-    """A job's status from its events (None when it was never queued); a retryable failure re-queues it."""
-    status: JobStatus | None = None
-    max_attempts = 1
-    for recorded in events:
-        event = recorded.envelope.event
-        if isinstance(event, JobQueued):
-            status, max_attempts = "queued", event.max_attempts
-        elif isinstance(event, JobStarted):
-            status = "running"
-        elif isinstance(event, JobSucceeded):
-            status = "succeeded"
-        elif isinstance(event, JobFailed):
-            status = "queued" if event.retryable and event.attempt < max_attempts else "failed"
-        elif isinstance(event, JobCancelled):
-            status = "cancelled"
-    return status
+    """A job's status from its recorded events (mlhub.events.job_status, the one fold of a job)."""
+    return fold_job_status(r.envelope.event for r in events)
 
 
 async def cancel(
@@ -243,18 +237,19 @@ async def cancel(
         if status in ENDED_STATES:
             raise JobAlreadyEnded(f"job {job_id} has already ended ({status}): nothing to cancel", state=status)
         event = JobCancelled(job_id=job_id, reason=reason, requested_by=requested_by)
+        envelopes = [Envelope(event=event, producer=producer, correlation_id=job_id)]
+        queued = next((r.envelope.event for r in job.events if isinstance(r.envelope.event, JobQueued)), None)
+        if status == "queued" and queued is not None:
+            # No worker holds a queued job: its run is ended here, in the same atomic batch as the cancel.
+            run_event = RunCancelled(run_id=queued.run_id, reason=reason, ended_by=requested_by)
+            envelopes.append(Envelope(event=run_event, producer=producer, correlation_id=job_id))
         try:
-            result = await event_log.append(Envelope(event=event, producer=producer, correlation_id=job_id),
-                                            expected_version=job.version)
+            results = await event_log.append_atomic(
+                envelopes, guards={0: (aggregate_subject_filter("job", job_id), job.version)})
         except ConcurrencyError:
             if attempt == 2:
                 raise
             continue
-        run_seq = None
-        queued = next((r.envelope.event for r in job.events if isinstance(r.envelope.event, JobQueued)), None)
-        if status == "queued" and queued is not None:
-            run_event = RunCancelled(run_id=queued.run_id, reason=reason)
-            run_seq = (await event_log.append(Envelope(event=run_event, producer=producer,
-                                                       correlation_id=job_id))).seq
-        return CancelResult(job_id=job_id, previous_status=status, seq=result.seq, run_seq=run_seq)
+        return CancelResult(job_id=job_id, previous_status=status, seq=results[0].seq,
+                            run_seq=results[1].seq if len(results) > 1 else None)
     raise AssertionError("unreachable")  # pragma: no cover
