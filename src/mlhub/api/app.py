@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.engine import Engine
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import mlhub
 from mlhub.api.auth import load_tokens
@@ -23,12 +24,14 @@ from mlhub.api.deps import MinSeq, ReaderDep, StateDep
 from mlhub.api.errors import install_error_handlers
 from mlhub.api.routes_read import router as read_router
 from mlhub.api.routes_read import wait_all
+from mlhub.api.routes_tracking import router as tracking_router
 from mlhub.api.routes_write import router as write_router
 from mlhub.api.schemas import ErrorBody, Health, LogBatch, QueryRequest, QueryResult, Readiness
 from mlhub.api.series import run_query
 from mlhub.api.state import SQL_PROJECTOR, AppState, MetricEngines
 from mlhub.eventlog import EventLog
 from mlhub.settings import Settings
+from mlhub.tracking import TrackingService
 
 API_PREFIX = "/api/v1"
 
@@ -113,6 +116,39 @@ def _document_raw_bodies(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def tracking_service(settings: Settings, event_log: EventLog) -> TrackingService:
+    """The tracking service of an API process, with the deployment's limits and undeclared-metrics mode."""
+    from mlhub.tracking import DeclaredMetrics, TrackingLimits
+
+    declared = DeclaredMetrics(event_log) if settings.undeclared_metrics == "reject" else None
+    return TrackingService(event_log, producer=settings.producer, limits=TrackingLimits.from_settings(settings),
+                           declared_metrics=declared)
+
+
+class BodySizeLimit:
+    """Refuse (413, the API's error body) a request whose declared Content-Length is over the limit, before
+    its body is read. Artifact uploads stream to disk and are not limited here; log-batch also counts the
+    bytes of a body sent without a length (routes_tracking.read_body)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not str(scope.get("path", "")).endswith("/artifacts"):
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    from mlhub.api.errors import error_response
+
+                    response = error_response(
+                        413, "REQUEST_TOO_LARGE", f"the request body is {int(value)} bytes; the hub takes "
+                        f"{self.limit} (MLHUB_API_MAX_BODY_BYTES)", {"limit": "MLHUB_API_MAX_BODY_BYTES",
+                                                                    "max": self.limit})
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, event_log: EventLog | None = None) -> FastAPI:
     """The mlhub REST API. Constructing it does no I/O; the lifespan connects."""
     settings = settings or Settings()
@@ -123,7 +159,7 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
         async with open_resources(settings, event_log) as (log, engine):
             app.state.mlhub = AppState(
                 settings=settings, event_log=log, engine=engine, tokens=tokens,
-                metrics=MetricEngines(settings, engine),
+                metrics=MetricEngines(settings, engine), tracking=tracking_service(settings, log),
                 protected_aliases=frozenset(a.strip().lower() for a in settings.api_protected_aliases.split(",")
                                             if a.strip()),
             )
@@ -139,7 +175,8 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
     )
     install_error_handlers(app)
     _document_raw_bodies(app)
-    for router in (health_router, ops_router, read_router, write_router):
+    app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+    for router in (health_router, ops_router, read_router, tracking_router, write_router):
         app.include_router(router, prefix=API_PREFIX)
     # /healthz and /readyz also at the root, where orchestrators look (documented once, under /api/v1)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)

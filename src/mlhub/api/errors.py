@@ -42,9 +42,16 @@ ERROR_CODE_TO_HTTP_STATUS: dict[str, int] = {
     "CONCURRENCY_CONFLICT": 409,
     "INVALID_STATE": 409,
     "PROMOTION_CONFLICT": 409,
+    "IDEMPOTENCY_KEY_REUSED": 409,
+    "PARAM_VALUE_CHANGED": 409,
+    # 413: a body or an event over a size limit (the error names the setting)
+    "REQUEST_TOO_LARGE": 413,
     # 422: a well-formed body whose content cannot be used (a bad experiment config, a bad event field)
     "INVALID_CONFIG": 422,
     "UNPROCESSABLE": 422,
+    "INVALID_METRIC": 422,
+    "UNDECLARED_METRIC": 422,
+    "LIMIT_EXCEEDED": 422,
     "QUERY_TIMEOUT": 422,
     "ARTIFACT_CHECKSUM_MISMATCH": 422,
     # a promotion whose gate (e.g. val_acc >= 0.9) the version does not meet: the body is well formed, but that
@@ -52,6 +59,7 @@ ERROR_CODE_TO_HTTP_STATUS: dict[str, int] = {
     "PROMOTION_GATE_FAILED": 422,
     "RUN_NOT_REGISTRABLE": 422,
     # 5xx: the server side
+    "APPEND_REJECTED": 503,
     "NOT_IMPLEMENTED": 501,
     "REGISTRY_GATES_INVALID": 500,
     "EVENT_LOG_UNAVAILABLE": 503,

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: A step, epoch or timestamp: a non-negative 64-bit integer.
-Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
-#: A metric value as JSON: a number, or "NaN" / "Infinity" / "-Infinity" (JSON has no such numbers).
-MetricValue = float | Literal["NaN", "Infinity", "-Infinity"]
+from mlhub.events.keys import MetricValue as MetricValue  # a number or "NaN"/"Infinity"/"-Infinity" (strict)
+from mlhub.events.keys import Step, TimestampMs
 
 
 class ErrorDetail(BaseModel):
@@ -368,29 +366,33 @@ class RunCreate(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     request_id: uuid.UUID | None = Field(default=None, description=(
         "client-chosen id of this request: the run id and the events' ids are derived from it, so a retried "
-        "request (the answer was lost) names the same run and appends nothing new"))
+        "request (the answer was lost) names the same run and appends nothing new; the same id with another "
+        "body is refused (409 IDEMPOTENCY_KEY_REUSED)"))
 
 
 class RunCreated(BaseModel):
-    """A created run, with the sequences of its events."""
+    """A created run, with the sequences of its events (duplicate: a retried request_id, nothing new)."""
 
     run_id: str
     experiment_id: str
     seq: int
     seqs: list[int]
+    duplicate: bool = False
 
 
 class MetricBatch(BaseModel):
-    """Points of one key in columnar form; steps, epochs and timestamps default to 0.. / 0 / now."""
+    """Points of one key in columnar form; steps default to 0, epochs to 0 and timestamps to now. Keys and
+    values follow mlhub.events.keys (any Unicode letters and digits and `_-./: @#()[],=+%`; values are numbers
+    or "NaN"/"Infinity"/"-Infinity", never bools or numeric strings)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    key: str = Field(min_length=1, max_length=250)
-    #: Numbers; "NaN", "Infinity" and "-Infinity" are accepted as strings too.
-    values: list[float] = Field(min_length=1)
-    steps: list[Count] | None = None
-    epochs: list[Count] | None = None
-    timestamps: list[Count] | None = Field(default=None, description="milliseconds since the Unix epoch")
+    key: str = Field(max_length=1000, description="checked by the tracking service, which names a bad key")
+    values: list[MetricValue] = Field(min_length=1)
+    steps: list[Step] | None = None
+    epochs: list[Step] | None = None
+    timestamps: list[TimestampMs] | None = Field(
+        default=None, description="milliseconds since the Unix epoch, within the years 1 to 9999")
 
 
 class LogBatch(BaseModel):
@@ -403,18 +405,21 @@ class LogBatch(BaseModel):
     metrics: list[MetricBatch] = Field(default_factory=list)
     batch_id: UUID | None = Field(
         default=None,
-        description="a client-chosen id that makes a resent batch idempotent: the i-th event appended for the "
-                    "batch gets the id uuid5(batch_id, 'log-batch/<i>'), so a retry of the same body within the "
-                    "event log's duplicate window (MLHUB_DUPLICATE_WINDOW_S) is stored once; without it every "
+        description="a client-chosen id that makes a resent batch idempotent: the events' ids derive from it "
+                    "(the i-th metric event's is uuid5(batch_id, 'log-batch/<i>')), so a resend of the same body "
+                    "within the event log's duplicate window (MLHUB_DUPLICATE_WINDOW_S) stores nothing new, and "
+                    "the same id with another body is refused (409 IDEMPOTENCY_KEY_REUSED); without it every "
                     "call appends new events")
 
 
 class Appended(BaseModel):
-    """What a write appended: the last stream sequence (read with min_seq=seq) and every sequence."""
+    """What a write appended: the last stream sequence (read with min_seq=seq) and every sequence; duplicate
+    when a resent request (same batch_id and body) found everything stored already."""
 
     seq: int
     seqs: list[int]
     points: int = 0
+    duplicate: bool = False
 
 
 class ArtifactUploaded(BaseModel):
@@ -433,13 +438,32 @@ class ArtifactUploaded(BaseModel):
 
 
 class RunFinish(BaseModel):
-    """How a run ended."""
+    """How a run ended ("cancelled" is read as "killed", the status word of a run that was stopped)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    status: Literal["finished", "failed", "cancelled"] = "finished"
+    status: Literal["finished", "failed", "killed", "cancelled"] = "finished"
     error_type: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, max_length=20_000)
+
+
+class RunEnd(BaseModel):
+    """End a run by hand (a stuck or crashed script's run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["finished", "failed", "killed"] = "killed"
+    reason: str = Field(default="", max_length=2000)
+
+
+class RunResumed(BaseModel):
+    """A resumed run: its sequence and the last step logged before (the SDK's auto-step goes on after it)."""
+
+    run_id: str
+    experiment_id: str | None
+    seq: int
+    seqs: list[int]
+    last_step: int | None
 
 
 class CallerPublic(BaseModel):

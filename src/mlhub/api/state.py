@@ -25,6 +25,7 @@ from mlhub.api.errors import ApiError, ProjectionTimeout
 from mlhub.eventlog import EventLog
 from mlhub.readmodel import tables as t
 from mlhub.settings import Settings
+from mlhub.tracking import TrackingService
 
 #: The SQL projector's name in projector_checkpoints.
 SQL_PROJECTOR = "sql"
@@ -142,6 +143,8 @@ class AppState:
     engine: Engine
     tokens: TokenTable
     metrics: MetricEngines
+    #: The write side of run tracking (its run-state cache lives as long as the app).
+    tracking: TrackingService
     protected_aliases: frozenset[str] = field(default_factory=frozenset)
     #: The highest SQL checkpoint seen so far (a read whose min_seq is at or below it does not wait).
     sql_position: int = 0

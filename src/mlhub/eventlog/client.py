@@ -11,6 +11,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import nats.errors
@@ -213,6 +214,15 @@ class EventLog:
             return int(info.state.last_seq)
         msg = await self._direct_get({"last_by_subj": subject_filter})
         return 0 if msg is None else _direct_seq(msg)
+
+    async def last_stored_at(self, subject_filter: str) -> tuple[int, datetime] | None:
+        """The sequence and the server's store time of the last message matching subject_filter (None when
+        there is none); the time is the stream's own clock, not a producer's."""
+        msg = await self._direct_get({"last_by_subj": subject_filter})
+        if msg is None:
+            return None
+        stamp = (msg.headers or {}).get("Nats-Time-Stamp", "")
+        return _direct_seq(msg), _parse_stamp(stamp)
 
     async def last_event(self, subject_filter: str) -> Recorded | None:
         """The last event matching subject_filter (wildcards allowed), decoded; None when there is none."""
@@ -583,6 +593,17 @@ class EventLog:
 def _direct_seq(msg: Msg) -> int:
     """The stream sequence of a message fetched by direct get (the server sets Nats-Sequence)."""
     return int((msg.headers or {})["Nats-Sequence"])
+
+
+def _parse_stamp(stamp: str) -> datetime:
+    """A Nats-Time-Stamp header (RFC 3339 with nanoseconds, UTC) as an aware datetime."""
+    text = stamp.strip().replace("Z", "+00:00")
+    if "." in text:  # Python takes at most 6 fraction digits
+        head, rest = text.split(".", 1)
+        digits = "".join(c for c in rest if c.isdigit())
+        zone = rest[len(digits):] or "+00:00"
+        text = f"{head}.{digits[:6]}{zone}"
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 def _parse_version(version: str) -> tuple[int, int, int]:

@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
 )
 
-from mlhub.events.base import Key
+from mlhub.events.keys import Key
 from mlhub.scheduler.errors import ConfigError
 from mlhub.scheduler.yamlio import format_path, load_yaml, non_json_values
 
@@ -195,11 +195,58 @@ def _unknown_key(key: str, known: list[str], context: str = "") -> str:
     return f"unknown key{' ' + context if context else ''}{hint}"
 
 
-def validate_config(data: Any, source: str, overrides: Sequence[Override] = ()) -> ExperimentConfig:
-    """Validate a loaded document (overrides already applied); ConfigError names the file and field paths."""
+#: Default limits of a config (the API's are settings: MLHUB_API_MAX_CONFIG_BYTES / MLHUB_API_MAX_CONFIG_DEPTH).
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_CONFIG_DEPTH = 32
+
+
+def nesting_depth(data: Any, limit: int) -> int:
+    """How deeply a JSON-like value nests (a scalar is 0), counted without recursion; stops past `limit`."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list | tuple):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def check_config_limits(data: Any, source: str, *, max_bytes: int = MAX_CONFIG_BYTES,
+                        max_depth: int = MAX_CONFIG_DEPTH) -> None:
+    """ConfigTooLarge when a config nests deeper than max_depth or its JSON is over max_bytes (checked before
+    anything recursive sees it)."""
+    import json
+
+    from mlhub.scheduler.errors import ConfigTooLarge
+
+    depth = nesting_depth(data, max_depth)
+    if depth > max_depth:
+        raise ConfigTooLarge(f"{source}: the config nests more than {max_depth} levels deep "
+                             "(MLHUB_API_MAX_CONFIG_DEPTH)", limit="MLHUB_API_MAX_CONFIG_DEPTH", maximum=max_depth,
+                             value=depth)
+    try:
+        size = len(json.dumps(data, default=str, separators=(",", ":")).encode())
+    except (TypeError, ValueError):
+        return  # not JSON: validate_config names the value
+    if size > max_bytes:
+        raise ConfigTooLarge(f"{source}: the config is {size} bytes as JSON; a job's config may be {max_bytes} "
+                             "(MLHUB_API_MAX_CONFIG_BYTES)", limit="MLHUB_API_MAX_CONFIG_BYTES", maximum=max_bytes,
+                             value=size)
+
+
+def validate_config(data: Any, source: str, overrides: Sequence[Override] = (), *, max_bytes: int = MAX_CONFIG_BYTES,
+                    max_depth: int = MAX_CONFIG_DEPTH) -> ExperimentConfig:
+    """Validate a loaded document (overrides already applied); ConfigError names the file and field paths,
+    ConfigTooLarge a config over the size or nesting limit."""
     if not isinstance(data, dict):
         kind = "nothing (the file is empty)" if data is None else f"a {type(data).__name__}"
         raise ConfigError(source, [("", f"a config must be a mapping of keys (experiment, plugin, ...), got {kind}")])
+    check_config_limits(data, source, max_bytes=max_bytes, max_depth=max_depth)
     problems = non_json_values(data)
     try:
         config = ExperimentConfig.model_validate(data)

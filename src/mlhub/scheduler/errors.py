@@ -40,6 +40,17 @@ class JobAlreadyEnded(MlhubError):
         self.state = state
 
 
+class ConfigTooLarge(InvalidInput):
+    """An experiment config over the size or nesting limit (MLHUB_API_MAX_CONFIG_BYTES / _DEPTH); nothing
+    was appended."""
+
+    code = "REQUEST_TOO_LARGE"
+
+    def __init__(self, message: str, *, limit: str, maximum: int, value: int) -> None:
+        super().__init__(message)
+        self.details = {"limit": limit, "max": maximum, "value": value}
+
+
 class RunNotFound(MlhubError):
     """No run with that id was ever created."""
 

@@ -49,6 +49,14 @@ class ParamValueChanged(TrackingError):
     code = "PARAM_VALUE_CHANGED"
 
 
+class BadTrackingRequest(InvalidInput):
+    """A request that names nothing to do or a bad field outside keys and values (400)."""
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
 class InvalidTrackingInput(InvalidInput):
     """A key or value that cannot be logged; `details.keys` names the keys (422, code INVALID_METRIC)."""
 

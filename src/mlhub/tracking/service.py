@@ -1,0 +1,434 @@
+"""The tracking service: the one write side of run tracking for every producer (REST, the MLflow-compatible
+API, SDK resends, the reaper, `mlhub runs end`).
+
+Every command is checked whole before its first append and appends what it must store together as one
+atomic batch (mlhub.eventlog.EventLog.append_atomic) or one guarded event: a request is stored entirely or
+not at all. Every append is guarded by the run's version (RunStates), so nothing lands on a run that ended in
+between, and a param keeps its first value. Client keys (`request_id`, `batch_id`, `upload_id`) make a resent
+request store nothing new: event ids are derived from the key, the stream drops a duplicate within its
+window, and a duplicate's stored payload is compared with the request's, so a key reused with another body
+is refused (IDEMPOTENCY_KEY_REUSED) instead of being dropped in silence.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mlhub.errors import ConcurrencyError
+from mlhub.eventlog import AppendResult, EventLog
+from mlhub.events import (
+    SUBJECT_PREFIX,
+    ArtifactStored,
+    DomainEvent,
+    Envelope,
+    MetricSeries,
+    MetricsLogged,
+    ParamsLogged,
+    RunCancelled,
+    RunCrashed,
+    RunCreated,
+    RunFailed,
+    RunFinished,
+    RunHeartbeat,
+    RunResumed,
+    RunStarted,
+    RunStatus,
+    TagsSet,
+    aggregate_subject_filter,
+    experiment_id_for,
+    experiment_to_create,
+    job_status,
+    run_lifecycle,
+)
+from mlhub.tracking.errors import (
+    BadTrackingRequest,
+    IdempotencyKeyReused,
+    InvalidRunState,
+    LimitExceeded,
+    ParamValueChanged,
+    RequestTooLarge,
+    RunEnded,
+    RunNotFound,
+)
+from mlhub.tracking.limits import POINTS_PER_EVENT, TrackingLimits
+from mlhub.tracking.state import RunState, RunStates
+from mlhub.tracking.validation import SeriesInput, check_request
+
+#: A run's params or tags are cut into events of at most this many bytes (the log takes 1 MiB a message).
+_CHUNK_BYTES = 512 * 1024
+#: How often a command re-reads a run that another writer moved meanwhile before it gives up.
+_RETRIES = 20
+EndStatus = RunStatus
+DeclaredMetrics = Callable[[], Awaitable[Collection[str]]]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a command appended: stream sequences (read with min_seq=seq) and whether it was all stored before
+    (a resent request: nothing new)."""
+
+    run_id: str
+    seqs: list[int] = field(default_factory=list)
+    duplicate: bool = False
+    points: int = 0
+    experiment_id: str | None = None
+    event_id: str | None = None
+
+    @property
+    def seq(self) -> int:
+        """The last sequence written (or, for a request that appended nothing new, the run's version)."""
+        return max(self.seqs) if self.seqs else 0
+
+
+def derived_id(key: uuid.UUID | None, name: str) -> uuid.UUID | None:
+    """The event id of the event `name` of a keyed request: the same key gives the same ids."""
+    return uuid.uuid5(key, name) if key is not None else None
+
+
+def _comparable(event: DomainEvent, server_stamps: bool) -> str:
+    """An event's payload as JSON for comparing a resend with what is stored (NaN equals NaN there)."""
+    if server_stamps and isinstance(event, MetricsLogged):
+        event = event.model_copy(update={"series": tuple(s.model_copy(update={"timestamps": ()})
+                                                         for s in event.series)})
+    return event.model_dump_json(round_trip=True)
+
+
+def _chunks(values: Mapping[str, str]) -> list[dict[str, str]]:
+    chunks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    size = 0
+    for key, value in values.items():
+        item = len(key.encode()) + len(value.encode()) + 8
+        if current and size + item > _CHUNK_BYTES:
+            chunks.append(current)
+            current, size = {}, 0
+        current[key] = value
+        size += item
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def metric_events(run_id: str, series: Sequence[SeriesInput], attempt: int, now_ms: int) -> list[MetricsLogged]:
+    """Cut checked series into run.metrics_logged events of at most POINTS_PER_EVENT points (a key once per
+    event); the columns are not validated again (check_request did)."""
+    chunks: list[MetricSeries] = []
+    for s in series:
+        n = len(s.values)
+        steps = s.steps if s.steps is not None else [0] * n
+        epochs = s.epochs if s.epochs is not None else [0] * n
+        stamps = s.timestamps if s.timestamps is not None else [now_ms] * n
+        for start in range(0, n, POINTS_PER_EVENT):
+            end = start + POINTS_PER_EVENT
+            chunks.append(MetricSeries.model_construct(
+                key=s.key, values=tuple(s.values[start:end]), steps=tuple(steps[start:end]),
+                epochs=tuple(epochs[start:end]), timestamps=tuple(stamps[start:end])))
+    events: list[MetricsLogged] = []
+    current: list[MetricSeries] = []
+    size = 0
+    for chunk in chunks:
+        if current and (size + len(chunk.values) > POINTS_PER_EVENT or any(c.key == chunk.key for c in current)):
+            events.append(MetricsLogged.model_construct(run_id=run_id, series=tuple(current), attempt=attempt))
+            current, size = [], 0
+        current.append(chunk)
+        size += len(chunk.values)
+    if current:
+        events.append(MetricsLogged.model_construct(run_id=run_id, series=tuple(current), attempt=attempt))
+    return events
+
+
+class TrackingService:
+    """Run tracking commands over the event log. One instance per process (it caches run states)."""
+
+    def __init__(self, event_log: EventLog, *, producer: str, limits: TrackingLimits | None = None,
+                 declared_metrics: DeclaredMetrics | None = None) -> None:
+        self.event_log = event_log
+        self.producer = producer
+        self.limits = limits or TrackingLimits()
+        #: When given (MLHUB_UNDECLARED_METRICS=reject), metric keys it does not return are refused.
+        self.declared_metrics = declared_metrics
+        self.states = RunStates(event_log)
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _envelope(self, event: DomainEvent, event_id: uuid.UUID | None = None,
+                  correlation_id: str | None = None) -> Envelope:
+        if event_id is None:
+            return Envelope(event=event, producer=self.producer, correlation_id=correlation_id)
+        return Envelope(event=event, producer=self.producer, correlation_id=correlation_id, event_id=event_id)
+
+    def _check_sizes(self, envelopes: Sequence[Envelope]) -> None:
+        if len(envelopes) > self.limits.max_events_per_request:
+            raise LimitExceeded(f"the request makes {len(envelopes)} events; one request may append "
+                                f"{self.limits.max_events_per_request} (the event log's atomic batch): split it",
+                                details={"limit": "events per request", "max": self.limits.max_events_per_request,
+                                         "value": len(envelopes)})
+        for envelope in envelopes:
+            size = len(envelope.event.model_dump_json(round_trip=True)) + 400
+            if size > self.limits.max_event_bytes:
+                raise RequestTooLarge(f"{envelope.type} would be {size} bytes, more than the "
+                                      f"{self.limits.max_event_bytes} one event may hold: split the request",
+                                      details={"limit": "event bytes", "max": self.limits.max_event_bytes,
+                                               "value": size})
+
+    async def _append(self, envelopes: list[Envelope], guard: tuple[str, int],
+                      extra_guards: dict[int, tuple[str, int]] | None = None) -> list[AppendResult]:
+        guards = {0: guard, **(extra_guards or {})}
+        return await self.event_log.append_atomic(envelopes, guards=guards)
+
+    async def _verify_duplicates(self, run_id: str, envelopes: Sequence[Envelope],
+                                 results: Sequence[AppendResult], key: uuid.UUID | None, what: str,
+                                 server_stamps: bool = False) -> list[int]:
+        """For events the log had already (a resend): their stored sequences, after checking that what is
+        stored is what this request would store; IdempotencyKeyReused when it is not. `server_stamps`: the
+        request left point timestamps to the hub (each send stamps its own time), so they are not compared."""
+        dup = [e for e, r in zip(envelopes, results, strict=True) if r.duplicate]
+        if not dup or key is None:
+            return [r.seq for r in results]
+        stored = await self.event_log.find_events(aggregate_subject_filter("run", run_id),
+                                                  [str(e.event_id) for e in dup])
+        for envelope in dup:
+            found = stored.get(str(envelope.event_id))
+            if found is None or _comparable(found.envelope.event, server_stamps) != \
+                    _comparable(envelope.event, server_stamps):
+                raise IdempotencyKeyReused(
+                    f"{what} {key} was used before with another body; nothing was stored: use a new id for a new "
+                    "request", details={"key": str(key)})
+        seqs = {str(e.event_id): stored[str(e.event_id)].seq for e in dup}
+        return [seqs.get(str(e.event_id), r.seq) for e, r in zip(envelopes, results, strict=True)]
+
+    async def _open(self, run_id: str, *, reload: bool = False) -> RunState:
+        state = await self.states.get(run_id, reload=reload)
+        if not state.lifecycle.created:
+            raise RunNotFound(f"no run {run_id!r} was created", details={"run_id": run_id})
+        if state.lifecycle.ended:
+            raise RunEnded(f"run {run_id} has ended ({state.lifecycle.status}, seq {state.version}): nothing more "
+                           "can be logged to it", state=str(state.lifecycle.status), seq=state.version)
+        return state
+
+    def _remember(self, run_id: str, state: RunState, events: Sequence[DomainEvent], seqs: Sequence[int]) -> None:
+        self.states.put(run_id, RunState(run_lifecycle(events, state.lifecycle), max([state.version, *seqs])))
+
+    # -- commands ---------------------------------------------------------------------------------------------
+
+    async def create_run(self, experiment: str, *, name: str | None = None, params: Mapping[str, str] | None = None,
+                         tags: Mapping[str, str] | None = None, request_id: uuid.UUID | None = None) -> Written:
+        """Create and start a run of a script no worker runs (its experiment too, when new). With a request_id
+        the run id and every event id derive from it: a retried request names the same run and stores
+        nothing new; the same id with another body is IDEMPOTENCY_KEY_REUSED."""
+        if not experiment.strip() or len(experiment) > 200:
+            raise BadTrackingRequest("experiment: must be a non-blank name of at most 200 characters",
+                                     details={"field": "experiment"})
+        params, tags = dict(params or {}), dict(tags or {})
+        check_request(self.limits, params=params, tags=tags)
+        run_id = uuid.uuid5(request_id, "run").hex if request_id else uuid.uuid4().hex
+        experiment_id = experiment_id_for(experiment)
+        run_events: list[DomainEvent] = [RunCreated(run_id=run_id, experiment_id=experiment_id,
+                                                    name=name or f"run-{run_id[:8]}", source="sdk")]
+        run_events += [ParamsLogged(run_id=run_id, params=c) for c in _chunks(params)]
+        run_events += [TagsSet(run_id=run_id, tags=c) for c in _chunks(tags)]
+        run_events.append(RunStarted(run_id=run_id, attempt=1))
+        run_envelopes = [self._envelope(e, derived_id(request_id, f"create-run/{i}"))
+                         for i, e in enumerate(run_events)]
+        self._check_sizes(run_envelopes)
+        run_filter = aggregate_subject_filter("run", run_id)
+        async with self.states.lock(run_id):
+            for _ in range(3):
+                existing = await self.event_log.last_event(f"{SUBJECT_PREFIX}.experiment.{experiment_id}.created")
+                created = experiment_to_create(experiment, existing.envelope.event if existing else None)
+                head = [self._envelope(created, derived_id(request_id, "create-run/experiment"))] if created else []
+                guards = {len(head): (run_filter, 0)}
+                if created is not None:
+                    guards[0] = (aggregate_subject_filter("experiment", experiment_id), 0)
+                try:
+                    results = await self.event_log.append_atomic(head + run_envelopes, guards=guards)
+                except ConcurrencyError:
+                    state = await self.states.get(run_id, reload=True)
+                    if state.version and request_id is not None:  # the run exists: this request's, resent?
+                        seqs = await self._verify_duplicates(
+                            run_id, run_envelopes, [AppendResult(0, duplicate=True)] * len(run_envelopes),
+                            request_id, "request_id")
+                        return Written(run_id, seqs, duplicate=True, experiment_id=experiment_id)
+                    if state.version:
+                        raise
+                    continue  # the experiment was created meanwhile: create the run without it
+                seqs = await self._verify_duplicates(run_id, head + run_envelopes, results, request_id, "request_id")
+                self.states.put(run_id, RunState(run_lifecycle(run_events), max(seqs)))
+                return Written(run_id, seqs, duplicate=all(r.duplicate for r in results),
+                               experiment_id=experiment_id)
+        raise ConcurrencyError(f"experiment {experiment_id} kept changing while the run was created; retry")
+
+    async def log_batch(self, run_id: str, *, params: Mapping[str, str] | None = None,
+                        tags: Mapping[str, str] | None = None, series: Sequence[SeriesInput] = (),
+                        batch_id: uuid.UUID | None = None) -> Written:
+        """Log params, tags and metric points to an open run, all stored or none. A param keeps its first
+        value (PARAM_VALUE_CHANGED for another; the same value again is a no-op)."""
+        params, tags = dict(params or {}), dict(tags or {})
+        declared = await self.declared_metrics() if self.declared_metrics is not None and series else None
+        points = check_request(self.limits, params=params, tags=tags, series=series, declared=declared)
+        if not params and not tags and not series:
+            raise BadTrackingRequest("the batch is empty: give params, tags or metrics", details={"field": "body"})
+        now_ms = int(time.time() * 1000)
+        async with self.states.lock(run_id):
+            for attempt in range(_RETRIES):
+                state = await self._open(run_id, reload=attempt > 0)
+                logged = state.lifecycle.params
+                changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
+                if changed:
+                    raise ParamValueChanged(
+                        f"param(s) {', '.join(map(repr, changed))} of run {run_id} were logged with other values "
+                        f"(e.g. {changed[0]!r} = {logged[changed[0]]!r}); a param keeps its first value: log it "
+                        "under another key. Nothing of this request was stored",
+                        details={"keys": changed})
+                # Params logged before with these values are no-ops, but a keyed batch keeps them: its resend
+                # must make the same events (same ids) as the first send, whatever was logged in between.
+                new_params = params if batch_id is not None else {k: v for k, v in params.items() if k not in logged}
+                events: list[DomainEvent] = []
+                ids: list[uuid.UUID | None] = []
+                for i, chunk in enumerate(_chunks(new_params)):
+                    events.append(ParamsLogged(run_id=run_id, params=chunk))
+                    ids.append(derived_id(batch_id, f"log-batch/params/{i}"))
+                for i, chunk in enumerate(_chunks(tags)):
+                    events.append(TagsSet(run_id=run_id, tags=chunk))
+                    ids.append(derived_id(batch_id, f"log-batch/tags/{i}"))
+                for i, event in enumerate(metric_events(run_id, series, state.lifecycle.attempt, now_ms)):
+                    events.append(event)
+                    ids.append(derived_id(batch_id, f"log-batch/{i}"))
+                if not events:  # only params that are logged already, with these values
+                    return Written(run_id, [state.version], duplicate=True)
+                envelopes = [self._envelope(e, i) for e, i in zip(events, ids, strict=True)]
+                if attempt == 0:
+                    self._check_sizes(envelopes)
+                try:
+                    results = await self._append(envelopes, (aggregate_subject_filter("run", run_id), state.version))
+                except ConcurrencyError:
+                    continue  # another writer moved the run: read it again and decide again
+                seqs = await self._verify_duplicates(run_id, envelopes, results, batch_id, "batch_id",
+                                                     server_stamps=any(x.timestamps is None for x in series))
+                self._remember(run_id, state, events, seqs)
+                return Written(run_id, seqs, duplicate=all(r.duplicate for r in results), points=points)
+        raise ConcurrencyError(f"run {run_id} kept changing while the batch was logged; retry")
+
+    async def check_open(self, run_id: str) -> None:
+        """RunNotFound / RunEnded unless the run is open (an upload checks before it reads its body)."""
+        await self._open(run_id)
+
+    async def record_artifact(self, run_id: str, *, path: str, sha256: str, size_bytes: int, uri: str,
+                              kind: str, upload_id: uuid.UUID | None = None) -> Written:
+        """Record a stored artifact on an open run (guarded: none lands after the run ended). A resent upload
+        (same upload_id, same path and content) records nothing new; another one is IDEMPOTENCY_KEY_REUSED."""
+        event = ArtifactStored(run_id=run_id, path=path, sha256=sha256, size_bytes=size_bytes, uri=uri,
+                               kind=kind)  # type: ignore[arg-type]  # kind is checked by the model
+        event_id = derived_id(upload_id, "artifact")
+        async with self.states.lock(run_id):
+            if event_id is not None:
+                stored = await self.event_log.find_events(f"{SUBJECT_PREFIX}.run.{run_id}.artifact_stored",
+                                                          [str(event_id)])
+                if str(event_id) in stored:
+                    earlier = stored[str(event_id)].envelope.event
+                    if not isinstance(earlier, ArtifactStored) or (earlier.path, earlier.sha256) != (path, sha256):
+                        raise IdempotencyKeyReused(f"upload_id {upload_id} was used before for another file; "
+                                                   "nothing was stored", details={"key": str(upload_id)})
+                    return Written(run_id, [stored[str(event_id)].seq], duplicate=True, event_id=str(event_id))
+            for attempt in range(_RETRIES):
+                state = await self._open(run_id, reload=attempt > 0)
+                envelope = self._envelope(event, event_id)
+                try:
+                    result = await self.event_log.append(envelope, expected_version=state.version)
+                except ConcurrencyError:
+                    continue
+                self._remember(run_id, state, [event], [result.seq])
+                return Written(run_id, [result.seq], duplicate=result.duplicate, event_id=str(envelope.event_id))
+        raise ConcurrencyError(f"run {run_id} kept changing while the artifact was recorded; retry")
+
+    async def _end(self, run_id: str, make: Callable[[RunState], DomainEvent], *,
+                   allowed: Callable[[RunState], None] | None = None) -> Written:
+        async with self.states.lock(run_id):
+            for attempt in range(_RETRIES):
+                state = await self.states.get(run_id, reload=attempt > 0)
+                if not state.lifecycle.created:
+                    raise RunNotFound(f"no run {run_id!r} was created", details={"run_id": run_id})
+                if allowed is not None:
+                    allowed(state)
+                elif state.lifecycle.ended:
+                    raise RunEnded(f"run {run_id} has ended ({state.lifecycle.status}, seq {state.version})",
+                                   state=str(state.lifecycle.status), seq=state.version)
+                event = make(state)
+                try:
+                    result = await self.event_log.append(self._envelope(event), expected_version=state.version)
+                except ConcurrencyError:
+                    continue
+                self._remember(run_id, state, [event], [result.seq])
+                return Written(run_id, [result.seq])
+        raise ConcurrencyError(f"run {run_id} kept changing; retry")
+
+    async def finish(self, run_id: str, status: RunStatus, *, error_type: str | None = None,
+                     error: str | None = None, ended_by: str | None = None, crashed_too: bool = False) -> Written:
+        """End an open run as finished, failed (error_type and error say why) or killed (`crashed_too`: a
+        crashed run as well, which a user may end by hand with the status it really had)."""
+        def make(state: RunState) -> DomainEvent:
+            attempt = state.lifecycle.attempt
+            if status == RunStatus.FINISHED:
+                return RunFinished(run_id=run_id, attempt=attempt, ended_by=ended_by)
+            if status == RunStatus.FAILED:
+                return RunFailed(run_id=run_id, attempt=attempt, error_type=(error_type or "Error")[:200],
+                                 error=(error or "")[:20_000], ended_by=ended_by)
+            if status == RunStatus.KILLED:
+                return RunCancelled(run_id=run_id, reason=(error or "")[:2000], ended_by=ended_by)
+            raise InvalidRunState(f"a run cannot be ended as {status!r}: finished, failed or killed",
+                                  details={"status": str(status)})
+
+        def open_or_crashed(state: RunState) -> None:
+            if state.lifecycle.ended and state.lifecycle.status != RunStatus.CRASHED:
+                raise RunEnded(f"run {run_id} has ended ({state.lifecycle.status}, seq {state.version})",
+                               state=str(state.lifecycle.status), seq=state.version)
+        return await self._end(run_id, make, allowed=open_or_crashed if crashed_too else None)
+
+    async def end_by_hand(self, run_id: str, status: RunStatus, *, reason: str = "", actor: str) -> Written:
+        """End any run that has not ended, by hand (`mlhub runs end`, the dashboard): a stuck or crashed
+        script's run. A job's run is refused while its job is queued or running (cancel the job instead: the
+        worker then ends the run)."""
+        async with self.states.lock(run_id):
+            state = await self.states.get(run_id, reload=True)
+        job_id = state.lifecycle.job_id
+        if state.lifecycle.created and job_id and not state.lifecycle.ended:
+            job = await self.event_log.read_aggregate("job", job_id)
+            current = job_status(r.envelope.event for r in job.events)
+            if current in ("queued", "running"):
+                raise InvalidRunState(f"run {run_id} belongs to job {job_id}, which is {current}: cancel the job "
+                                      f"(`mlhub cancel {job_id}`) and its run ends with it",
+                                      details={"job_id": job_id, "job_status": current})
+        return await self.finish(run_id, status, error_type="EndedByHand" if status == RunStatus.FAILED else None,
+                                 error=reason or f"ended by {actor}", ended_by=actor, crashed_too=True)
+
+    async def heartbeat(self, run_id: str) -> Written:
+        """Record that an open run's producer is alive (the SDK sends one when it sent nothing for a while)."""
+        return await self._end(run_id, lambda s: RunHeartbeat(run_id=run_id, attempt=s.lifecycle.attempt))
+
+    async def resume(self, run_id: str, *, actor: str | None = None) -> Written:
+        """Resume a crashed run: logging goes on in the same attempt."""
+        def crashed_only(state: RunState) -> None:
+            if state.lifecycle.status != RunStatus.CRASHED:
+                raise InvalidRunState(f"run {run_id} is {state.lifecycle.status}: only a crashed run can be resumed",
+                                      details={"state": str(state.lifecycle.status)})
+        return await self._end(run_id, lambda s: RunResumed(run_id=run_id, attempt=s.lifecycle.attempt,
+                                                            resumed_by=actor), allowed=crashed_only)
+
+    async def crash(self, run_id: str, *, observed_version: int, silent_s: float, reason: str) -> Written | None:
+        """End a running run as crashed, if it is still at `observed_version` (nothing appended since the reaper
+        looked); None when it moved (its producer is alive) or ended."""
+        state = await self.states.get(run_id, reload=True)
+        if state.lifecycle.status != RunStatus.RUNNING or state.version != observed_version:
+            return None
+        event = RunCrashed(run_id=run_id, attempt=state.lifecycle.attempt, reason=reason[:2000],
+                           silent_s=round(silent_s, 3), last_seq=observed_version)
+        try:
+            result = await self.event_log.append(self._envelope(event, correlation_id=state.lifecycle.job_id),
+                                                 expected_version=observed_version)
+        except ConcurrencyError:
+            return None
+        self.states.forget(run_id)
+        return Written(run_id, [result.seq])

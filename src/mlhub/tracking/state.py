@@ -1,0 +1,89 @@
+"""What the tracking service knows of each run it writes to: the run's lifecycle (mlhub.events.RunLifecycle)
+and its version (the stream sequence of its last event), cached per process and kept exact by the guard on
+every append: an append names the version it decided on, and a conflict (another writer appended since)
+makes the service read the run again and decide again. No request reads the log for state it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from mlhub.eventlog import EventLog, Recorded
+from mlhub.events import (
+    SUBJECT_PREFIX,
+    RunLifecycle,
+    aggregate_subject_filter,
+    run_lifecycle,
+)
+
+#: The run events that change its lifecycle (besides params), read by a (re)load.
+LIFECYCLE_EVENTS = ("created", "started", "finished", "failed", "cancelled", "crashed", "resumed")
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run's lifecycle and the version it was read (or last written) at."""
+
+    lifecycle: RunLifecycle
+    version: int
+
+
+async def load_run_state(event_log: EventLog, run_id: str) -> RunState:
+    """Read a run's state from the log: its version, the last event of each lifecycle type (direct gets) and
+    its params events. Metric batches, the bulk of a run, are never read."""
+    base = f"{SUBJECT_PREFIX}.run.{run_id}"
+    version, params_seq = await asyncio.gather(event_log.last_sequence(aggregate_subject_filter("run", run_id)),
+                                               event_log.last_sequence(f"{base}.params_logged"))
+    lasts = await asyncio.gather(*(event_log.last_event(f"{base}.{name}") for name in LIFECYCLE_EVENTS))
+    if not version:
+        return RunState(RunLifecycle(), 0)
+    found: list[Recorded] = sorted((r for r in lasts if r is not None), key=lambda r: r.seq)
+    if params_seq:
+        found += [r async for r in event_log.replay(subject_filter=f"{base}.params_logged", until_seq=params_seq)]
+    # Created first; the last lifecycle event of each type in stream order decides the status; params in order.
+    found.sort(key=lambda r: r.seq)
+    return RunState(run_lifecycle(r.envelope.event for r in found), version)
+
+
+class RunStates:
+    """An LRU of run states with one lock per run (a run's writes in this process are decided one at a time)."""
+
+    def __init__(self, event_log: EventLog, size: int = 10_000) -> None:
+        self.event_log = event_log
+        self.size = size
+        self._states: OrderedDict[str, RunState] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, run_id: str) -> asyncio.Lock:
+        """The lock of one run (made on first use; dropped with the run's cached state)."""
+        lock = self._locks.get(run_id)
+        if lock is None:
+            lock = self._locks[run_id] = asyncio.Lock()
+        return lock
+
+    async def get(self, run_id: str, *, reload: bool = False) -> RunState:
+        """The run's state: cached, or read from the log (always when `reload`)."""
+        state = None if reload else self._states.get(run_id)
+        if state is None:
+            state = await load_run_state(self.event_log, run_id)
+            if state.version:
+                self.put(run_id, state)
+        else:
+            self._states.move_to_end(run_id)
+        return state
+
+    def put(self, run_id: str, state: RunState) -> None:
+        """Remember a run's state after a write."""
+        self._states[run_id] = state
+        self._states.move_to_end(run_id)
+        while len(self._states) > self.size:
+            old, _ = self._states.popitem(last=False)
+            lock = self._locks.get(old)
+            if lock is not None and not lock.locked():
+                del self._locks[old]
+
+    def forget(self, run_id: str) -> None:
+        """Drop a run's cached state (the next write reads it again)."""
+        self._states.pop(run_id, None)
