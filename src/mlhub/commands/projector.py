@@ -13,6 +13,8 @@ from mlhub.commands.common import event_log_url, fail, load_settings, open_event
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from mlhub.eventlog import EventLog
     from mlhub.projections import ProjectorRunner
     from mlhub.settings import Settings
@@ -110,6 +112,9 @@ async def _serve(
                     event_log, producer=settings.producer, interval_s=settings.seal_interval_s, stop=stop_sealing)))
             if settings.compact_interval_s > 0 and not until_caught_up and "metrics" in names:
                 housekeeping.append(asyncio.create_task(_compact_periodically(settings)))
+            # The reaper reads its candidates from the SQL read model, so it goes with the SQL projector.
+            if not until_caught_up and "sql" in names:
+                housekeeping.append(asyncio.create_task(_reap(settings, event_log, engine, stop_sealing)))
             try:
                 return await run_projectors(
                     event_log, projectors, until_seq=until, locks=lambda name: projector_lock(engine, name),
@@ -123,6 +128,38 @@ async def _serve(
                     task.cancel()
     finally:
         engine.dispose()
+
+
+async def _reap(settings: Settings, event_log: EventLog, engine: Engine, stop: asyncio.Event) -> None:
+    """The reaper (mlhub.tracking.Reaper) with one active instance: it takes the "reaper" lock (as a projector
+    takes its own), waits as a standby while another instance holds it, and ends silent runs as crashed."""
+    from mlhub.projections import ProjectorLockLost, projector_lock
+    from mlhub.tracking import Reaper, TrackingService
+
+    log = logging.getLogger(__name__)
+    lock = projector_lock(engine, "reaper")
+    service = TrackingService(event_log, producer=f"reaper@{settings.producer}")
+    reaper = Reaper(event_log, engine, service, dead_after_s=settings.run_dead_after_s,
+                    interval_s=settings.reaper_interval_s)
+    try:
+        while not await asyncio.to_thread(lock.try_acquire):
+            await asyncio.sleep(settings.reaper_interval_s)
+        log.info("reaper: active (runs silent for %g s end as crashed)", settings.run_dead_after_s)
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(lock.check)
+                await reaper.sweep()
+            except ProjectorLockLost:
+                log.error("reaper: lost its lock; stopping")
+                return
+            except MlhubError as e:
+                log.warning("reaper: a sweep failed (%s); trying again", e)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=settings.reaper_interval_s)
+            except TimeoutError:
+                pass
+    finally:
+        await asyncio.to_thread(lock.release)
 
 
 async def _compact_periodically(settings: Settings) -> None:

@@ -1,5 +1,6 @@
-"""`mlhub runs` and `mlhub show RUN_ID`: search runs and show one, from the hub (GET /api/v1/runs, /runs/{id}) or,
-with MLHUB_NATS_URL set or --direct, from the read model itself (the same queries, the same JSON)."""
+"""`mlhub runs`, `mlhub runs end RUN_ID` and `mlhub show RUN_ID`: search runs, end one by hand, show one, through
+the hub (GET /api/v1/runs, POST /runs/{id}/end, GET /runs/{id}) or, with MLHUB_NATS_URL set or --direct, on the
+read model and the event log themselves (the same queries and the same tracking service, the same JSON)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def _direct(settings: Settings, query: Callable[[sa.Connection], T]) -> T:
         fail(e)
 
 
-@click.command("runs")
+@click.group("runs", invoke_without_command=True)
 @click.option("--experiment", "experiments", multiple=True, metavar="NAME",
               help="Only runs of this experiment (its name or id; repeatable).")
 @click.option("--filter", "filter_text", default=None, metavar="FILTER",
@@ -40,9 +41,14 @@ def _direct(settings: Settings, query: Callable[[sa.Connection], T]) -> T:
 @click.option("--max-results", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @DIRECT
-def runs(experiments: tuple[str, ...], filter_text: str | None, order_by: str | None, max_results: int, fmt: str,
-         direct: bool) -> None:
-    """Search runs: newest first, with status and last metric values (the filter language of docs/api.md)."""
+@click.pass_context
+def runs(ctx: click.Context, experiments: tuple[str, ...], filter_text: str | None, order_by: str | None,
+         max_results: int, fmt: str, direct: bool) -> None:
+    """Search runs: newest first, with status and last metric values (the filter language of docs/api.md).
+
+    `mlhub runs end RUN_ID` ends a run by hand."""
+    if ctx.invoked_subcommand is not None:
+        return
     from mlhub.scheduler import experiment_id_for
 
     settings = load_settings()
@@ -69,6 +75,47 @@ def runs(experiments: tuple[str, ...], filter_text: str | None, order_by: str | 
     click.echo(_table(rows))
     more = " (more: raise --max-results or narrow the filter)" if page.get("next_page_token") else ""
     click.echo(f"({page['count']} run{'s' if page['count'] != 1 else ''}{more})")
+
+
+@runs.command("end")
+@click.argument("run_id")
+@click.option("--status", type=click.Choice(["killed", "failed", "finished"]), default="killed", show_default=True,
+              help="How the run ended.")
+@click.option("--reason", default="", help="Why (recorded with the run's end).")
+@DIRECT
+def end(run_id: str, status: str, reason: str, direct: bool) -> None:
+    """End run RUN_ID by hand: a script's run left running (or crashed) ends with STATUS, recorded with who
+    ended it. A job's run is refused while its job is queued or running: `mlhub cancel JOB_ID` instead."""
+    settings = load_settings()
+    if use_client(settings, direct):
+        answer = with_hub(settings, lambda client: client.post(f"/runs/{run_id}/end",
+                                                                {"status": status, "reason": reason}))
+        seq = int(answer["seq"])
+    else:
+        seq = _end_direct(settings, run_id, status, reason)
+    click.echo(f"run {run_id} ended: {status} (seq {seq})")
+
+
+def _end_direct(settings: Settings, run_id: str, status: str, reason: str) -> int:
+    import asyncio
+    import getpass
+
+    from mlhub.commands.common import event_log_url, open_event_log
+    from mlhub.events import RunStatus
+    from mlhub.tracking import TrackingService
+
+    async def main(url: str) -> int:
+        async with open_event_log(settings, url, "mlhub-cli") as event_log:
+            service = TrackingService(event_log, producer=settings.producer)
+            written = await service.end_by_hand(run_id, RunStatus(status), reason=reason,
+                                                actor=f"{getpass.getuser()} (cli)")
+            return written.seq
+
+    try:
+        with event_log_url(settings) as url:
+            return asyncio.run(main(url))
+    except MlhubError as e:
+        fail(e)
 
 
 def _num(value: Any) -> str:

@@ -53,6 +53,7 @@ class Reaper:
         self.engine = engine
         self.service = service
         self.dead_after_s = dead_after_s
+        #: Seconds between sweeps (the caller's loop; `mlhub projector` runs one every MLHUB_REAPER_INTERVAL_S).
         self.interval_s = interval_s
 
     async def sweep(self, now: datetime | None = None) -> list[Crashed]:
@@ -78,15 +79,3 @@ class Reaper:
                 log.warning("reaper: run %s crashed: %s", run_id, reason)
                 ended.append(Crashed(run_id, silent, written.seq))
         return ended
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Sweep every interval_s until stop is set (errors are logged and the next sweep tries again)."""
-        while not stop.is_set():
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("reaper: a sweep failed; trying again in %g s", self.interval_s)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                pass

@@ -251,15 +251,24 @@ class TrackingService:
                         seqs = await self._verify_duplicates(
                             run_id, run_envelopes, [AppendResult(0, duplicate=True)] * len(run_envelopes),
                             request_id, "request_id")
-                        return Written(run_id, seqs, duplicate=True, experiment_id=experiment_id)
+                        head_seqs = await self._experiment_made_by(request_id, experiment_id)
+                        return Written(run_id, head_seqs + seqs, duplicate=True, experiment_id=experiment_id)
                     if state.version:
                         raise
                     continue  # the experiment was created meanwhile: create the run without it
                 seqs = await self._verify_duplicates(run_id, head + run_envelopes, results, request_id, "request_id")
                 self.states.put(run_id, RunState(run_lifecycle(run_events), max(seqs)))
-                return Written(run_id, seqs, duplicate=all(r.duplicate for r in results),
-                               experiment_id=experiment_id)
+                duplicate = all(r.duplicate for r in results)
+                if duplicate and request_id is not None and not head:
+                    seqs = await self._experiment_made_by(request_id, experiment_id) + seqs
+                return Written(run_id, seqs, duplicate=duplicate, experiment_id=experiment_id)
         raise ConcurrencyError(f"experiment {experiment_id} kept changing while the run was created; retry")
+
+    async def _experiment_made_by(self, request_id: uuid.UUID, experiment_id: str) -> list[int]:
+        """[seq] of the experiment.created a create-run request appended, when it made the experiment."""
+        made = str(derived_id(request_id, "create-run/experiment"))
+        found = await self.event_log.find_events(aggregate_subject_filter("experiment", experiment_id), [made])
+        return [found[made].seq] if made in found else []
 
     async def log_batch(self, run_id: str, *, params: Mapping[str, str] | None = None,
                         tags: Mapping[str, str] | None = None, series: Sequence[SeriesInput] = (),
