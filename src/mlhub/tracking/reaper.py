@@ -72,7 +72,7 @@ class Reaper:
             silent = (now - at).total_seconds()
             if silent < self.dead_after_s:
                 continue
-            reason = (f"nothing of the run{' or its job' if job_id else ''} was stored for {silent:.0f} s "
+            reason = (f"nothing of the run{' or its job' if job_id else ''} was stored for {silent:.1f} s "
                       f"(MLHUB_RUN_DEAD_AFTER_S={self.dead_after_s:g}): its process was killed or lost")
             written = await self.service.crash(run_id, observed_version=seq, silent_s=silent, reason=reason)
             if written is not None:
