@@ -2,8 +2,9 @@
 
 The app runs in a real uvicorn server (its own thread and event loop) on a free port, over the test's own
 nats-server and a SQLite read model, with the projectors following the log; a few runs, a job and a model
-give the generated requests something to find. The number of examples per operation is bounded so the test
-takes well under a minute.
+give the generated requests something to find. Hypothesis runs randomized (a new seed each run; a failure prints how to
+reproduce it): every write endpoint gets WRITE_EXAMPLES examples, half of them aimed at a run that exists so
+that they reach the tracking service and not only the 404, the reads READ_EXAMPLES.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import checks
 from tests.api.conftest import ADMIN, TOKENS, auth
 
@@ -29,7 +31,8 @@ from mlhub.projections import build_projectors, run_projectors
 from mlhub.readmodel import create_engine, migrate
 from mlhub.settings import Settings
 
-EXAMPLES_PER_OPERATION = 40
+WRITE_EXAMPLES = 120
+READ_EXAMPLES = 25
 #: No 5xx, every status and content type documented, every body valid against its schema, and schema-invalid
 #: requests refused with a 4xx. (positive_data_acceptance is left out: a filter or SQL text can be a valid
 #: string by the schema and still be refused, rightly, with a 400 naming the problem.)
@@ -73,7 +76,7 @@ class _ProjectorThread(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
     """The base URL of the app served by uvicorn, with a little data in it."""
     tmp = Path(tmp_path_factory.mktemp("schemathesis"))
     nats = EmbeddedNats(tmp / "nats", sync="always")
@@ -93,8 +96,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
             time.sleep(0.05)
         projector.start()
-        _seed(base)
-        yield base
+        yield base, _seed(base)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -102,24 +104,37 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         nats.stop()
 
 
-def _seed(base: str) -> None:
+def _seed(base: str) -> list[str]:
+    """A few open runs (the write examples aim at them); their ids."""
+    ids = []
     with httpx.Client(base_url=f"{base}/api/v1", headers=auth(ADMIN), timeout=30) as client:
-        run = client.post("/runs", json={"experiment": "fuzz", "params": {"lr": "0.1"}}).json()
-        seq = client.post(f"/runs/{run['run_id']}/log-batch", json={
-            "metrics": [{"key": "loss", "values": [1.0, 0.5, 0.25], "steps": [0, 1, 2]}]}).json()["seq"]
+        for _ in range(5):
+            run = client.post("/runs", json={"experiment": "fuzz", "params": {"lr": "0.1"}}).json()
+            seq = client.post(f"/runs/{run['run_id']}/log-batch", json={
+                "metrics": [{"key": "loss", "values": [1.0, 0.5, 0.25], "steps": [0, 1, 2]}]}).json()["seq"]
+            ids.append(run["run_id"])
         assert client.get("/runs", params={"min_seq": seq}).status_code == 200
+    return ids
 
 
-def test_no_server_error_and_no_schema_violation(served: str) -> None:
-    schema = schemathesis.openapi.from_url(f"{served}/openapi.json")
+def test_no_server_error_and_no_schema_violation(served: tuple[str, list[str]]) -> None:
+    base, run_ids = served
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 25, [o.label for o in operations]
+    assert len(operations) >= 30, [o.label for o in operations]
+    writes = [o for o in operations if o.method.upper() != "GET"]
+    assert {o.path for o in writes} >= {"/api/v1/runs", "/api/v1/runs/{run_id}/log-batch", "/api/v1/jobs",
+                                        "/api/v1/runs/{run_id}/heartbeat", "/api/v1/runs/{run_id}/end",
+                                        "/api/v1/runs/{run_id}/resume", "/api/v1/runs/{run_id}/artifacts"}
     for operation in operations:
+        write = operation.method.upper() != "GET"
 
-        @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck),
-                  derandomize=True, database=None)
-        def check(case: schemathesis.Case) -> None:
-            case.call_and_validate(base_url=served, headers=auth(ADMIN), checks=CHECKS)
+        @given(case=operation.as_strategy(), existing=st.sampled_from([None, *run_ids]))
+        @settings(max_examples=WRITE_EXAMPLES if write else READ_EXAMPLES, deadline=None,
+                  suppress_health_check=list(HealthCheck), derandomize=False, database=None)
+        def check(case: schemathesis.Case, existing: str | None) -> None:
+            if existing is not None and "run_id" in (case.path_parameters or {}):
+                case.path_parameters["run_id"] = existing  # reach the service, not only its 404
+            case.call_and_validate(base_url=base, headers=auth(ADMIN), checks=CHECKS)
 
         check()
