@@ -306,3 +306,29 @@ def test_with_open_reads_no_token_is_needed_to_look(browser: Browser, tmp_path_f
             expect(page.locator("#jobs button.cancel")).to_have_count(0)
         finally:
             page.context.close()
+
+
+def test_end_a_stuck_script_run_by_hand(browser: Browser, demo: Stack) -> None:
+    with httpx.Client(base_url=f"{demo.url}/api/v1", headers={"Authorization": f"Bearer {WRITER}"}) as api:
+        run_id = api.post("/runs", json={"experiment": "scripts", "name": "stuck"}).json()["run_id"]
+    reader = open_page(browser, demo, token=READER)
+    try:
+        reader.goto(f"{demo.url}/#/run/{run_id}")
+        wait_ready(reader)
+        expect(reader.locator("#run-status")).to_contain_text("running")
+        expect(reader.locator("#end-run")).to_have_count(0)  # a reader may not end runs
+    finally:
+        reader.context.close()
+    page = open_page(browser, demo, token=WRITER)
+    try:
+        page.goto(f"{demo.url}/#/run/{run_id}")
+        wait_ready(page)
+        page.select_option("#end-status", "failed")
+        page.click("#end-run")
+        expect(page.locator("#run-status")).to_contain_text("failed")
+        expect(page.locator("#end-run")).to_have_count(0)  # ended: nothing more to end
+        assert page.errors == [], page.errors  # type: ignore[attr-defined]
+    finally:
+        page.context.close()
+    detail = httpx.get(f"{demo.url}/api/v1/runs/{run_id}", headers={"Authorization": f"Bearer {READER}"}).json()
+    assert detail["run"]["status"] == "failed" and detail["run"]["error_type"] == "EndedByHand"

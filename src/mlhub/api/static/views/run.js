@@ -2,7 +2,7 @@
 // params, one chart per metric key (x: step or epoch, zoom) updating live while the run trains, artifacts with
 // download, and the run's event timeline read from the event log.
 
-import { download, get } from "../api.js";
+import { download, get, post, whoami } from "../api.js";
 import { formatNumber } from "../chart.js";
 import { badge, duration, errorBox, fmtTime, h, kv, shortId, table } from "../util.js";
 import { metricChart } from "./series.js";
@@ -71,10 +71,39 @@ async function timeline(runId) {
     events.next_from_seq ? h("p", { class: "muted" }, "(first 500 events)") : null);
 }
 
-export async function runView(root, runId) {
-  let detail = await get(`/runs/${runId}`);
+// Ending a run by hand (POST /runs/{id}/end): a script's run left running, or a crashed one, for a writer token.
+// A job's running run is ended by cancelling its job (the Jobs page), so it gets no button here.
+function endControl(runId, detail, me, root, minSeqView) {
+  const run = detail.run;
+  const endable = run.status === "crashed" || (run.status === "running" && !run.job_id);
+  if (!me.can_write || !endable) return null;
+  const message = h("span", { id: "end-message" });
+  const pick = h("select", { id: "end-status" }, ["killed", "failed", "finished"].map((s) => h("option", { value: s }, s)));
+  const button = h("button", { id: "end-run", onclick: async () => {
+    message.replaceChildren();
+    button.disabled = true;
+    try {
+      const result = await post(`/runs/${runId}/end`, { status: pick.value, reason: "ended from the dashboard" });
+      await minSeqView(result.seq);
+    } catch (error) {
+      message.replaceChildren(errorBox(error));
+      button.disabled = false;
+    }
+  } }, "End run");
+  return h("span", { class: "end-run" }, " ", pick, " ", button, " ", message);
+}
+
+export async function runView(root, runId, minSeq) {
+  let [detail, me] = await Promise.all([get(`/runs/${runId}`, { min_seq: minSeq }), whoami()]);
   const run = detail.run;
   const status = h("span", { id: "run-status" }, badge(run.status));
+  let stop = () => {};
+  const reopen = async (seq) => {  // the view again, once the read model has the end
+    stop();
+    const next = h("div");
+    root.replaceWith(next);
+    stop = await runView(next, runId, seq);
+  };
   const timing = h("span", { class: "muted" });
   const showTiming = () => { timing.textContent = `started ${fmtTime(detail.run.started_at) || "—"} · ${duration(detail.run)}`; };
   showTiming();
@@ -84,7 +113,7 @@ export async function runView(root, runId) {
   const chartGrid = h("div", { class: "charts", id: "charts" });
   const timelineBox = h("section", {}, h("h3", {}, "Event timeline (from the event log)"));
   root.append(
-    h("h2", {}, run.name || runId, " ", status),
+    h("h2", {}, run.name || runId, " ", status, endControl(runId, detail, me, root, reopen)),
     h("p", { class: "muted" }, h("code", {}, runId), " · ", timing),
     h("div", { class: "two" }, provenance(detail), h("section", {}, h("h3", {}, "Params"),
       table(["param", "value"], Object.entries(detail.params).map(([k, v]) => h("tr", {}, h("td", {}, k), h("td", {}, v))),
@@ -126,8 +155,9 @@ export async function runView(root, runId) {
       } catch (_) { /* the next tick tries again */ } finally { busy = false; }
     }, LIVE_EVERY_MS);
   }
-  return () => {
+  stop = () => {
     if (timer) clearInterval(timer);
     charts.forEach((c) => c.destroy());
   };
+  return () => stop();
 }
