@@ -38,9 +38,9 @@ from mlhub.events import (
 from mlhub.events.folds import ENDED_JOB_STATES, JobStatus
 from mlhub.events.folds import job_status as fold_job_status
 from mlhub.scheduler.config import ExperimentConfig
-from mlhub.scheduler.errors import ExperimentNameTaken, JobAlreadyEnded, JobNotFound
+from mlhub.scheduler.errors import JobAlreadyEnded, JobNotFound
 
-__all__ = ["ENDED_STATES", "JobStatus", "SubmitResult", "CancelResult", "cancel", "ensure_experiment",
+__all__ = ["ENDED_STATES", "JobStatus", "SubmitResult", "CancelResult", "cancel", "experiment_event",
            "experiment_id_for", "job_status", "resolve_snapshot", "submit", "submit_snapshot"]
 
 _ENTITY_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -184,30 +184,6 @@ async def experiment_event(event_log: EventLog, experiment_id: str, name: str) -
     scheduler and the tracking service both create experiments through this and `experiment_to_create`."""
     existing = await event_log.last_event(f"{SUBJECT_PREFIX}.experiment.{experiment_id}.created")
     return experiment_to_create(name, existing.envelope.event if existing is not None else None)
-
-
-async def ensure_experiment(
-    event_log: EventLog, experiment_id: str, name: str, envelope: Callable[[DomainEvent], Envelope]
-) -> int | None:
-    """Append experiment.created when the experiment is new; its sequence, or None when it existed.
-
-    ExperimentNameTaken when the id belongs to an experiment of another name (the scheduler and the API's
-    tracking endpoints both create experiments through this).
-    """
-    try:
-        result = await event_log.append(
-            envelope(ExperimentCreated(experiment_id=experiment_id, name=name)), expected_version=0
-        )
-    except ConcurrencyError:
-        existing = await event_log.last_event(f"{SUBJECT_PREFIX}.experiment.{experiment_id}.created")
-        if existing is not None and isinstance(existing.envelope.event, ExperimentCreated) \
-                and existing.envelope.event.name != name:
-            raise ExperimentNameTaken(
-                f"experiment id {experiment_id!r} belongs to the experiment named "
-                f"{existing.envelope.event.name!r}, not {name!r}: choose another experiment name"
-            ) from None
-        return None
-    return None if result.duplicate else result.seq
 
 
 def job_status(events: Sequence[Recorded]) -> JobStatus | None:
