@@ -9,7 +9,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -351,34 +351,18 @@ class EventLog:
     async def _publish_batch(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> dict[str, Any]:
         """Publish an atomic batch and wait for the commit's acknowledgement. A lost one is retried as a new
         batch with the same Msg-Ids (the server answers ERR_BATCH_DUPLICATE when the first one was stored)."""
-        deadline = time.monotonic() + self.append_deadline_s
-        delay = 0.05
-        while True:
+
+        async def send() -> Msg:
             batch_id = uuid.uuid4().hex
-            try:
-                last = len(messages)
-                for number, (subject, data, headers) in enumerate(messages, 1):
-                    batch_headers = {**headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
-                    if number < last:
-                        await self.nc.publish(subject, data, headers=batch_headers)
-                        continue
-                    batch_headers["Nats-Batch-Commit"] = "1"
-                    msg = await self.nc.request(subject, data, timeout=self.ack_timeout_s, headers=batch_headers)
-                resp: dict[str, Any] = json.loads(msg.data)
-                error = resp.get("error")
-                if error is None or error.get("code") != 503:
-                    return resp
-                problem: Exception = EventLogUnavailable(str(error))
-            except _RETRYABLE as e:
-                problem = e
-            except nats.errors.ConnectionClosedError as e:
-                raise EventLogUnavailable(f"connection to NATS is closed: {e!r}") from e
-            if time.monotonic() + delay > deadline:
-                raise EventLogUnavailable(
-                    f"no acknowledgement for an atomic batch of {len(messages)} within {self.append_deadline_s:g}s: "
-                    f"{problem!r}") from problem
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            for number, (subject, data, headers) in enumerate(messages[:-1], 1):
+                await self.nc.publish(subject, data, headers={**headers, "Nats-Batch-Id": batch_id,
+                                                              "Nats-Batch-Sequence": str(number)})
+            subject, data, headers = messages[-1]
+            return await self.nc.request(subject, data, timeout=self.ack_timeout_s, headers={
+                **headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(len(messages)),
+                "Nats-Batch-Commit": "1"})
+
+        return await self._until_acknowledged(send, f"an atomic batch of {len(messages)}")
 
     def _encode_checked(self, envelope: Envelope) -> bytes:
         data = encode(envelope)
@@ -391,14 +375,19 @@ class EventLog:
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> dict[str, Any]:
         """Publish and wait for the stream's acknowledgement, retrying the same message until the deadline."""
+        return await self._until_acknowledged(
+            lambda: self.nc.request(subject, data, timeout=self.ack_timeout_s, headers=dict(headers)), subject)
+
+    async def _until_acknowledged(self, send: Callable[[], Awaitable[Msg]], what: str) -> dict[str, Any]:
+        """The stream's answer to `send()`, sending again (the same message ids) after a lost connection, a
+        time-out or a 503 (JetStream, or the stream's leader, not ready yet: e.g. just after a restart) until
+        MLHUB_APPEND_DEADLINE_S, then EventLogUnavailable."""
         deadline = time.monotonic() + self.append_deadline_s
         delay = 0.05
         while True:
             try:
-                msg = await self.nc.request(subject, data, timeout=self.ack_timeout_s, headers=dict(headers))
-                resp: dict[str, Any] = json.loads(msg.data)
+                resp: dict[str, Any] = json.loads((await send()).data)
                 error = resp.get("error")
-                # 503: JetStream (or the stream's leader) is not ready yet, e.g. just after a restart.
                 if error is None or error.get("code") != 503:
                     return resp
                 problem: Exception = EventLogUnavailable(str(error))
@@ -408,8 +397,7 @@ class EventLog:
                 raise EventLogUnavailable(f"connection to NATS is closed: {e!r}") from e
             if time.monotonic() + delay > deadline:
                 raise EventLogUnavailable(
-                    f"no acknowledgement for {subject} within {self.append_deadline_s:g}s: {problem!r}"
-                ) from (problem if isinstance(problem, BaseException) else None)
+                    f"no acknowledgement for {what} within {self.append_deadline_s:g}s: {problem!r}") from problem
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
