@@ -66,7 +66,7 @@ def test_a_crashed_script_s_spool_is_resent_by_the_next_hub_without_doubles(hub_
     with Hub(hub_stack.url, WRITER, spool_dir=spool_dir) as hub:
         report = hub.wait_for_resend(120)
     assert report is not None and report.runs == [run_id] and not report.left
-    assert report.delivered == len(pending) and report.points == 400 and report.dropped == 0
+    assert report.delivered == len(pending) and report.points == 400 and report.rejected == []
 
     logged = hub_stack.logged_steps(run_id)["loss"]
     assert {s: n for s, n in logged.items() if n != 1} == {}, "a step was stored twice"
@@ -113,7 +113,7 @@ def test_the_spool_files_rules(tmp_path: Path) -> None:
     spool.append([{"op": "batch", "id": "b3", "run_id": "run1", "at": 0, "body": {"metrics": []}}])
     assert [r["id"] for r in RunSpool(folder, "run1").pending()] == ["b1", "b3"], "the torn record swallowed b3"
     spool.unlock()
-    spool.mark_done("b1", dropped="refused: 409 INVALID_STATE")
+    spool.mark_done("b1", rejected="refused: 409 INVALID_STATE")
     spool.mark_done("b3")
     assert spool.remove_if_delivered()
     assert list(folder.iterdir()) == []
