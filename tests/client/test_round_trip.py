@@ -109,7 +109,8 @@ def test_a_batch_the_hub_refuses_is_rejected_and_reported(hub_stack: HubStack, s
         assert [(r.op, r.keys, r.status, r.code, r.points) for r in run.rejected] == [
             ("batch", ("loss",), 409, "INVALID_STATE", 1)]
         assert run.ended_remotely and run.points_delivered == 1 and run.records_spilled == 0
-        assert not run.finish(timeout_s=30)  # the finish itself is refused too, and reported
+        with pytest.warns(RecordRejected, match="the hub refused finish"):
+            assert not run.finish(timeout_s=30)  # the finish itself is refused too, and reported
         assert [r.op for r in run.rejected] == ["batch", "finish"] and "has ended (failed" in run.errors[1]
     assert [p.name for p in spool_dir.rglob("*.jsonl")] == [f"{run.run_id}.rejected.jsonl"]
 
