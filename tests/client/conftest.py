@@ -1,9 +1,11 @@
 """Fixtures of the SDK tests: the hub as a user runs it, in subprocesses: uvicorn serving mlhub.api and
 `mlhub projector`, over the test's own nats-server and a SQLite read model under the test's data dir.
-The API can be SIGKILLed and restarted on the same port (the outage tests)."""
+The API can be SIGKILLed and restarted on the same port (the outage tests). `shared_hub` is one such stack
+for a whole module (its tests use runs of their own), for tests that do not restart anything."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -17,6 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+
+from mlhub.eventlog import EmbeddedNats, EventLog
+from mlhub.events import DomainEvent, Envelope
 
 WRITER = "writer-token-0001"
 READER = "reader-token-0001"
@@ -123,6 +128,33 @@ class HubStack:
                     steps.setdefault(series["key"], Counter()).update(series["steps"])
         return steps
 
+    def run_detail(self, run_id: str) -> dict[str, Any]:
+        """GET /runs/{id} once the projections have every event of the run."""
+        detail: dict[str, Any] = self.get(f"/runs/{run_id}", min_seq=self.run_events(run_id)[-1]["seq"])
+        return detail
+
+    def series(self, run_id: str) -> dict[str, list[int]]:
+        """For each metric key, its steps in the order the event log holds them."""
+        steps: dict[str, list[int]] = {}
+        for event in self.run_events(run_id):
+            if event["type"] == "run.metrics_logged":
+                for series in event["payload"]["series"]:
+                    steps.setdefault(series["key"], []).extend(series["steps"])
+        return steps
+
+    def append(self, event: DomainEvent) -> int:
+        """Append an event to the hub's event log directly (what the hub's own services, e.g. its reaper,
+        do); its sequence."""
+        async def go() -> int:
+            log = EventLog(self.env["MLHUB_NATS_URL"], ack_timeout_s=2.0, append_deadline_s=30.0)
+            await log.connect()
+            try:
+                return (await log.append(Envelope(event=event, producer="test"))).seq
+            finally:
+                await log.close()
+
+        return asyncio.run(go())
+
     def projected_steps(self, run_id: str, key: str, min_seq: int) -> list[int]:
         """The steps of one key as the metric tables hold them (waits for min_seq)."""
         series = self.get(f"/runs/{run_id}/metrics/{key}", min_seq=min_seq, max_points=100_000)
@@ -147,3 +179,20 @@ def hub_stack(tmp_path: Path, nats_url: str) -> Iterator[HubStack]:
 def spool_dir(tmp_path: Path) -> Path:
     """The test's own spool folder (never ~/.mlhub)."""
     return tmp_path / "spool"
+
+
+@pytest.fixture(scope="module")
+def shared_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStack]:
+    """One hub (its own nats-server, API and projector) for every test of a module."""
+    root = tmp_path_factory.mktemp("hub")
+    server = EmbeddedNats(root / "nats", sync="always")
+    server.start()
+    assert server.url is not None
+    stack = HubStack(root, server.url)
+    try:
+        stack.start_api()
+        stack.start_projector()
+        yield stack
+    finally:
+        stack.stop()
+        server.stop()

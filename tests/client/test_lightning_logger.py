@@ -118,3 +118,55 @@ def test_a_logger_given_a_run_leaves_finishing_to_the_script(hub_stack: HubStack
         assert run.status is None and run.pending == 0, "finalize flushed, and left the run open"
         run.log_metrics({"test_loss": 0.5}, step=4)
     assert run.status == "finished" and run.points_delivered == 5
+
+
+def test_lightning_keys_with_slashes_and_at_signs_and_nested_hparams_are_stored(hub_stack: HubStack,
+                                                                                spool_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """The logger goes through the SDK's one validation and flattening: `val/acc@top1` and `train/loss` are
+    stored as logged; nested hyperparameters become dotted params written as JSON; fit then test logging
+    the same hyperparameters again is a no-op, not a changed param."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mlhub.client import MLHubLogger
+
+    class Keys(L.LightningModule):
+        def __init__(self, optim: dict[str, Any], layers: list[int]) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Linear(3, 2)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Any:
+            x, y = batch
+            loss = torch.nn.functional.cross_entropy(self.net(x), y)
+            self.log("train/loss", loss)
+            return loss
+
+        def test_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val/acc@top1", (self.net(x).argmax(dim=1) == y).float().mean())
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=self.hparams["optim"]["lr"])
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 3)
+    data = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=8)
+    with Hub(hub_stack.url, WRITER, spool_dir=spool_dir) as hub, hub.start_run("lightning-keys") as run:
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_test_batches=2, log_every_n_steps=1,
+                            logger=MLHubLogger(run), accelerator="cpu", enable_progress_bar=False,
+                            enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+        model = Keys(optim={"lr": 0.1, "momentum": {"beta": 0.9}}, layers=[64, 32])
+        trainer.fit(model, data)
+        trainer.test(model, data)
+    assert run.status == "finished" and run.rejected == [] and run.errors == []
+
+    events = hub_stack.run_events(run.run_id)
+    keys = {s["key"]: s["steps"] for e in events if e["type"] == "run.metrics_logged" for s in e["payload"]["series"]}
+    assert keys == {"train/loss": [0, 1, 2], "val/acc@top1": [3]}
+    detail = hub_stack.get(f"/runs/{run.run_id}", min_seq=events[-1]["seq"])
+    assert detail["params"] == {"optim.lr": "0.1", "optim.momentum.beta": "0.9", "layers": "[64, 32]"}
+    series = hub_stack.get(f"/runs/{run.run_id}/metrics/val/acc@top1", min_seq=events[-1]["seq"])
+    assert series["steps"] == [3] and len(series["values"]) == 1

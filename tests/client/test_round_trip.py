@@ -1,5 +1,5 @@
 """The SDK against a real hub (uvicorn + projector subprocesses, real NATS): a run's params, tags, metrics,
-artifact and end read back through the API; bad input named; a refused batch dropped and reported."""
+artifact and end read back through the API; bad input named; a refused batch rejected and reported."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import pytest
 from tests.client.conftest import READER, WRITER, HubStack
 
-from mlhub.client import Hub, HubRequestError, HubUnavailable, InvalidMetric, RunClosed
+from mlhub.client import Hub, HubAuthError, HubRequestError, InvalidMetric, RecordRejected, RunClosed
 from mlhub.errors import InvalidInput
 
 
@@ -68,12 +68,11 @@ def test_a_failing_block_marks_the_run_failed(hub_stack: HubStack, spool_dir: Pa
             run.log_metrics({"loss": 2.0}, step=1)
 
 
-def test_bad_input_is_named_and_nothing_of_it_is_buffered(hub_stack: HubStack, spool_dir: Path,
-                                                          tmp_path: Path) -> None:
+def test_bad_input_is_named_at_the_call(hub_stack: HubStack, spool_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="http:// or https://"):
         Hub("ftp://example", WRITER, spool_dir=spool_dir)
     with Hub(hub_stack.url, READER, spool_dir=spool_dir) as reader, \
-            pytest.raises(HubUnavailable, match="403 PERMISSION_DENIED") as denied:
+            pytest.raises(HubAuthError, match="403 PERMISSION_DENIED.*set MLHUB_TOKEN") as denied:
         reader.start_run("sdk-exp")
     assert denied.value.status == 403
     with Hub(hub_stack.url, WRITER, spool_dir=spool_dir) as hub:
@@ -81,33 +80,39 @@ def test_bad_input_is_named_and_nothing_of_it_is_buffered(hub_stack: HubStack, s
             hub.start_run("")
         assert refused.value.status == 422
         with hub.start_run("sdk-exp") as run:
-            with pytest.raises(InvalidMetric, match="'loss': value 'high' is not a number"):
-                run.log_metrics({"acc": 0.5, "loss": "high"}, step=0)
+            with pytest.raises(InvalidMetric, match="'loss': value 'high' \\(str\\) is not a number"):
+                run.log_metrics({"loss": "high"}, step=0)
             with pytest.raises(InvalidMetric, match="step must be an integer"):
                 run.log_metrics({"acc": 0.5}, step=-1)
             with pytest.raises(InvalidMetric, match="metric key ''"):
                 run.log_metrics({"": 0.5}, step=0)
-            with pytest.raises(InvalidMetric, match="not a file"):
+            with pytest.raises(InvalidInput, match="not a file"):
                 run.log_artifact(tmp_path / "missing.bin")
-            assert run.points_logged == 0
+            with pytest.raises(InvalidInput, match="finish status must be one of finished, failed, killed"):
+                run.finish("cancelled")  # type: ignore[arg-type]
+            assert run.points_logged == 0 and run.status is None
 
 
-def test_a_batch_the_hub_refuses_is_dropped_and_reported(hub_stack: HubStack, spool_dir: Path) -> None:
-    """A run ended by someone else: its next batch gets 409; the SDK drops it (a retry cannot help)."""
+def test_a_batch_the_hub_refuses_is_rejected_and_reported(hub_stack: HubStack, spool_dir: Path) -> None:
+    """A run ended by someone else: its next batch gets 409; the SDK rejects it (a retry cannot help), warns,
+    keeps it in the rejected file, and flush/finish say False."""
     with Hub(hub_stack.url, WRITER, spool_dir=spool_dir) as hub:
         run = hub.start_run("sdk-exp")
         run.log_metrics({"loss": 1.0}, step=0)
         assert run.flush(30)
-        ended = httpx.post(f"{hub_stack.url}/api/v1/runs/{run.run_id}/finish", json={"status": "cancelled"},
+        ended = httpx.post(f"{hub_stack.url}/api/v1/runs/{run.run_id}/finish", json={"status": "failed"},
                            headers={"Authorization": f"Bearer {WRITER}"})
         assert ended.status_code == 200, ended.text
         run.log_metrics({"loss": 2.0}, step=1)
-        assert run.flush(30)
-        assert len(run.errors) == 1 and "INVALID_STATE" in run.errors[0]
-        assert run.points_delivered == 1 and run.records_spilled == 0
-        assert run.finish(timeout_s=30)  # nothing is left to send: the finish itself is refused, reported
-        assert len(run.errors) == 2 and "has ended (cancelled" in run.errors[1]
-    assert not list(spool_dir.rglob("*.jsonl"))
+        with pytest.warns(RecordRejected, match=f"run {run.run_id}: the hub refused batch .* key\\(s\\) 'loss'"):
+            assert not run.flush(30), "a refused record makes flush say False"
+        assert [(r.op, r.keys, r.status, r.code, r.points) for r in run.rejected] == [
+            ("batch", ("loss",), 409, "INVALID_STATE", 1)]
+        assert run.ended_remotely and run.points_delivered == 1 and run.records_spilled == 0
+        with pytest.warns(RecordRejected, match="the hub refused finish"):
+            assert not run.finish(timeout_s=30)  # the finish itself is refused too, and reported
+        assert [r.op for r in run.rejected] == ["batch", "finish"] and "has ended (failed" in run.errors[1]
+    assert [p.name for p in spool_dir.rglob("*.jsonl")] == [f"{run.run_id}.rejected.jsonl"]
 
 
 def test_a_script_that_exits_without_finishing_loses_no_point(hub_stack: HubStack, spool_dir: Path) -> None:

@@ -4,16 +4,19 @@ own rules: torn last line, exclusive lock, clean-up."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
+import pytest
 from tests.client.conftest import WRITER, HubStack
 
-from mlhub.client import Hub
-from mlhub.client.delivery import deliver, resend_folder
-from mlhub.client.spool import RunSpool, hub_folder
+from mlhub.client import Hub, HubRequestError, RecordRejected
+from mlhub.client.delivery import deliver, reject, resend_folder
+from mlhub.client.spool import RunSpool, hub_folder, spooled_runs
 from mlhub.client.transport import Transport
 
 SCRIPT = """
@@ -66,7 +69,7 @@ def test_a_crashed_script_s_spool_is_resent_by_the_next_hub_without_doubles(hub_
     with Hub(hub_stack.url, WRITER, spool_dir=spool_dir) as hub:
         report = hub.wait_for_resend(120)
     assert report is not None and report.runs == [run_id] and not report.left
-    assert report.delivered == len(pending) and report.points == 400 and report.dropped == 0
+    assert report.delivered == len(pending) and report.points == 400 and report.rejected == []
 
     logged = hub_stack.logged_steps(run_id)["loss"]
     assert {s: n for s, n in logged.items() if n != 1} == {}, "a step was stored twice"
@@ -113,7 +116,47 @@ def test_the_spool_files_rules(tmp_path: Path) -> None:
     spool.append([{"op": "batch", "id": "b3", "run_id": "run1", "at": 0, "body": {"metrics": []}}])
     assert [r["id"] for r in RunSpool(folder, "run1").pending()] == ["b1", "b3"], "the torn record swallowed b3"
     spool.unlock()
-    spool.mark_done("b1", dropped="refused: 409 INVALID_STATE")
+    spool.mark_done("b1", rejected="refused: 409 INVALID_STATE")
     spool.mark_done("b3")
     assert spool.remove_if_delivered()
     assert list(folder.iterdir()) == []
+
+
+def test_a_batch_refused_by_key_is_read_back_as_its_rest_under_a_derived_id(tmp_path: Path) -> None:
+    """The hub named the keys it refuses (422 with details.keys): the rejected file gets those keys' data, and
+    the spooled record is read back (by this reader and by the next process's) as its rest, under
+    uuid5(batch_id, "without-refused"), ahead of the records after it."""
+    folder = tmp_path / "hub"
+    spool = RunSpool(folder, "run1")
+    batch_id = str(uuid.uuid4())
+    series = [{"key": k, "values": [1.0, 2.0], "steps": [0, 1]} for k in ("loss", "odd")]
+    record = {"op": "batch", "id": batch_id, "run_id": "run1", "at": 0,
+              "body": {"batch_id": batch_id, "params": {"lr": "0.1"}, "metrics": series}}
+    after = {"op": "finish", "id": "f1", "run_id": "run1", "at": 0, "body": {"status": "finished"}}
+    spool.append([record, after])
+    refused = HubRequestError("422 UNDECLARED_METRIC: 'odd' is not declared", status=422,
+                              api_code="UNDECLARED_METRIC", details={"keys": ["odd", "not-in-this-batch"]})
+    with pytest.warns(RecordRejected, match=r"run run1: the hub refused batch .* of key\(s\) 'odd' for good"):
+        rejection, rest = reject(spool, spool.next_pending() or {}, refused, spooled=True)
+    rest_id = str(uuid.uuid5(uuid.UUID(batch_id), "without-refused"))
+    assert rest is not None and rest["id"] == rest_id
+    assert rest["body"] == {"params": {"lr": "0.1"}, "metrics": [series[0]], "batch_id": rest_id}
+    assert (rejection.op, rejection.keys, rejection.status, rejection.code, rejection.points) == (
+        "batch", ("odd",), 422, "UNDECLARED_METRIC", 2)
+    assert spool.next_pending() == rest
+    assert [r["id"] for r in RunSpool(folder, "run1").pending()] == [rest_id, "f1"], "after a crash too"
+    [line] = [json.loads(x) for x in spool.rejected_path.read_text().splitlines()]
+    assert line["refused"] == {"metrics": [series[1]]} and line["rest_id"] == rest_id
+    assert line["status"] == 422 and line["message"] == str(refused) and line["points"] == 2
+
+    # The rest refused whole (every key it has named): the record is done, the finish is next.
+    whole = HubRequestError("422", status=422, api_code="INVALID_METRIC", details={"keys": ["lr", "loss"]})
+    with pytest.warns(RecordRejected, match="of key\\(s\\) 'loss', 'lr' for good"):
+        rejection, rest = reject(spool, spool.next_pending() or {}, whole, spooled=True)
+    assert rest is None and rejection.keys == ("loss", "lr") and rejection.record_id == rest_id
+    spool.advance()
+    assert [r["id"] for r in RunSpool(folder, "run1").pending()] == ["f1"]
+    assert spool.next_pending() == after
+    assert "run1.rejected" not in spooled_runs(folder), "the rejected file is no run to resend"
+    spool.mark_done("f1")
+    assert spool.remove_if_delivered() and spool.rejected_path.exists(), "the rejected file is kept for the user"

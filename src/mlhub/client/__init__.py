@@ -16,18 +16,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlhub.client.delivery import ResendReport
-from mlhub.client.errors import HubRequestError, HubUnavailable, InvalidMetric, RunClosed
+from mlhub.client.delivery import Rejection, ResendReport
+from mlhub.client.errors import HubAuthError, HubRequestError, HubUnavailable, InvalidMetric, RecordRejected, RunClosed
 from mlhub.client.hub import Hub
 from mlhub.client.run import ArtifactInfo, Run
 
 __all__ = [
     "ArtifactInfo",
     "Hub",
+    "HubAuthError",
     "HubRequestError",
     "HubUnavailable",
     "InvalidMetric",
     "MLHubLogger",
+    "RecordRejected",
+    "Rejection",
     "ResendReport",
     "Run",
     "RunClosed",

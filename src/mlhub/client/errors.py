@@ -1,4 +1,4 @@
-"""Errors of the SDK: the hub could not be reached, or it refused a request (with the API's own code)."""
+"""Errors of the SDK: the hub could not be reached, refused the token, or refused a request (with its own code)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from typing import Any
 
 from mlhub.errors import InvalidMetric, MlhubError
 
-__all__ = ["HubRequestError", "HubUnavailable", "InvalidMetric", "RunClosed"]
+__all__ = ["HubAuthError", "HubRequestError", "HubUnavailable", "InvalidMetric", "RecordRejected", "RunClosed"]
 
 
 class HubUnavailable(MlhubError):
-    """The hub did not answer (connection refused, timeout) or answered 5xx/401/403/429: worth retrying.
+    """The hub did not answer (connection refused, timeout) or answered 5xx/408/429: worth retrying.
 
     `status` is the HTTP status when the hub answered, None when it did not."""
 
@@ -21,8 +21,22 @@ class HubUnavailable(MlhubError):
         self.status = status
 
 
+class HubAuthError(MlhubError):
+    """The hub refused the token (401: unknown token, 403: a role that may not do this, e.g. a reader's).
+
+    Not an outage and not a refusal of the data: a run's records stay in the spool and a Hub with a good
+    token resends them. `status` and `api_code` come from the API's answer."""
+
+    code = "HUB_AUTH_REFUSED"
+
+    def __init__(self, message: str, *, status: int, api_code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.api_code = api_code
+
+
 class HubRequestError(MlhubError):
-    """The hub refused a request for good (400, 404, 409, 422): retrying the same request cannot help.
+    """The hub refused a request for good (400, 404, 409, 413, 422): retrying the same request cannot help.
 
     `status`, `api_code` and `details` come from the API's error body.
     """
@@ -40,3 +54,8 @@ class RunClosed(MlhubError):
     """Something was logged to a run after it was finished."""
 
     code = "RUN_CLOSED"
+
+
+class RecordRejected(UserWarning):
+    """Warned when the hub refused logged data for good (the run, the keys and the hub's message are named;
+    the data is kept in the run's `<run_id>.rejected.jsonl` in the spool folder)."""

@@ -11,18 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from mlhub.client.run import Run, to_float
-
-
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
+from mlhub.client.run import Run
+from mlhub.events.keys import metric_value
 
 
 @functools.cache
@@ -40,8 +30,11 @@ def sdk_logger_class() -> type[Any]:
         Give it a `run` (you finish it, e.g. with `with hub.start_run(...) as run:`), or a `hub` and an
         `experiment`: it then starts a run on first use and finishes it in `finalize` ("success" ->
         finished, anything else -> failed). log_metrics only buffers (the sender thread sends); the epoch of
-        a point is Lightning's own "epoch" entry (not logged as a metric); hyperparameters are flattened with
-        dots and sent as string params. finalize flushes and waits (bounded) for the hub.
+        a point is Lightning's own "epoch" entry (not logged as a metric); hyperparameters go through
+        `Run.log_params` (flattened with dots, non-strings as JSON; the same value logged again, as `fit` then
+        `test` do, is a no-op). Keys and values are checked by the SDK's one rule set (mlhub.events.keys):
+        a bad one raises InvalidMetric after the step's valid keys were logged. finalize flushes and waits
+        (bounded) for the hub.
         """
 
         def __init__(self, run: Run | None = None, *, hub: Hub | None = None, experiment: str | None = None,
@@ -82,18 +75,15 @@ def sdk_logger_class() -> type[Any]:
         def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
             if params is None:
                 return
-            items = params if isinstance(params, Mapping) else vars(params)
-            flat = _flatten(items)
-            if flat:
-                self.run.log_params(flat)
+            self.run.log_params(params if isinstance(params, Mapping) else vars(params))
 
         @override
         @rank_zero_only
         def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
             values = dict(metrics)
             epoch = values.pop("epoch", None)
-            if epoch is not None and math.isfinite(to_float(epoch)):
-                self.current_epoch = int(to_float(epoch))
+            if epoch is not None and math.isfinite(number := metric_value(epoch, "epoch")):
+                self.current_epoch = int(number)
             if values:
                 self.run.log_metrics(values, step=max(0, int(step or 0)), epoch=max(0, self.current_epoch))
 

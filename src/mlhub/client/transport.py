@@ -1,4 +1,4 @@
-"""HTTP to the hub (httpx): one place that turns answers into results or the SDK's two kinds of error."""
+"""HTTP to the hub (httpx): one place that turns answers into results or the SDK's three kinds of error."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx
 
-from mlhub.client.errors import HubRequestError, HubUnavailable
+from mlhub.client.errors import HubAuthError, HubRequestError, HubUnavailable
 
 API_PREFIX = "/api/v1"
-#: Statuses a retry may cure: the hub (or its event log, or a projection) is down or busy, or a token that a
-#: restarted hub will know again. Everything else in 4xx is final for that request.
-RETRYABLE_STATUSES = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
+#: Statuses a retry may cure: the hub (or its event log, or a projection) is down or busy (HubUnavailable).
+#: 401/403 are not an outage: the token is wrong (HubAuthError). Every other 4xx is final for that request.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: The hub refused the token: the caller's to fix (MLHUB_TOKEN), not the data's.
+AUTH_STATUSES = frozenset({401, 403})
 
 
 def _finite(value: float) -> float | str:
@@ -58,7 +60,8 @@ class Transport:
 
     def request(self, method: str, path: str, *, json_body: Any = None, content: Any = None,
                 params: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
-        """Send one request; its JSON answer. HubUnavailable when a retry may help, HubRequestError when not."""
+        """Send one request; its JSON answer. HubUnavailable when a retry may help, HubAuthError when the token
+        was refused, HubRequestError when the hub refused the request for good."""
         send_headers = dict(headers or {})
         data = content
         if json_body is not None:
@@ -79,6 +82,9 @@ class Transport:
         message = f"{method} {path}: {response.status_code} {code}: {error.get('message') or response.text[:500]}"
         if response.status_code in RETRYABLE_STATUSES:
             raise HubUnavailable(message, status=response.status_code)
+        if response.status_code in AUTH_STATUSES:
+            raise HubAuthError(f"the hub refused the token ({message}): set MLHUB_TOKEN (or Hub(token=...)) to a "
+                               "writer's token", status=response.status_code, api_code=code)
         raise HubRequestError(message, status=response.status_code, api_code=code,
                               details=error.get("details") if isinstance(error.get("details"), dict) else None)
 
