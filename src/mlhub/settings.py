@@ -95,8 +95,6 @@ class Settings(BaseSettings):
     spool_dir: Path | None = None
     #: A run's producer (SDK sender, worker) sends a heartbeat when it has sent nothing else for this long (s).
     run_heartbeat_s: Annotated[float, Field(gt=0)] = 30.0
-    #: A running run with no event for this long (seconds) is marked crashed by the reaper.
-    run_dead_after_s: Annotated[float, Field(gt=0)] = 300.0
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 
