@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from tests.client.conftest import WRITER, HubStack
 
-from mlhub.api.routes_write import artifact_event_id, batch_event_id
 from mlhub.client import Hub
 from mlhub.client.delivery import deliver, record_event_id
 from mlhub.client.spool import RunSpool, hub_folder
 from mlhub.client.transport import Transport
+from mlhub.events.ids import batch_event_id, upload_event_id
 
 
 @pytest.fixture
@@ -42,7 +42,9 @@ def _batch(run_id: str, first_step: int, n: int) -> dict[str, object]:
 def test_the_client_derives_the_event_ids_the_api_appends() -> None:
     batch_id, upload_id = uuid.uuid4(), uuid.uuid4()
     assert record_event_id({"op": "batch", "id": str(batch_id)}) == str(batch_event_id(batch_id, 0))
-    assert record_event_id({"op": "artifact", "id": str(upload_id)}) == str(artifact_event_id(upload_id))
+    assert record_event_id({"op": "batch", "id": str(batch_id), "body": {"params": {"a": "1"}}}) == \
+        str(uuid.uuid5(batch_id, "log-batch/params/0"))
+    assert record_event_id({"op": "artifact", "id": str(upload_id)}) == str(upload_event_id(upload_id))
 
 
 @pytest.mark.parametrize("client_window_s", [1.0, 3600.0], ids=["checked", "control-trusts-the-window"])

@@ -16,11 +16,12 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mlhub.client.errors import HubAuthError, HubRequestError, HubUnavailable, RecordRejected
 from mlhub.client.spool import Record, RunSpool, only_keys, record_keys, spooled_runs, without_keys
 from mlhub.client.transport import Transport
+from mlhub.events.ids import batch_event_id, upload_event_id
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +202,18 @@ def resend_folder(transport: Transport, folder: Path, *, deadline_s: float, stop
 
 
 def record_event_id(record: Record) -> str | None:
-    """The id of the one event the API appends for a record (the same derivation as mlhub.api.routes_write:
-    the first event of a batch, uuid5(batch_id, "log-batch/0"); an upload's uuid5(upload_id, "artifact")).
-    An SDK batch holds at most POINTS_PER_BATCH points, one series per key, so the API makes exactly one event
-    of it. A finish has none (a repeated finish is recognized by its 409 answer)."""
+    """The id of the first event the API appends for a record (mlhub.events.ids, the derivation the tracking
+    service uses): a batch's first metric event (else its first params, else tags event), an upload's event.
+    An SDK batch holds at most POINTS_PER_BATCH points, one series per key, and its params or tags apart, so
+    the API makes one event of it. A finish has none (a repeated finish is recognized by its 409 answer)."""
     if record.get("op") == "batch":
-        return str(uuid.uuid5(uuid.UUID(str(record["id"])), "log-batch/0"))
+        body = record.get("body") or {}
+        part: Literal["metrics", "params", "tags"] = "metrics"
+        if not body.get("metrics") and (body.get("params") or body.get("tags")):
+            part = "params" if body.get("params") else "tags"
+        return str(batch_event_id(uuid.UUID(str(record["id"])), 0, part))
     if record.get("op") == "artifact":
-        return str(uuid.uuid5(uuid.UUID(str(record["id"])), "artifact"))
+        return str(upload_event_id(uuid.UUID(str(record["id"]))))
     return None
 
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from mlhub.errors import ConcurrencyError
 from mlhub.eventlog import AppendResult, EventLog
@@ -43,6 +44,7 @@ from mlhub.events import (
     job_status,
     run_lifecycle,
 )
+from mlhub.events.ids import batch_event_id, derived_id, run_id_for_request, upload_event_id
 from mlhub.tracking.errors import (
     BadTrackingRequest,
     IdempotencyKeyReused,
@@ -81,11 +83,6 @@ class Written:
     def seq(self) -> int:
         """The last sequence written (or, for a request that appended nothing new, the run's version)."""
         return max(self.seqs) if self.seqs else 0
-
-
-def derived_id(key: uuid.UUID | None, name: str) -> uuid.UUID | None:
-    """The event id of the event `name` of a keyed request: the same key gives the same ids."""
-    return uuid.uuid5(key, name) if key is not None else None
 
 
 def _comparable(event: DomainEvent, server_stamps: bool) -> str:
@@ -200,14 +197,29 @@ class TrackingService:
         seqs = {str(e.event_id): stored[str(e.event_id)].seq for e in dup}
         return [seqs.get(str(e.event_id), r.seq) for e, r in zip(envelopes, results, strict=True)]
 
-    async def _open(self, run_id: str, *, reload: bool = False) -> RunState:
+    async def _checked(self, run_id: str, check: Callable[[RunState], None], *, reload: bool = False) -> RunState:
+        """The run's state once `check` accepts it. A refusal is never decided on the cache alone: another
+        process (the reaper, a second API replica) may have moved the run, so the run is read again first."""
         state = await self.states.get(run_id, reload=reload)
+        try:
+            check(state)
+        except (RunNotFound, RunEnded, InvalidRunState):
+            if reload:
+                raise
+            state = await self.states.get(run_id, reload=True)
+            check(state)
+        return state
+
+    @staticmethod
+    def _must_be_open(state: RunState, run_id: str) -> None:
         if not state.lifecycle.created:
             raise RunNotFound(f"no run {run_id!r} was created", details={"run_id": run_id})
         if state.lifecycle.ended:
             raise RunEnded(f"run {run_id} has ended ({state.lifecycle.status}, seq {state.version}): nothing more "
                            "can be logged to it", state=str(state.lifecycle.status), seq=state.version)
-        return state
+
+    async def _open(self, run_id: str, *, reload: bool = False) -> RunState:
+        return await self._checked(run_id, lambda s: self._must_be_open(s, run_id), reload=reload)
 
     def _remember(self, run_id: str, state: RunState, events: Sequence[DomainEvent], seqs: Sequence[int]) -> None:
         self.states.put(run_id, RunState(run_lifecycle(events, state.lifecycle), max([state.version, *seqs])))
@@ -224,7 +236,7 @@ class TrackingService:
                                      details={"field": "experiment"})
         params, tags = dict(params or {}), dict(tags or {})
         check_request(self.limits, params=params, tags=tags)
-        run_id = uuid.uuid5(request_id, "run").hex if request_id else uuid.uuid4().hex
+        run_id = run_id_for_request(request_id) if request_id else uuid.uuid4().hex
         experiment_id = experiment_id_for(experiment)
         run_events: list[DomainEvent] = [RunCreated(run_id=run_id, experiment_id=experiment_id,
                                                     name=name or f"run-{run_id[:8]}", source="sdk")]
@@ -297,15 +309,13 @@ class TrackingService:
                 new_params = params if batch_id is not None else {k: v for k, v in params.items() if k not in logged}
                 events: list[DomainEvent] = []
                 ids: list[uuid.UUID | None] = []
-                for i, chunk in enumerate(_chunks(new_params)):
-                    events.append(ParamsLogged(run_id=run_id, params=chunk))
-                    ids.append(derived_id(batch_id, f"log-batch/params/{i}"))
-                for i, chunk in enumerate(_chunks(tags)):
-                    events.append(TagsSet(run_id=run_id, tags=chunk))
-                    ids.append(derived_id(batch_id, f"log-batch/tags/{i}"))
-                for i, event in enumerate(metric_events(run_id, series, state.lifecycle.attempt, now_ms)):
-                    events.append(event)
-                    ids.append(derived_id(batch_id, f"log-batch/{i}"))
+                parts: list[tuple[Literal["params", "tags", "metrics"], list[DomainEvent]]] = [
+                    ("params", [ParamsLogged(run_id=run_id, params=c) for c in _chunks(new_params)]),
+                    ("tags", [TagsSet(run_id=run_id, tags=c) for c in _chunks(tags)]),
+                    ("metrics", list(metric_events(run_id, series, state.lifecycle.attempt, now_ms)))]
+                for part, made in parts:
+                    events += made
+                    ids += [batch_event_id(batch_id, i, part) if batch_id else None for i in range(len(made))]
                 if not events:  # only params that are logged already, with these values
                     return Written(run_id, [state.version], duplicate=True)
                 envelopes = [self._envelope(e, i) for e, i in zip(events, ids, strict=True)]
@@ -331,7 +341,7 @@ class TrackingService:
         (same upload_id, same path and content) records nothing new; another one is IDEMPOTENCY_KEY_REUSED."""
         event = ArtifactStored(run_id=run_id, path=path, sha256=sha256, size_bytes=size_bytes, uri=uri,
                                kind=kind)  # type: ignore[arg-type]  # kind is checked by the model
-        event_id = derived_id(upload_id, "artifact")
+        event_id = upload_event_id(upload_id) if upload_id else None
         async with self.states.lock(run_id):
             if event_id is not None:
                 stored = await self.event_log.find_events(f"{SUBJECT_PREFIX}.run.{run_id}.artifact_stored",
@@ -355,16 +365,17 @@ class TrackingService:
 
     async def _end(self, run_id: str, make: Callable[[RunState], DomainEvent], *,
                    allowed: Callable[[RunState], None] | None = None) -> Written:
+        def check(state: RunState) -> None:
+            if not state.lifecycle.created:
+                raise RunNotFound(f"no run {run_id!r} was created", details={"run_id": run_id})
+            if allowed is not None:
+                allowed(state)
+            else:
+                self._must_be_open(state, run_id)
+
         async with self.states.lock(run_id):
             for attempt in range(_RETRIES):
-                state = await self.states.get(run_id, reload=attempt > 0)
-                if not state.lifecycle.created:
-                    raise RunNotFound(f"no run {run_id!r} was created", details={"run_id": run_id})
-                if allowed is not None:
-                    allowed(state)
-                elif state.lifecycle.ended:
-                    raise RunEnded(f"run {run_id} has ended ({state.lifecycle.status}, seq {state.version})",
-                                   state=str(state.lifecycle.status), seq=state.version)
+                state = await self._checked(run_id, check, reload=attempt > 0)
                 event = make(state)
                 try:
                     result = await self.event_log.append(self._envelope(event), expected_version=state.version)
