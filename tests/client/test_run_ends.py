@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from tests.client.conftest import WRITER, HubStack
 
 from mlhub.client import Hub, HubRequestError
+from mlhub.eventlog import EmbeddedNats
 from mlhub.events import RunCrashed
 
 SCRIPT = """
@@ -110,14 +111,41 @@ def test_heartbeats_and_a_run_ended_elsewhere(shared_hub: HubStack, spool_dir: P
         assert not run.finish(timeout_s=30) and run.rejected[-1].code == "INVALID_STATE"
 
 
-def test_a_crashed_run_is_resumed_and_logs_on_from_its_last_step(shared_hub: HubStack, spool_dir: Path) -> None:
-    """Needs the API's POST /runs/{id}/resume. The script is SIGKILLed (nothing can catch that); the reaper
-    marks the run crashed; a new process resumes it."""
-    proc, run_id = start_script(shared_hub, spool_dir, "sigkill")
+DEAD_AFTER_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def reaping_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStack]:
+    """A hub whose reaper (in `mlhub projector`) ends runs silent for DEAD_AFTER_S, sweeping twice a second."""
+    root = tmp_path_factory.mktemp("reaping")
+    server = EmbeddedNats(root / "nats", sync="always")
+    server.start()
+    assert server.url is not None
+    stack = HubStack(root, server.url, MLHUB_RUN_DEAD_AFTER_S=str(DEAD_AFTER_S), MLHUB_REAPER_INTERVAL_S="0.5")
+    try:
+        stack.start_api()
+        stack.start_projector()
+        yield stack
+    finally:
+        stack.stop()
+        server.stop()
+
+
+def test_a_sigkilled_script_s_run_crashes_and_is_resumed_from_its_last_step(reaping_hub: HubStack,
+                                                                            spool_dir: Path) -> None:
+    """The script is SIGKILLed (nothing can catch that); the hub's reaper ends its run as crashed within
+    MLHUB_RUN_DEAD_AFTER_S + MLHUB_REAPER_INTERVAL_S (and the read model's lag); a new process resumes it."""
+    proc, run_id = start_script(reaping_hub, spool_dir, "sigkill")
     proc.kill()
     proc.communicate(timeout=30)
-    shared_hub.append(RunCrashed(run_id=run_id, reason="no event for 300 s", silent_s=300.0,
-                                 last_seq=shared_hub.run_events(run_id)[-1]["seq"]))
+    killed_at = time.monotonic()
+    wait_for(lambda: reaping_hub.run_events(run_id)[-1]["type"] == "run.crashed", DEAD_AFTER_S + 30,
+             "the reaper to end the SIGKILLed script's run")
+    took = time.monotonic() - killed_at
+    assert took <= DEAD_AFTER_S + 30, took
+    crashed = reaping_hub.run_events(run_id)[-1]["payload"]
+    assert crashed["silent_s"] >= DEAD_AFTER_S and "killed or lost" in crashed["reason"]
+    shared_hub = reaping_hub
     with Hub(shared_hub.url, WRITER, spool_dir=spool_dir, interval_s=0.05) as hub:
         resumed = hub.resume_run(run_id)
         assert resumed.next_step == 100, "the automatic step goes on after the hub's last step"
