@@ -68,6 +68,12 @@ class AppendRejected(MlhubError):
     code = "APPEND_REJECTED"
 
 
+class EventTooLarge(AppendRejected):
+    """An event over the largest message the event log takes: nothing was stored (the request must be split)."""
+
+    code = "REQUEST_TOO_LARGE"
+
+
 class EmbeddedServerError(MlhubError):
     """The embedded nats-server could not be started or stopped."""
 

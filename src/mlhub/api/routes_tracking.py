@@ -24,6 +24,7 @@ from mlhub.api.routes_read import RunId
 from mlhub.api.schemas import (
     Appended,
     ArtifactUploaded,
+    FiniteLogBatch,
     LogBatch,
     RunCreate,
     RunCreated,
@@ -92,14 +93,20 @@ async def log_batch(run_id: RunId, request: Request, state: StateDep, _: WriterD
     # The body is parsed by pydantic-core straight from the bytes (Python's json module is the slowest part of
     # a large batch otherwise); errors have the same shape as FastAPI's own validation errors.
     raw = await read_body(request, state.settings.api_max_body_bytes)
+    body: LogBatch
     try:
-        body = LogBatch.model_validate_json(raw or b"null")
-    except ValidationError as e:
-        per_key = _per_key_errors(raw, e)
-        if per_key is not None:
-            raise per_key from e
-        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
-    series = [SeriesInput(m.key, as_floats(tuple(m.values)), m.steps, m.epochs, m.timestamps) for m in body.metrics]
+        body = FiniteLogBatch.model_validate_json(raw or b"null")  # numbers only: the fast path
+        series = [SeriesInput(m.key, m.values, m.steps, m.epochs, m.timestamps) for m in body.metrics]
+    except ValidationError:
+        try:
+            body = LogBatch.model_validate_json(raw or b"null")
+        except ValidationError as e:
+            per_key = _per_key_errors(raw, e)
+            if per_key is not None:
+                raise per_key from e
+            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
+        series = [SeriesInput(m.key, as_floats(tuple(m.values)), m.steps, m.epochs, m.timestamps)
+                  for m in body.metrics]
     written = await state.tracking.log_batch(run_id, params=body.params, tags=body.tags, series=series,
                                              batch_id=body.batch_id)
     return {"seq": written.seq, "seqs": written.seqs, "points": written.points, "duplicate": written.duplicate}

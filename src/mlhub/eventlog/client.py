@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
 
-from mlhub.errors import AppendRejected, ConcurrencyError, EventLogUnavailable
+from mlhub.errors import AppendRejected, ConcurrencyError, EventLogUnavailable, EventTooLarge
 from mlhub.eventlog.fastnats import FastHeaderClient, stream_sequence
 from mlhub.eventlog.stream import MAX_EVENT_BYTES, StreamSpec, ensure_stream
 from mlhub.events import STREAM_SUBJECTS, Envelope, aggregate_subject_filter, decode, encode
@@ -367,7 +367,7 @@ class EventLog:
     def _encode_checked(self, envelope: Envelope) -> bytes:
         data = encode(envelope)
         if len(data) > MAX_EVENT_BYTES:
-            raise AppendRejected(
+            raise EventTooLarge(
                 f"{envelope.type} {envelope.event_id} is {len(data)} bytes, more than the {MAX_EVENT_BYTES} a "
                 f"single event may hold: split the batch"
             )

@@ -51,7 +51,6 @@ from mlhub.tracking.errors import (
     InvalidRunState,
     LimitExceeded,
     ParamValueChanged,
-    RequestTooLarge,
     RunEnded,
     RunNotFound,
 )
@@ -157,19 +156,15 @@ class TrackingService:
             return Envelope(event=event, producer=self.producer, correlation_id=correlation_id)
         return Envelope(event=event, producer=self.producer, correlation_id=correlation_id, event_id=event_id)
 
-    def _check_sizes(self, envelopes: Sequence[Envelope]) -> None:
+    def _check_count(self, envelopes: Sequence[Envelope]) -> None:
+        """LimitExceeded when a request would make more events than one atomic batch holds. (Each event's size
+        is bounded by construction: metric events hold at most POINTS_PER_EVENT points, params and tags
+        events at most _CHUNK_BYTES; the event log checks the encoded size again, EventTooLarge.)"""
         if len(envelopes) > self.limits.max_events_per_request:
             raise LimitExceeded(f"the request makes {len(envelopes)} events; one request may append "
                                 f"{self.limits.max_events_per_request} (the event log's atomic batch): split it",
                                 details={"limit": "events per request", "max": self.limits.max_events_per_request,
                                          "value": len(envelopes)})
-        for envelope in envelopes:
-            size = len(envelope.event.model_dump_json(round_trip=True)) + 400
-            if size > self.limits.max_event_bytes:
-                raise RequestTooLarge(f"{envelope.type} would be {size} bytes, more than the "
-                                      f"{self.limits.max_event_bytes} one event may hold: split the request",
-                                      details={"limit": "event bytes", "max": self.limits.max_event_bytes,
-                                               "value": size})
 
     async def _append(self, envelopes: list[Envelope], guard: tuple[str, int],
                       extra_guards: dict[int, tuple[str, int]] | None = None) -> list[AppendResult]:
@@ -245,7 +240,7 @@ class TrackingService:
         run_events.append(RunStarted(run_id=run_id, attempt=1))
         run_envelopes = [self._envelope(e, derived_id(request_id, f"create-run/{i}"))
                          for i, e in enumerate(run_events)]
-        self._check_sizes(run_envelopes)
+        self._check_count(run_envelopes)
         run_filter = aggregate_subject_filter("run", run_id)
         async with self.states.lock(run_id):
             for _ in range(3):
@@ -320,7 +315,7 @@ class TrackingService:
                     return Written(run_id, [state.version], duplicate=True)
                 envelopes = [self._envelope(e, i) for e, i in zip(events, ids, strict=True)]
                 if attempt == 0:
-                    self._check_sizes(envelopes)
+                    self._check_count(envelopes)
                 try:
                     results = await self._append(envelopes, (aggregate_subject_filter("run", run_id), state.version))
                 except ConcurrencyError:
