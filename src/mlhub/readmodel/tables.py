@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+from mlhub.events import RunStatus
+
 metadata = MetaData()
 
 #: JSON on SQLite, JSONB on PostgreSQL.
@@ -32,7 +34,9 @@ Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
 Id = String(128)
 Utc = DateTime(timezone=True)
 
-RUN_STATUSES = ("queued", "running", "finished", "failed", "cancelled")
+#: The words of runs.status (mlhub.events.RunStatus; a stopped run is "killed").
+RUN_STATUSES: tuple[str, ...] = tuple(status.value for status in RunStatus)
+#: The words of jobs.status (a job's own: a stopped job is "cancelled", a done one "succeeded").
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 experiments = Table(
