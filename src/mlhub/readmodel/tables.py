@@ -250,7 +250,8 @@ model_alias_history = Table(
 metric_definitions = Table(
     "metric_definitions",
     metadata,
-    Column("name", Id, primary_key=True),
+    #: Any metric key (`val_acc`, `train/loss`, `val/acc@top1`); its event subject token is metric_aggregate_id(name).
+    Column("name", String(250), primary_key=True),
     Column("direction", String(8), nullable=False),
     Column("unit", String(50), nullable=False),
     Column("description", Text, nullable=False),
