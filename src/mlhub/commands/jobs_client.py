@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mlhub.commands.hubclient import LIVE_RUN_STATUSES, HubClient, json_float
+from mlhub.commands.hubclient import ENDED, LIVE_RUN_STATUSES, HubClient, json_float
 from mlhub.events import RunStatus
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def follow(client: HubClient, job_id: str, min_seq: int, timeout_s: float | None
             for attempt in range(seen_attempts + 1, job["attempts"] + 1):
                 click.echo(f"  attempt {attempt} started on worker {job.get('worker_id') or '?'}", err=True)
         seen_attempts = max(seen_attempts, job["attempts"])
-        if job["status"] in ("succeeded", "failed", "cancelled"):
+        if job["status"] in ENDED:
             break
         if deadline is not None and time.monotonic() > deadline:
             click.echo(f"error [TIMEOUT]: job {job_id} did not end within {timeout_s:g} s (it is {job['status']}; "
