@@ -1,6 +1,7 @@
 -- leaderboard: for every declared metric (metric_definitions) and every run that logged it, the best value by
 -- the metric's direction ('max': highest, 'min': lowest; NaN ignored), the step where it was first reached,
--- and the run's rank among the runs of its experiment (1 = best; ties share a rank).
+-- and the run's rank among the runs of its experiment (1 = best; ties share a rank). Only each run's current
+-- attempt counts (current_metrics): an abandoned attempt's points never rank a run.
 WITH best AS (
     SELECT
         m.run_id,
@@ -13,7 +14,7 @@ WITH best AS (
             ELSE arg_min(m.step, (m.value, m.step))
         END AS best_step,
         count(*) AS points
-    FROM metrics AS m
+    FROM current_metrics AS m
     JOIN metric_definitions AS d ON m.key = d.name
     WHERE NOT isnan(m.value)
     GROUP BY m.run_id, m.key, d.direction

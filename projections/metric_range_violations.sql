@@ -10,7 +10,8 @@ SELECT
     d.min_value,
     d.max_value,
     m.logged_at,
-    m.seq
+    m.seq,
+    m.attempt
 FROM metrics AS m
 JOIN metric_definitions AS d ON m.key = d.name
 WHERE NOT isnan(m.value)

@@ -1,4 +1,5 @@
--- metric_summary: per run and key, computed by DuckDB from every point in the metric tables.
+-- metric_summary: per run and key, computed by DuckDB from the points of the run's current attempt
+-- (current_metrics; `metrics` has every attempt's).
 -- NaN values are counted (nan_count) but left out of min/max/mean; last_* is the point with the highest
 -- (step, timestamp, seq), NaN included, as in the read model's metric_summaries.
 SELECT
@@ -14,5 +15,5 @@ SELECT
     max(step) AS last_step,
     min("timestamp") AS first_timestamp,
     max("timestamp") AS last_timestamp
-FROM metrics
+FROM current_metrics
 GROUP BY run_id, key

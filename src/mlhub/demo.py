@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlhub.commands.hub import Hub, HubError, HubInfo
-from mlhub.commands.hubclient import ENDED, HubClient, json_float
+from mlhub.commands.hubclient import ENDED, LIVE_RUN_STATUSES, HubClient, json_float
 from mlhub.settings import Settings
 
 #: The example jobs: a config file under configs/ and the overrides that keep it short on a small machine.
@@ -106,7 +106,7 @@ def _wait(client: HubClient, hub: Hub, runs: list[DemoRun], stop: threading.Even
             if job["status"] not in ENDED:
                 continue
             detail = client.get(f"/runs/{run.run_id}", min_seq=job["last_seq"])
-            if detail["run"]["status"] in ("created", "running"):
+            if detail["run"]["status"] in LIVE_RUN_STATUSES:
                 continue  # the job ended; the run's end event is the next append
             error = f"{job.get('error_type')}: {job.get('error')}" if job.get("error_type") else None
             done[job_id] = DemoRun(run.config, job_id, run.run_id, run.seq, job["status"], error, detail)

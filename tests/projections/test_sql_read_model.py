@@ -197,7 +197,7 @@ async def test_cancelled_and_failed_jobs_and_runs(
     j2, r2, j3 = row(database, t.jobs, job_id="j2"), row(database, t.runs, run_id="r2"), row(database, t.jobs,
                                                                                             job_id="j3")
     assert (j2["status"], j2["cancel_reason"], j2["cancelled_by"]) == ("cancelled", "not needed", "ann")
-    assert (r2["status"], r2["cancel_reason"]) == ("cancelled", "not needed") and r2["ended_at"] is not None
+    assert (r2["status"], r2["cancel_reason"]) == ("killed", "not needed") and r2["ended_at"] is not None
     assert (j3["status"], j3["error"], j3["retryable"], j3["attempts"]) == ("failed", "bad config", False, 1)
 
 

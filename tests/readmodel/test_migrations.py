@@ -45,3 +45,40 @@ def test_upgrade_is_idempotent_and_downgrade_drops_everything(database: Engine) 
     migrate(database)
     with database.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(tables.params)).scalar_one() == 0
+
+
+def test_0004_renames_cancelled_runs_to_killed_and_leaves_jobs_alone(database: Engine) -> None:
+    from datetime import UTC, datetime
+
+    migrate(database, "0003_epoch_metrics")
+    now = datetime.now(UTC)
+    with database.begin() as conn:
+        conn.execute(sa.text("INSERT INTO runs (run_id, status, updated_at, last_seq) VALUES "
+                             "('r1', 'cancelled', :now, 1), ('r2', 'finished', :now, 2)"), {"now": now})
+        conn.execute(sa.text("INSERT INTO jobs (job_id, status, attempts, updated_at, last_seq) VALUES "
+                             "('j1', 'cancelled', 0, :now, 3)"), {"now": now})
+
+    def statuses() -> tuple[dict[str, str], dict[str, str]]:
+        with database.connect() as conn:
+            runs = {r: s for r, s in conn.execute(sa.text("SELECT run_id, status FROM runs"))}
+            jobs = {j: s for j, s in conn.execute(sa.text("SELECT job_id, status FROM jobs"))}
+        return runs, jobs
+
+    migrate(database)
+    assert statuses() == ({"r1": "killed", "r2": "finished"}, {"j1": "cancelled"})
+    downgrade(database, "0003_epoch_metrics")
+    assert statuses() == ({"r1": "cancelled", "r2": "finished"}, {"j1": "cancelled"})
+
+
+def test_0005_lets_a_metric_definition_name_be_any_metric_key(database: Engine) -> None:
+    from datetime import UTC, datetime
+
+    migrate(database)
+    name = "val/acc@top1 " + "x" * 200  # longer than an id, as long as a metric key may be
+    now = datetime.now(UTC)
+    with database.begin() as conn:
+        conn.execute(tables.metric_definitions.insert().values(
+            name=name, direction="max", unit="", description="", revision=1, defined_at=now, updated_at=now,
+            last_seq=1))
+    with database.connect() as conn:
+        assert conn.execute(sa.select(tables.metric_definitions.c.name)).scalar_one() == name

@@ -97,11 +97,12 @@ def test_only_the_last_attempts_metrics_are_final() -> None:
         rec(4, RunStarted(run_id="r", attempt=2)),
         rec(5, MetricsLogged.from_points("r", [("loss", 2.0, 0, 0, 2), ("loss", 1.0, 1, 0, 3)], attempt=2)),
         rec(6, RunFinished(run_id="r", attempt=2)),
+        # A late batch of the abandoned first attempt (v3 says its attempt) is not final either.
+        rec(7, MetricsLogged.from_points("r", [("loss", 0.5, 9, 0, 9)], attempt=1)),
     ]
     record = fold_run("r", events)
     assert record.status == "finished" and record.final_metrics == {"loss": 1.0}
     nan_a = fold_run("r", [*events[:4], rec(5, MetricsLogged.from_points("r", [("loss", float("nan"), 0, 0, 2)],
-                                                                          attempt=2)),
-                           events[5]])
+                                                                          attempt=2)), events[5]])
     assert compare(nan_a, nan_a).all_match is False  # no config snapshot: never "reproduced"
     assert [m.matches for m in compare(nan_a, nan_a).metrics] == [True]  # NaN matches NaN

@@ -90,3 +90,18 @@ async def test_logger_converts_values_and_keeps_step_and_epoch(event_log: EventL
     assert math.isinf(points["bad"].value)
     assert logger.points_logged == 3
     await asyncio.to_thread(sender.close, 10)
+
+
+async def test_every_batch_says_the_attempt_of_its_sender(event_log: EventLog) -> None:
+    loop = asyncio.get_running_loop()
+
+    def send(envelopes: Sequence[Envelope]) -> None:
+        asyncio.run_coroutine_threadsafe(event_log.append_many(envelopes), loop).result(30)
+
+    sender = MetricSender("run-attempt-3", send, producer="test", interval_s=0.01, max_points=10, attempt=3)
+    sender.add([MetricPoint("train/loss", 1.0 / (s + 1), s, 0, 1_700_000_000_000 + s) for s in range(25)])
+    assert await asyncio.to_thread(sender.close, 30)
+    agg = await event_log.read_aggregate("run", "run-attempt-3")
+    batches = [r.envelope.event for r in agg.events if isinstance(r.envelope.event, MetricsLogged)]
+    assert len(batches) == 3 and {b.attempt for b in batches} == {3}
+    assert sum(b.num_points for b in batches) == 25

@@ -65,6 +65,14 @@ async def test_killed_worker_job_is_redelivered_and_completes_as_attempt_2(
     run = await events_of(event_log, "run", job.run_id)
     assert [e.attempt for e in run if isinstance(e, RunStarted)] == [1, 2]
     assert isinstance(run[-1], RunFinished) and run[-1].attempt == 2
+    # Every metric batch says its attempt: the killed attempt's before the second run.started, then 2's.
+    attempts, current = [], 0
+    for e in run:
+        if isinstance(e, RunStarted):
+            current = e.attempt
+        elif isinstance(e, MetricsLogged):
+            attempts.append((current, e.attempt))
+    assert {started for started, _ in attempts} == {1, 2} and all(a == b for a, b in attempts), attempts
 
 
 async def test_a_worker_that_lost_its_job_does_not_record_a_late_success(event_log: EventLog, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@
 - `QueryEngine`: read-only DuckDB SQL over the metric tables and the read model's tables (passed as Arrow).
 """
 
-from mlhub.analytics.engine import READMODEL_TABLES, QueryEngine, default_views_dir
+from mlhub.analytics.engine import READMODEL_TABLES, QueryEngine, default_views_dir, parquet_select
 from mlhub.analytics.errors import MetricTableError, QueryFailed, QueryRefused
 from mlhub.analytics.guard import check_read_only
 from mlhub.analytics.layout import DEFAULT_APP_ID, NUM_BUCKETS, POINTS_SCHEMA, RUNS_SCHEMA, run_bucket
@@ -29,5 +29,6 @@ __all__ = [
     "build_points_table",
     "check_read_only",
     "default_views_dir",
+    "parquet_select",
     "run_bucket",
 ]

@@ -3,7 +3,8 @@
 What a query sees:
 
 - ``mlhub.points`` / ``mlhub.run_experiments``: the Delta tables' files of one snapshot (taken at open), read by
-  DuckDB's own Parquet reader (hive partition ``bucket`` pruned by filters);
+  DuckDB's own Parquet reader (hive partition ``bucket`` pruned by filters; files matched by column name, so
+  data files written before a column was added read it as NULL);
 - ``readmodel.<name>``: small tables of the SQL read model (runs, params, metric_definitions, ...) that the
   caller passes as Arrow (DuckDB cannot attach SQLite/PostgreSQL offline); missing ones are empty;
 - the views defined by the SQL files in top-level ``projections/`` (file ``<view>.sql`` holds the view's SELECT):
@@ -37,7 +38,8 @@ _S = pa.string()
 #: The read-model tables the views use, with the columns the views need when the caller passes none.
 READMODEL_TABLES: dict[str, pa.Schema] = {
     "experiments": pa.schema([("experiment_id", _S), ("name", _S), ("description", _S)]),
-    "runs": pa.schema([("run_id", _S), ("experiment_id", _S), ("name", _S), ("status", _S)]),
+    "runs": pa.schema([("run_id", _S), ("experiment_id", _S), ("name", _S), ("status", _S),
+                       ("attempt", pa.int64())]),
     "params": pa.schema([("run_id", _S), ("key", _S), ("value", _S)]),
     "tags": pa.schema([("run_id", _S), ("key", _S), ("value", _S)]),
     "metric_definitions": pa.schema([("name", _S), ("direction", _S), ("unit", _S), ("description", _S),
@@ -105,6 +107,9 @@ class QueryEngine:
             if self.threads:
                 con.execute(f"SET threads = {int(self.threads)}")
             con.execute("SET parquet_metadata_cache = true")
+            # Parquet min/max statistics leave NaN out (as the format says), and DuckDB's statistics propagation
+            # then folds isnan(value) to false: NaN points would count as numbers (nan_count 0, max NaN).
+            con.execute("SET disabled_optimizers = 'statistics_propagation'")
             con.execute("CREATE SCHEMA mlhub; CREATE SCHEMA readmodel")
             _create_files_view(con, "mlhub.points", self.snapshot.points_files, POINTS_SCHEMA, hive=True)
             _create_files_view(con, "mlhub.run_experiments", self.snapshot.runs_files, RUNS_SCHEMA, hive=False)
@@ -119,7 +124,7 @@ class QueryEngine:
             self._views = _create_views(con, self.views_dir or default_views_dir())
             con.execute(
                 "CREATE MACRO run_metrics(r, k) AS TABLE "
-                "SELECT step, epoch, value, timestamp, logged_at, seq FROM metrics "
+                "SELECT step, epoch, value, timestamp, logged_at, seq, attempt FROM metrics "
                 "WHERE bucket = metric_bucket(r) AND run_id = r AND key = k ORDER BY step, timestamp, seq"
             )
             directories = [str(self.metrics_dir.resolve()) + "/"]
@@ -197,6 +202,24 @@ def _sql_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(_sql_str(v) for v in values) + "]"
 
 
+#: DuckDB's name of each Arrow type the metric tables use.
+_DUCKDB_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR"}
+
+
+def parquet_select(con: duckdb.DuckDBPyConnection, files: Sequence[str], schema: pa.Schema, *, hive: bool) -> str:
+    """A SELECT of the schema's columns over exactly these Parquet files (at least one).
+
+    Files are matched by column name (union_by_name): a table's older data files may lack a column added to its
+    layout later (``attempt`` of the points table); such a column reads as NULL, even when no file has it yet.
+    """
+    options = ", hive_partitioning = true, hive_types = {'bucket': INTEGER}" if hive else ""
+    source = f"read_parquet({_sql_list(list(files))}, union_by_name = true{options})"
+    present = {str(row[0]) for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+    columns = ", ".join(f'"{f.name}"' if f.name in present else f'CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS "{f.name}"'
+                        for f in schema)
+    return f"SELECT {columns} FROM {source}"
+
+
 def _create_files_view(
     con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema, *, hive: bool
 ) -> None:
@@ -204,9 +227,7 @@ def _create_files_view(
     if not files:
         _load_arrow(con, name, schema.empty_table())
         return
-    options = ", hive_partitioning = true, hive_types = {'bucket': INTEGER}" if hive else ""
-    columns = ", ".join(f'"{n}"' for n in schema.names)
-    con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM read_parquet({_sql_list(files)}{options})")
+    con.execute(f"CREATE VIEW {name} AS {parquet_select(con, files, schema, hive=hive)}")
 
 
 def _load_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:

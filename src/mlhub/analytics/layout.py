@@ -2,9 +2,13 @@
 
 Two Delta Lake tables sit under the metrics folder (``Settings.metrics_dir``):
 
-- ``points/``: one row per metric point (run_id, experiment_id, key, step, epoch, value, timestamp), partitioned
-  by ``bucket`` = a stable hash of run_id modulo ``NUM_BUCKETS`` and sorted by (run_id, key, step) within each
-  file, so one run's history lives in one partition and a few row groups.
+- ``points/``: one row per metric point (run_id, experiment_id, key, step, epoch, value, timestamp, seq, attempt),
+  partitioned by ``bucket`` = a stable hash of run_id modulo ``NUM_BUCKETS`` and sorted by (run_id, key, step)
+  within each file, so one run's history lives in one partition and a few row groups. Every attempt's points
+  are kept (``attempt``); readers of a run's results count its last attempt's (the ``current_metrics`` view).
+  ``attempt`` was added to the layout later: a table written before has data files without it, and the first
+  append after the upgrade adds the column to the table's schema (delta-rs schema merge); those older rows
+  read as NULL (points stored before events said their attempt).
 - ``runs/``: one row per run the writer has seen created (run_id -> experiment_id), so a restarted writer knows
   the experiment of a run whose ``run.created`` event lies before its checkpoint.
 """
@@ -35,6 +39,9 @@ POINTS_SCHEMA = pa.schema(
         pa.field("timestamp", pa.int64(), nullable=False),
         #: stream sequence of the MetricsLogged event that carried the point (provenance, and a tie-breaker)
         pa.field("seq", pa.int64(), nullable=False),
+        #: the run attempt that logged the point (MetricsLogged.attempt); NULL for points stored before events
+        #: said it (schema v2) and in data files written before this column existed
+        pa.field("attempt", pa.int64(), nullable=True),
     ]
 )
 RUNS_SCHEMA = pa.schema(
@@ -47,6 +54,15 @@ RUNS_SCHEMA = pa.schema(
 PARTITION_COLUMN = "bucket"
 #: The order of rows inside each data file (and of files' row groups' statistics).
 SORT_KEYS = [("run_id", "ascending"), ("key", "ascending"), ("step", "ascending"), ("seq", "ascending")]
+
+
+def with_points_schema(table: pa.Table) -> pa.Table:
+    """Rows of the points table in POINTS_SCHEMA: columns in its order, one it lacks (``attempt`` of data written
+    before the column existed) added as NULLs."""
+    for f in POINTS_SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(POINTS_SCHEMA.names).cast(POINTS_SCHEMA)
 
 
 def run_bucket(run_id: str, num_buckets: int = NUM_BUCKETS) -> int:

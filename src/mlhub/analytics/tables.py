@@ -20,10 +20,10 @@ from mlhub.analytics.errors import MetricTableError
 from mlhub.analytics.layout import (
     DEFAULT_APP_ID,
     PARTITION_COLUMN,
-    POINTS_SCHEMA,
     SORT_KEYS,
     points_path,
     runs_path,
+    with_points_schema,
     writer_properties,
 )
 from mlhub.analytics.writer import open_table
@@ -130,12 +130,13 @@ class MetricTables:
         """Replace one bucket's files by one sorted file in one commit (CommitFailedError on a concurrent append)."""
         predicate = f"{PARTITION_COLUMN} = {bucket}"
         table = points.to_pyarrow_table(filters=[(PARTITION_COLUMN, "=", bucket)])
-        table = table.select(POINTS_SCHEMA.names).cast(POINTS_SCHEMA).sort_by(SORT_KEYS)
+        table = with_points_schema(table).sort_by(SORT_KEYS)
         write_deltalake(
             points,
             table,
             mode="overwrite",
             predicate=predicate,
+            schema_mode="merge",  # a table not appended to since POINTS_SCHEMA gained a column gains it here
             partition_by=[PARTITION_COLUMN],
             writer_properties=writer_properties(),
         )

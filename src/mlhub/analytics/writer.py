@@ -73,6 +73,7 @@ class _PendingSeries(NamedTuple):
     key: str
     first_step: int
     seq: int
+    attempt: int | None
     series: MetricSeries
 
 
@@ -212,7 +213,7 @@ class MetricTableWriter:
         if bucket is None:
             bucket = self._buckets[run_id] = run_bucket(run_id, self.num_buckets)
         for s in event.series:
-            self._pending.append(_PendingSeries(bucket, run_id, s.key, s.steps[0], seq, s))
+            self._pending.append(_PendingSeries(bucket, run_id, s.key, s.steps[0], seq, event.attempt, s))
             self._pending_points += len(s.values)
 
     def _maybe_flush(self) -> None:
@@ -282,6 +283,8 @@ class MetricTableWriter:
             target,
             table,
             mode="append",
+            # A table written before a column was added to POINTS_SCHEMA (attempt) gains it with this append.
+            schema_mode="merge",
             partition_by=[PARTITION_COLUMN],
             writer_properties=writer_properties(),
             commit_properties=props,
@@ -324,6 +327,7 @@ def build_points_table(pending: list[_PendingSeries], experiments: dict[str, str
         _buffer_array(pa.float64(), values),
         _buffer_array(pa.int64(), stamps),
         _per_series(ends, [p.seq for p in pending], pa.int64()),
+        _per_series(ends, [p.attempt for p in pending], pa.int64()),
     ]
     return pa.table(columns, schema=POINTS_SCHEMA)
 

@@ -5,7 +5,8 @@ Grammar: clause (AND clause)*; a clause is `entity comparator value`.
   attribute name (status, name, run_id, ...). A key with other characters is quoted with backticks or double
   quotes: metrics.`val/acc`.
 - comparator: = != < <= > >= for metrics and numbers; = != LIKE ILIKE IN for strings; IN ('a', 'b').
-- value: a number, or a string in single quotes ('it''s' escapes a quote).
+- value: a number, or a string in single quotes ('it''s' escapes a quote). `status` compared with =, != or IN
+  takes the words of mlhub.events.RunStatus only (queued, running, finished, failed, killed, crashed).
 Every problem raises FilterError naming the token and its position. The result is a list of SQLAlchemy
 conditions with bound parameters: nothing from the filter is ever spliced into SQL text.
 """
@@ -21,6 +22,9 @@ import sqlalchemy as sa
 
 from mlhub.api.errors import ApiError
 from mlhub.readmodel import tables as t
+
+#: What a run status was called before it became mlhub.events.RunStatus, and its word now.
+_OLD_RUN_STATUSES = {"cancelled": "killed", "created": "queued"}
 
 MAX_FILTER_LENGTH = 10_000
 MAX_CLAUSES = 50
@@ -218,6 +222,12 @@ def _checked(clause: Clause, op_token: Token, text: str) -> Clause:
             raise _fail(f"{clause.kind} {clause.key!r} is a string: use =, !=, LIKE, ILIKE or IN", op_token, text)
         if any(not isinstance(v, str) for v in values):
             raise _fail(f"{clause.kind} {clause.key!r} is a string: quote the value ('...')", op_token, text)
+        if clause.kind == "attribute" and clause.key == "status" and clause.op in ("=", "!=", "IN", "NOT IN"):
+            for v in values:
+                if v not in t.RUN_STATUSES:  # a typo (or an old word) would match nothing, silently
+                    hint = f" (it is called {_OLD_RUN_STATUSES[v]!r} now)" if v in _OLD_RUN_STATUSES else ""
+                    raise _fail(f"{v!r} is not a run status{hint}; one of {', '.join(t.RUN_STATUSES)}",
+                                op_token, text)
     return clause
 
 

@@ -338,8 +338,8 @@ def alias_history(conn: sa.Connection, name: str, alias: str) -> list[dict[str, 
             for r in rows]
 
 
-#: Job statuses a jobs list may filter by.
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+#: Job statuses a jobs list may filter by (a job's own words; a run's are mlhub.events.RunStatus).
+JOB_STATUSES = t.JOB_STATUSES
 #: Columns of a job in the jobs list (the config is left to GET /jobs/{id}).
 JOB_LIST_COLUMNS = ("job_id", "run_id", "experiment_id", "plugin", "pool", "status", "attempts", "max_attempts",
                     "worker_id", "queued_at", "started_at", "ended_at", "heartbeat_at", "progress", "error_type",

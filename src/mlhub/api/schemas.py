@@ -455,6 +455,7 @@ class RunFinish(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: "killed": stopped before it ended ("cancelled" is its older name and means the same).
     status: Literal["finished", "failed", "killed", "cancelled"] = "finished"
     error_type: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, max_length=20_000)

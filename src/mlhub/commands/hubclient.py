@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from mlhub.errors import MlhubError
+from mlhub.events import RunStatus
 
 if TYPE_CHECKING:
     import httpx
@@ -23,8 +24,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Job states after which nothing more happens (as mlhub.scheduler.ENDED_STATES).
+#: Job states after which nothing more happens (as mlhub.scheduler.ENDED_STATES; a job's own words).
 ENDED = ("succeeded", "failed", "cancelled")
+#: Run statuses of a run that has not ended (mlhub.events.RunStatus): queued, running.
+LIVE_RUN_STATUSES = frozenset(status.value for status in RunStatus if not status.ended)
 
 DIRECT = click.option("--direct", is_flag=True,
                       help="Use the event log and read model directly (as when MLHUB_NATS_URL is set) instead of "

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from mlhub.commands.hubclient import HubClient, json_float
+from mlhub.commands.hubclient import ENDED, LIVE_RUN_STATUSES, HubClient, json_float
+from mlhub.events import RunStatus
 
 if TYPE_CHECKING:
     from mlhub.scheduler import LoadedConfig, RunRecord, SubmitResult
@@ -43,7 +44,7 @@ def follow(client: HubClient, job_id: str, min_seq: int, timeout_s: float | None
             for attempt in range(seen_attempts + 1, job["attempts"] + 1):
                 click.echo(f"  attempt {attempt} started on worker {job.get('worker_id') or '?'}", err=True)
         seen_attempts = max(seen_attempts, job["attempts"])
-        if job["status"] in ("succeeded", "failed", "cancelled"):
+        if job["status"] in ENDED:
             break
         if deadline is not None and time.monotonic() > deadline:
             click.echo(f"error [TIMEOUT]: job {job_id} did not end within {timeout_s:g} s (it is {job['status']}; "
@@ -70,7 +71,7 @@ def ended_run(client: HubClient, run_id: str, min_seq: int) -> dict[str, Any]:
     deadline = time.monotonic() + RUN_END_WAIT_S
     while True:
         detail: dict[str, Any] = client.get(f"/runs/{run_id}", min_seq=min_seq)
-        if detail["run"]["status"] not in ("created", "running") or time.monotonic() > deadline:
+        if detail["run"]["status"] not in LIVE_RUN_STATUSES or time.monotonic() > deadline:
             return detail
         time.sleep(0.2)
 
@@ -113,7 +114,8 @@ def record(detail: dict[str, Any]) -> RunRecord:
 
     run = detail["run"]
     final = {m["key"]: json_float(m["last_value"]) for m in detail["metrics"]}
-    return RunRecord(run_id=run["run_id"], experiment_id=run.get("experiment_id") or "", status=run["status"],
+    return RunRecord(run_id=run["run_id"], experiment_id=run.get("experiment_id") or "",
+                     status=RunStatus(run["status"]),
                      snapshot=None, config_sha256=run.get("config_sha256"), overrides=(), seed=run.get("seed"),
                      dataset_fingerprint=run.get("dataset_fingerprint"), git_commit=run.get("git_commit"),
                      dirty=run.get("git_dirty"), torch_version=run.get("env_torch"),

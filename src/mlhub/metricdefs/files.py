@@ -11,6 +11,9 @@ metrics.yaml::
         min_value: 0            # the valid range (either end may be left out)
         max_value: 1
 
+A metric name is any metric key a run may log (mlhub.events.keys: `val_acc`, `train/loss`, `val/acc@top1`); its
+event subject token is `mlhub.events.metric_aggregate_id(name)`, never the name itself.
+
 A migration file (`migrations/metrics/0001_val_acc_unit.yaml`; the file name without `.yaml` is its id)::
 
     metric: val_acc
@@ -35,14 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node
 
-from mlhub.events import MetricSpec
+from mlhub.events import Key, MetricSpec, key_problem
 from mlhub.metricdefs.errors import MetricDefinitionError
 
 #: The fields of a definition, in the order they are shown.
 SPEC_FIELDS = ("direction", "unit", "description", "min_value", "max_value")
 SpecField = Literal["direction", "unit", "description", "min_value", "max_value"]
-#: A metric name is also a NATS subject token (the metric aggregate's id).
-NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 #: `0001_val_acc_unit.yaml`: a number of four or more digits, then a short description.
 MIGRATION_FILE = re.compile(r"^(\d{4,})_([A-Za-z0-9_-]+)\.ya?ml$")
 LOCK_FORMAT = 1
@@ -124,9 +125,9 @@ def load_definitions(path: str | Path) -> dict[str, MetricSpec]:
     specs: dict[str, MetricSpec] = {}
     problems: list[tuple[str, str]] = []
     for name, body in data["metrics"].items():
-        if not isinstance(name, str) or not NAME.match(name):
-            problems.append((_path("metrics", str(name)), "a metric name may hold letters, digits, '_' and '-' "
-                                                           "only (1 to 128 of them)"))
+        problem = key_problem(name)
+        if problem is not None:
+            problems.append((_path("metrics", str(name)), f"a metric name is a metric key, and this one {problem}"))
             continue
         try:
             specs[name] = parse_spec(body, source, "metrics", name)
@@ -147,7 +148,7 @@ class _FieldChange(BaseModel):
 class _MigrationFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    metric: str = Field(pattern=NAME.pattern)
+    metric: Key
     reason: str = Field(min_length=1, max_length=2000, pattern=r"\S")
     changes: dict[SpecField, _FieldChange] = Field(min_length=1)
 

@@ -92,14 +92,22 @@ def _changelog_problems(changelog: Path, migrations: list[Migration]) -> list[st
     ]
 
 
+#: Characters that go on a metric key (beside letters and digits) rather than end it in a line of prose; a '.'
+#: goes on it only when a letter or digit follows (`val/acc.ema`), else it ends a sentence.
+_KEY_GOES_ON = "_-/@#%"
+
+
 def _names_metric(line: str, metric: str) -> bool:
-    """Whether the line names the metric as a whole word (`val_acc` is not named by `val_acc_top5`)."""
+    """Whether the line names the metric as a whole key (`val_acc` is not named by `val_acc_top5`, nor
+    `train/loss` by `train/loss/ema`)."""
     start = 0
     while (at := line.find(metric, start)) >= 0:
         before = line[at - 1] if at else " "
         end = at + len(metric)
         after = line[end] if end < len(line) else " "
-        if not (before.isalnum() or before in "_-") and not (after.isalnum() or after in "_-"):
+        after_next = line[end + 1] if end + 1 < len(line) else " "
+        goes_on = after.isalnum() or after in _KEY_GOES_ON or (after == "." and after_next.isalnum())
+        if not (before.isalnum() or before in _KEY_GOES_ON + ".") and not goes_on:
             return True
         start = at + 1
     return False

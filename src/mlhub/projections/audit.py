@@ -23,7 +23,7 @@ import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mlhub.analytics import MetricTables
+from mlhub.analytics import POINTS_SCHEMA, MetricTables, parquet_select
 from mlhub.eventlog import EventLog, SealReport, verify_seals
 from mlhub.projections.rebuild import Progress, rebuild
 from mlhub.readmodel import create_engine, tables
@@ -137,10 +137,10 @@ def metric_digest(metrics_dir: Path) -> tuple[int, dict[str, tuple[int, int]]]:
         return snap.checkpoint, {}
     con = duckdb.connect()
     try:
+        points = parquet_select(con, snap.points_files, POINTS_SCHEMA, hive=False)
         rows = con.execute(
-            "SELECT run_id, count(*), sum(hash(key, step, epoch, value, timestamp, experiment_id, seq)) "
-            "FROM read_parquet(?) GROUP BY run_id",
-            [snap.points_files],
+            "SELECT run_id, count(*), sum(hash(key, step, epoch, value, timestamp, experiment_id, seq, attempt)) "
+            f"FROM ({points}) GROUP BY run_id"
         ).fetchall()
     finally:
         con.close()

@@ -3,6 +3,12 @@
 `ReadModelChanges` loads every row a list of events touches with a few `IN (...)` queries, applies the events
 to those rows in memory, in stream order, and writes the changed rows back with one executemany upsert per
 table. That keeps a batch of thousands of events to a handful of statements.
+
+Run statuses are `mlhub.events.RunStatus` (run.cancelled -> killed, run.crashed -> crashed); jobs keep their own
+words. A run's metric summaries (metric_summaries, epoch_metrics) are those of its current attempt only, by the
+rule of `mlhub.events.final_metrics`: a run.started of a higher attempt resets them, and points of a lower
+attempt that arrive later are not folded in (points without an attempt, stored before schema v3, count for the
+current one).
 """
 
 from __future__ import annotations
@@ -43,11 +49,16 @@ from mlhub.events import (
     ModelAliasSet,
     ModelVersionRegistered,
     ParamsLogged,
+    RequestAccepted,
     RunCancelled,
+    RunCrashed,
     RunCreated,
     RunFailed,
     RunFinished,
+    RunHeartbeat,
+    RunResumed,
     RunStarted,
+    RunStatus,
     SeedRecorded,
     TagsSet,
 )
@@ -122,6 +133,12 @@ class ReadModelChanges:
         self.declared: set[str] = set()
         #: Metrics defined by these events: summaries of them not in `rows` are marked declared by flush().
         self.newly_declared: set[str] = set()
+        #: runs.attempt of runs whose metrics these events log but whose runs row is not loaded.
+        self.attempts: dict[str, int | None] = {}
+        #: Runs whose summaries a new attempt reset: flush() deletes their stored summary rows first.
+        self.reset_runs: set[str] = set()
+        #: Runs that may have rows in self.rows[metric_summaries] or [epoch_metrics] (what a reset must drop).
+        self._summarized_runs: set[str] = set()
         self._handlers: dict[type[Any], Callable[[int, Envelope, Any], None]] = {
             ExperimentCreated: self._experiment_created,
             RunCreated: self._run_created,
@@ -129,6 +146,9 @@ class ReadModelChanges:
             RunFinished: self._run_ended,
             RunFailed: self._run_ended,
             RunCancelled: self._run_ended,
+            RunCrashed: self._run_ended,
+            RunResumed: self._run_resumed,
+            RunHeartbeat: self._run_heartbeat,
             ConfigSnapshotted: self._run_config,
             SeedRecorded: self._run_fields,
             DatasetVersionRecorded: self._run_fields,
@@ -150,6 +170,7 @@ class ReadModelChanges:
             MetricDefined: self._metric_definition,
             MetricMigrated: self._metric_definition,
             AuditSealed: self._audit_sealed,
+            RequestAccepted: self._ignored,  # an API request's idempotency record: nothing to show
         }
 
     # -- driver -------------------------------------------------------------------------------------------
@@ -169,6 +190,11 @@ class ReadModelChanges:
 
     def flush(self) -> None:
         """Write every changed row: one upsert (and one delete) statement per table."""
+        if self.reset_runs:  # before the upserts: rows of the new attempt in self.rows are written after
+            reset = sorted(self.reset_runs)
+            for table in (t.metric_summaries, t.epoch_metrics):
+                for start in range(0, len(reset), _IN_CHUNK):
+                    self.conn.execute(table.delete().where(table.c.run_id.in_(reset[start : start + _IN_CHUNK])))
         for table, rows in self.rows.items():
             pk = [c.name for c in table.primary_key.columns]
             if table is t.epoch_metrics:  # never loaded: the database keeps whichever point is later
@@ -188,11 +214,13 @@ class ReadModelChanges:
     def _load(self, events: Sequence[tuple[int, Envelope]]) -> None:
         wanted: dict[sa.Table, set[Any]] = defaultdict(set)
         metric_keys: set[str] = set()
+        metric_runs: set[str] = set()
         for _, envelope in events:
             event = envelope.event
             kind = type(event)
             if isinstance(event, MetricsLogged):
                 metric_keys.update(series.key for series in event.series)
+                metric_runs.add(event.run_id)
             if envelope.aggregate_type == "run" and kind not in (TagsSet, ArtifactStored):
                 wanted[_RUN_CHILD_TABLES.get(kind, t.runs)].add(envelope.aggregate_id)
             elif isinstance(event, JobQueued):
@@ -203,10 +231,18 @@ class ReadModelChanges:
             elif isinstance(event, ModelVersionRegistered):
                 wanted[t.registered_models].add(event.model_name)
                 wanted[t.model_versions].add(event.model_name)
-            elif envelope.aggregate_type == "metric":
-                wanted[t.metric_definitions].add(envelope.aggregate_id)
+            elif isinstance(event, MetricDefined | MetricMigrated):
+                wanted[t.metric_definitions].add(event.name)  # the row's key is the name, not the subject token
         for table, ids in wanted.items():
             self._load_rows(table, table.primary_key.columns.values()[0], ids)
+        self._summarized_runs.update(wanted[t.metric_summaries])
+        # The current attempt of runs that log metrics (only runs.attempt: the whole row is not needed).
+        runs, loaded = t.runs, self.rows[t.runs]
+        unloaded = sorted(r for r in metric_runs if (r,) not in loaded)
+        for start in range(0, len(unloaded), _IN_CHUNK):
+            chunk = unloaded[start : start + _IN_CHUNK]
+            query = sa.select(runs.c.run_id, runs.c.attempt).where(runs.c.run_id.in_(chunk))
+            self.attempts.update((run_id, attempt) for run_id, attempt in self.conn.execute(query))
         if metric_keys:
             names = t.metric_definitions.c.name
             keys = sorted(metric_keys)
@@ -236,7 +272,7 @@ class ReadModelChanges:
         """The run's row (a new "queued" one if it has none yet), marked as touched by event seq."""
         row = self.rows[t.runs].get((run_id,))
         if row is None:
-            row = _template(t.runs, run_id=run_id, status="queued")
+            row = _template(t.runs, run_id=run_id, status=RunStatus.QUEUED.value)
             self.rows[t.runs][(run_id,)] = row
         row["last_seq"] = seq
         row["updated_at"] = at
@@ -259,22 +295,60 @@ class ReadModelChanges:
         if e.reproduces_run_id is not None:
             row["reproduces_run_id"] = e.reproduces_run_id
 
+    def _current_attempt(self, run_id: str) -> int:
+        """The run's current attempt (runs.attempt: the highest started; 0 before any run.started)."""
+        row = self.rows[t.runs].get((run_id,))
+        attempt = row["attempt"] if row is not None else self.attempts.get(run_id)
+        return int(attempt or 0)
+
+    def _reset_summaries(self, run_id: str) -> None:
+        """Forget the run's metric summaries (a new attempt starts over): in memory now, stored ones at flush."""
+        self.reset_runs.add(run_id)
+        if run_id not in self._summarized_runs:
+            return
+        self._summarized_runs.discard(run_id)
+        for table in (t.metric_summaries, t.epoch_metrics):
+            rows = self.rows[table]
+            for key in [k for k in rows if k[0] == run_id]:
+                del rows[key]
+
     def _run_started(self, seq: int, env: Envelope, e: RunStarted) -> None:
+        current = self._current_attempt(e.run_id)
+        if e.attempt > current:
+            self._reset_summaries(e.run_id)
         row = self._run(e.run_id, seq, env.occurred_at)
-        row.update(status="running", started_at=env.occurred_at, attempt=e.attempt, ended_at=None,
-                   error_type=None, error=None)
+        # A late run.started of an earlier attempt does not move the attempt back (its points stay out).
+        row.update(status=RunStatus.RUNNING.value, started_at=env.occurred_at, attempt=max(e.attempt, current),
+                   ended_at=None, error_type=None, error=None)
         if e.worker_id is not None:
             row["worker_id"] = e.worker_id
 
-    def _run_ended(self, seq: int, env: Envelope, e: RunFinished | RunFailed | RunCancelled) -> None:
+    def _run_ended(self, seq: int, env: Envelope, e: RunFinished | RunFailed | RunCancelled | RunCrashed) -> None:
         row = self._run(e.run_id, seq, env.occurred_at)
         row["ended_at"] = env.occurred_at
+        if isinstance(e, RunFinished | RunFailed | RunCrashed):
+            row["attempt"] = max(e.attempt, row["attempt"] or 0)
         if isinstance(e, RunFinished):
-            row.update(status="finished", attempt=e.attempt)
+            row["status"] = RunStatus.FINISHED.value
         elif isinstance(e, RunFailed):
-            row.update(status="failed", attempt=e.attempt, error_type=e.error_type, error=e.error)
+            row.update(status=RunStatus.FAILED.value, error_type=e.error_type, error=e.error)
+        elif isinstance(e, RunCrashed):
+            row.update(status=RunStatus.CRASHED.value, error_type="RunCrashed", error=e.reason)
         else:
-            row.update(status="cancelled", cancel_reason=e.reason)
+            row.update(status=RunStatus.KILLED.value, cancel_reason=e.reason)
+
+    def _run_resumed(self, seq: int, env: Envelope, e: RunResumed) -> None:
+        """A crashed run goes on: running again, in the same attempt (its points so far still count)."""
+        row = self._run(e.run_id, seq, env.occurred_at)
+        row.update(status=RunStatus.RUNNING.value, ended_at=None, error_type=None, error=None)
+
+    def _run_heartbeat(self, seq: int, env: Envelope, e: RunHeartbeat) -> None:
+        """Only that the run was alive: updated_at and last_seq of a row the read model has (no new row)."""
+        if (e.run_id,) in self.rows[t.runs]:
+            self._run(e.run_id, seq, env.occurred_at)
+
+    def _ignored(self, seq: int, env: Envelope, e: DomainEvent) -> None:
+        """Events that change nothing in the read model."""
 
     def _run_config(self, seq: int, env: Envelope, e: ConfigSnapshotted) -> None:
         row = self._run(e.run_id, seq, env.occurred_at)
@@ -317,6 +391,9 @@ class ReadModelChanges:
             rows[(e.run_id, key)] = {"run_id": e.run_id, "key": key, "value": value, "last_seq": seq}
 
     def _metrics_logged(self, seq: int, env: Envelope, e: MetricsLogged) -> None:
+        if e.attempt is not None and e.attempt < self._current_attempt(e.run_id):
+            return  # a late batch of an abandoned attempt: kept in the metric table, not in the summaries
+        self._summarized_runs.add(e.run_id)
         rows = self.rows[t.metric_summaries]
         epochs = self.rows[t.epoch_metrics]
         for series in e.series:
@@ -382,7 +459,7 @@ class ReadModelChanges:
             retry = e.retryable and e.attempt < (row["max_attempts"] or 1)
             row.update(status="queued" if retry else "failed", error_type=e.error_type, error=e.error,
                        retryable=e.retryable, ended_at=None if retry else at)
-        else:
+        else:  # a job's own word (its run is "killed")
             row.update(status="cancelled", ended_at=at, cancel_reason=e.reason, cancelled_by=e.requested_by)
 
     # -- model registry, metric definitions, audit --------------------------------------------------------

@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+from mlhub.events import RunStatus
+
 metadata = MetaData()
 
 #: JSON on SQLite, JSONB on PostgreSQL.
@@ -32,7 +34,9 @@ Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
 Id = String(128)
 Utc = DateTime(timezone=True)
 
-RUN_STATUSES = ("queued", "running", "finished", "failed", "cancelled")
+#: The words of runs.status (mlhub.events.RunStatus; a stopped run is "killed").
+RUN_STATUSES: tuple[str, ...] = tuple(status.value for status in RunStatus)
+#: The words of jobs.status (a job's own: a stopped job is "cancelled", a done one "succeeded").
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 experiments = Table(
@@ -246,7 +250,8 @@ model_alias_history = Table(
 metric_definitions = Table(
     "metric_definitions",
     metadata,
-    Column("name", Id, primary_key=True),
+    #: Any metric key (`val_acc`, `train/loss`, `val/acc@top1`); its event subject token is metric_aggregate_id(name).
+    Column("name", String(250), primary_key=True),
     Column("direction", String(8), nullable=False),
     Column("unit", String(50), nullable=False),
     Column("description", Text, nullable=False),

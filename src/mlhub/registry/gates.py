@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from mlhub.eventlog import EventLog
+from mlhub.events import RunStatus
 from mlhub.events.base import EntityId, Key
 from mlhub.registry.errors import GatesConfigError
 from mlhub.registry.runs import RunFacts, read_run, runs_with_config, same_value
@@ -181,7 +182,7 @@ async def _reproduced(event_log: EventLog, c: ReproducedCondition, run: RunFacts
     mismatches: list[str] = []
     for candidate_id in candidates:
         candidate = await read_run(event_log, candidate_id)
-        if candidate.status != "finished":
+        if candidate.status != RunStatus.FINISHED:
             mismatches.append(f"run {candidate_id} is {candidate.status}")
             continue
         differ = [f"{k} {candidate.final_metrics[k]!r} vs {run.final_metrics[k]!r}" if k in candidate.final_metrics

@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 from mlhub.eventlog import EventLog
 from mlhub.events import (
     SUBJECT_PREFIX,
     ArtifactStored,
     ConfigSnapshotted,
-    RunCancelled,
-    RunCreated,
-    RunFailed,
-    RunFinished,
-    RunStarted,
+    RunStatus,
     final_metrics,
+    run_lifecycle,
 )
-
-RunStatus = Literal["queued", "running", "finished", "failed", "cancelled"]
 
 
 @dataclass
@@ -32,7 +26,8 @@ class RunFacts:
 
     run_id: str
     exists: bool = False
-    status: RunStatus = "queued"
+    #: mlhub.events.RunLifecycle's status (queued before any lifecycle event).
+    status: RunStatus = RunStatus.QUEUED
     config_sha256: str | None = None
     #: The final value of each metric key (mlhub.events.final_metrics: the last attempt's point with the highest
     #: (step, timestamp), the rule `mlhub reproduce` uses too). NaN stays NaN.
@@ -45,20 +40,13 @@ async def read_run(event_log: EventLog, run_id: str) -> RunFacts:
     """The facts of one run from the event log (exists=False when no event of it was stored)."""
     recorded = await event_log.read_aggregate("run", run_id)
     facts = RunFacts(run_id=run_id)
-    facts.final_metrics = final_metrics(r.envelope.event for r in recorded.events)
-    for r in recorded.events:
-        e = r.envelope.event
-        if isinstance(e, RunCreated):
-            facts.exists = True
-        elif isinstance(e, RunStarted):
-            facts.status = "running"
-        elif isinstance(e, RunFinished):
-            facts.status = "finished"
-        elif isinstance(e, RunFailed):
-            facts.status = "failed"
-        elif isinstance(e, RunCancelled):
-            facts.status = "cancelled"
-        elif isinstance(e, ConfigSnapshotted):
+    events = [r.envelope.event for r in recorded.events]
+    facts.final_metrics = final_metrics(events)
+    lifecycle = run_lifecycle(events)
+    facts.exists = lifecycle.created
+    facts.status = lifecycle.status or RunStatus.QUEUED
+    for e in events:
+        if isinstance(e, ConfigSnapshotted):
             facts.config_sha256 = e.sha256
         elif isinstance(e, ArtifactStored):
             facts.artifacts[e.path] = e

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from mlhub.errors import ConcurrencyError, InvalidInput
 from mlhub.eventlog import EventLog
-from mlhub.events import Envelope, ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
+from mlhub.events import Envelope, ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered, RunStatus
 from mlhub.registry.errors import (
     GateFailed,
     ModelNotFound,
@@ -116,7 +116,7 @@ async def register(
     run = await read_run(event_log, run_id)
     if not run.exists:
         raise RunNotRegistrable(f"no run {run_id} exists: a model version comes from a run's artifact")
-    if run.status != "finished":
+    if run.status != RunStatus.FINISHED:
         raise RunNotRegistrable(f"run {run_id} is {run.status}, not finished: only a finished run's artifact "
                                 f"can become a model version")
     artifact = run.artifacts.get(artifact_path)

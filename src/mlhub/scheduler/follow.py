@@ -13,12 +13,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlhub.eventlog import EventLog, Recorded
-from mlhub.events import SUBJECT_PREFIX, JobCancelled, JobFailed, JobQueued, JobStarted, aggregate_subject_filter
+from mlhub.events import (
+    SUBJECT_PREFIX,
+    JobCancelled,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    RunCancelled,
+    RunCrashed,
+    RunFailed,
+    RunFinished,
+    aggregate_subject_filter,
+)
 from mlhub.scheduler.errors import JobNotFound, WaitTimeout
 from mlhub.scheduler.service import ENDED_STATES, JobStatus, job_status
 
 #: How long to wait, after a job ended, for its run's end event.
 RUN_END_WAIT_S = 30.0
+#: The events that end a run (its status becomes finished, failed, killed or crashed).
+RUN_END_EVENTS = (RunFinished, RunFailed, RunCancelled, RunCrashed)
 
 
 @dataclass(frozen=True)
@@ -75,16 +88,16 @@ async def wait_for_job(
 
 
 async def _run_ended(event_log: EventLog, events: list[Recorded]) -> None:
-    """Wait until the job's run has its end event too (run.finished/failed/cancelled).
+    """Wait until the job's run has its end event too (run.finished/failed/cancelled/crashed).
 
     The job's end and its run's end are two appends (a worker records job.succeeded, guarded by the job's
     version, then run.finished), so a caller that reads the run right after the job ended must not see it
-    still running. Polls the three end subjects (never the run's metric events), RUN_END_WAIT_S at most.
+    still running. Polls the end subjects (never the run's metric events), RUN_END_WAIT_S at most.
     """
     queued = next((r.envelope.event for r in events if isinstance(r.envelope.event, JobQueued)), None)
     if queued is None:
         return
-    subjects = [f"{SUBJECT_PREFIX}.run.{queued.run_id}.{end}" for end in ("finished", "failed", "cancelled")]
+    subjects = [f"{SUBJECT_PREFIX}.run.{queued.run_id}.{end.event_name()}" for end in RUN_END_EVENTS]
     deadline = time.monotonic() + RUN_END_WAIT_S
     while time.monotonic() < deadline:  # a worker that died between the two appends leaves no run end
         for subject in subjects:

@@ -14,7 +14,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from mlhub.eventlog import EventLog, Recorded
 from mlhub.events import (
@@ -22,17 +22,13 @@ from mlhub.events import (
     ConfigSnapshotted,
     DatasetVersionRecorded,
     EnvironmentRecorded,
-    RunCancelled,
     RunCreated,
-    RunFailed,
-    RunFinished,
-    RunStarted,
+    RunStatus,
     final_metrics,
+    run_lifecycle,
 )
 from mlhub.scheduler.errors import NotReproducible, RunNotFound
 from mlhub.scheduler.service import SubmitResult, submit_snapshot
-
-RunStatus = Literal["created", "running", "finished", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +37,7 @@ class RunRecord:
 
     run_id: str
     experiment_id: str
+    #: mlhub.events.RunLifecycle's status (queued until the run started).
     status: RunStatus
     snapshot: dict[str, Any] | None
     config_sha256: str | None
@@ -93,14 +90,15 @@ class Comparison:
     @property
     def all_match(self) -> bool:
         """The reproduction succeeded: both runs finished, same config and data, every final metric identical."""
-        return (self.original.status == "finished" and self.reproduced.status == "finished" and self.same_config
+        return (self.original.status == RunStatus.FINISHED and self.reproduced.status == RunStatus.FINISHED
+                and self.same_config
                 and self.same_data and bool(self.metrics) and all(m.matches for m in self.metrics))
 
     def problems(self) -> list[str]:
         """Why all_match is false, one line each (empty when it is true)."""
         out: list[str] = []
         for record, name in ((self.original, "original"), (self.reproduced, "reproduced")):
-            if record.status != "finished":
+            if record.status != RunStatus.FINISHED:
                 out.append(f"the {name} run {record.run_id} is {record.status}, not finished")
         if not self.same_config:
             out.append(f"config sha256 differs: {self.original.config_sha256} vs {self.reproduced.config_sha256}")
@@ -130,31 +128,22 @@ def fold_run(run_id: str, events: Sequence[Recorded]) -> RunRecord:
     created: RunCreated | None = None
     snapshot: ConfigSnapshotted | None = None
     dataset = code = env = None
-    status: RunStatus = "created"
-    for recorded in events:
-        event = recorded.envelope.event
+    domain_events = [recorded.envelope.event for recorded in events]
+    for event in domain_events:
         if isinstance(event, RunCreated):
             created = event
         elif isinstance(event, ConfigSnapshotted):
             snapshot = event
-        elif isinstance(event, RunStarted):
-            status = "running"
         elif isinstance(event, DatasetVersionRecorded):
             dataset = event
         elif isinstance(event, CodeVersionRecorded):
             code = event
         elif isinstance(event, EnvironmentRecorded):
             env = event
-        elif isinstance(event, RunFinished):
-            status = "finished"
-        elif isinstance(event, RunFailed):
-            status = "failed"
-        elif isinstance(event, RunCancelled):
-            status = "cancelled"
     return RunRecord(
         run_id=run_id,
         experiment_id=created.experiment_id if created else "",
-        status=status,
+        status=run_lifecycle(domain_events).status or RunStatus.QUEUED,
         snapshot=dict(snapshot.config) if snapshot else None,
         config_sha256=snapshot.sha256 if snapshot else None,
         overrides=tuple(snapshot.overrides) if snapshot else (),
@@ -164,7 +153,7 @@ def fold_run(run_id: str, events: Sequence[Recorded]) -> RunRecord:
         dirty=code.dirty if code else None,
         torch_version=env.torch if env else None,
         reproduces_run_id=created.reproduces_run_id if created else None,
-        final_metrics=final_metrics(r.envelope.event for r in events),
+        final_metrics=final_metrics(domain_events),
     )
 
 

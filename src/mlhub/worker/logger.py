@@ -1,8 +1,10 @@
 """MLHubLogger: a Lightning logger that sends metrics to the event log in batches, in the background.
 
 Lightning is imported only inside `mlhub_logger_class()` and `run_control_callback_class()` (made on first
-use and cached), so importing this module costs nothing. Metric values are converted to float (tensors
-never travel); non-finite values are kept (stored as "NaN"/"Infinity").
+use and cached), so importing this module costs nothing. Keys and values pass the one validation of
+`mlhub.events.keys` (any Unicode key such as `train/loss` or `val/acc@top1`; numbers only, tensors through
+`.item()`, never bools or strings): a bad one raises InvalidMetric (INVALID_METRIC) naming it, which fails the
+run. Non-finite values are kept (stored as "NaN"/"Infinity").
 """
 
 from __future__ import annotations
@@ -14,23 +16,23 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mlhub.events import MetricPoint
+from mlhub.events import MetricPoint, check_key, check_step, check_timestamp, metric_value
 from mlhub.worker.metrics import MetricSender
 
 
-def to_float(value: Any) -> float:
-    """A metric value as a Python float (a 0-d tensor or numpy scalar via .item()); never a tensor."""
-    if hasattr(value, "item"):
-        value = value.item()
-    return float(value)
+def to_float(value: Any, key: str = "") -> float:
+    """A metric value as a Python float (a 0-d tensor or numpy scalar via .item()); InvalidMetric for a bool,
+    a string or anything else that is not one number (mlhub.events.metric_value)."""
+    return metric_value(value, key)
 
 
 def metric_points(metrics: Mapping[str, Any], step: int, epoch: int, timestamp_ms: int | None = None
                   ) -> list[MetricPoint]:
-    """Points of one `log_metrics` call: one per key, all at `step` and `epoch`."""
-    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-    return [MetricPoint(key, to_float(value), max(0, int(step)), max(0, int(epoch)), ts)
-            for key, value in metrics.items()]
+    """Points of one `log_metrics` call: one per key, all at `step` and `epoch`; InvalidMetric names a bad key,
+    value, step or epoch (nothing is returned then)."""
+    ts = check_timestamp(int(time.time() * 1000) if timestamp_ms is None else timestamp_ms)
+    at, in_epoch = check_step(step), check_step(epoch, "epoch")
+    return [MetricPoint(check_key(key), to_float(value, key), at, in_epoch, ts) for key, value in metrics.items()]
 
 
 @functools.cache
@@ -84,8 +86,8 @@ def mlhub_logger_class() -> type[Any]:
             values = dict(metrics)
             epoch = values.pop("epoch", None)
             with self._lock:
-                if epoch is not None and math.isfinite(to_float(epoch)):
-                    self.current_epoch = int(to_float(epoch))
+                if epoch is not None and math.isfinite(number := to_float(epoch, "epoch")):
+                    self.current_epoch = int(number)
                 if step is not None:
                     self.last_step = int(step)
                 points = metric_points(values, self.last_step, self.current_epoch)

@@ -2,10 +2,11 @@
 
 `MetricSender.add()` only appends to an in-memory buffer. A daemon thread wakes at most every
 `interval_s` (or as soon as a full batch is waiting), cuts the buffer into `MetricsLogged` events of at most
-`max_points` points, and hands them to `send` (a blocking callable; the worker's sends through its asyncio loop
-with `append_many`). A failed send is retried with the SAME envelopes (same event ids, so JetStream's dedup
-stores each batch once) after a backoff, forever until `close()`'s deadline: a send failure never reaches
-the training loop. `flush()` waits until every point added so far is acknowledged.
+`max_points` points (each saying the run attempt they belong to), and hands them to `send` (a blocking
+callable; the worker's sends through its asyncio loop with `append_many`). A failed send is retried with the
+SAME envelopes (same event ids, so JetStream's dedup stores each batch once) after a backoff, forever until
+`close()`'s deadline: a send failure never reaches the training loop. `flush()` waits until every point added
+so far is acknowledged.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class UndeclaredMetric(InvalidInput):
 
 
 async def declared_metric_names(event_log: EventLog) -> frozenset[str]:
-    """The names of every metric the event log defines (metric.defined events)."""
+    """The names of every metric the event log defines (metric.defined events): the metric keys themselves
+    (`train/loss`), never their subject tokens."""
     names = set()
     async for recorded in event_log.replay(subject_filter=f"{SUBJECT_PREFIX}.metric.*.defined"):
         if isinstance(recorded.envelope.event, MetricDefined):
@@ -55,8 +57,11 @@ class MetricSender:
         max_points: int = MAX_POINTS_PER_EVENT,
         retry_backoff_s: float = 0.5,
         declared: Collection[str] | None = None,
+        attempt: int = 1,
     ) -> None:
         self.run_id = run_id
+        #: The run attempt whose points these are (MetricsLogged.attempt): readers count the last attempt's only.
+        self.attempt = attempt
         #: When given, add() refuses points of any other key (MLHUB_UNDECLARED_METRICS=reject).
         self.declared = frozenset(declared) if declared is not None else None
         self.producer = producer
@@ -153,7 +158,8 @@ class MetricSender:
     def _loop(self) -> None:
         while (batch := self._take()) is not None:
             envelopes = [
-                Envelope(event=MetricsLogged.from_points(self.run_id, batch[i : i + self.max_points]),
+                Envelope(event=MetricsLogged.from_points(self.run_id, batch[i : i + self.max_points],
+                                                         attempt=self.attempt),
                          producer=self.producer, correlation_id=self.correlation_id)
                 for i in range(0, len(batch), self.max_points)
             ]

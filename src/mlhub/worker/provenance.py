@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -13,20 +13,27 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-#: A param value longer than this is cut (ParamsLogged allows 6,000 characters).
-MAX_PARAM_CHARS = 6000
-#: What a param key may look like (events.base.Key); keys outside it are left out rather than failing the run.
-_KEY = re.compile(r"^[A-Za-z0-9_\-./ :]{1,250}$")
+from mlhub.events import MAX_PARAM_VALUE_LENGTH, key_problem
+
+#: A param value longer than this is cut (ParamsLogged's limit).
+MAX_PARAM_CHARS = MAX_PARAM_VALUE_LENGTH
+#: How many untracked files CodeVersionRecorded lists (it counts them all); longer paths are counted only.
+MAX_UNTRACKED_LISTED = 1000
+MAX_UNTRACKED_PATH = 1000
 
 
 @dataclass(frozen=True)
 class CodeVersion:
-    """The git commit of the working tree, whether it was dirty, and the sha256 of `git diff HEAD`."""
+    """The git commit of the working tree; whether tracked files differ from it (`dirty`) and the sha256 of
+    that difference (`git diff HEAD --binary`); the untracked files, not ignored, listed apart."""
 
     git_commit: str | None
     dirty: bool
     diff_sha256: str | None
     repository: str | None
+    #: The first MAX_UNTRACKED_LISTED untracked, not ignored files, relative to the repository root, sorted.
+    untracked: tuple[str, ...] = ()
+    untracked_count: int = 0
 
 
 def _git(cwd: Path, *args: str) -> bytes | None:
@@ -40,21 +47,31 @@ def _git(cwd: Path, *args: str) -> bytes | None:
 def code_version(cwd: Path | None = None) -> CodeVersion:
     """The code version of the git repository around `cwd` (default: the current folder).
 
+    `dirty` means tracked files differ from the commit (staged or not); an untracked file does not make a tree
+    dirty, it is listed in `untracked` instead. `diff_sha256` is the sha256 of the exact bytes of
+    `git diff HEAD --binary` (binary files included), so the same changes always hash alike.
     Outside a repository (or without git) everything is None/False: a run never fails for lack of git.
     """
     where = cwd or Path.cwd()
     commit = _git(where, "rev-parse", "HEAD")
     if commit is None:
         return CodeVersion(None, False, None, None)
-    status = _git(where, "status", "--porcelain") or b""
+    status = _git(where, "status", "--porcelain", "--untracked-files=no") or b""
     dirty = bool(status.strip())
-    diff = _git(where, "diff", "HEAD") if dirty else None
+    diff = _git(where, "diff", "HEAD", "--binary") if dirty else None
     top = _git(where, "rev-parse", "--show-toplevel")
+    root = Path(top.decode().strip()) if top else where
+    # From the root (ls-files lists only below its folder), NUL-separated so any file name survives.
+    others = _git(root, "ls-files", "--others", "--exclude-standard", "-z") or b""
+    untracked = sorted(p for p in others.decode(errors="surrogateescape").split("\0") if p)
+    listed = tuple(p for p in untracked if len(p) <= MAX_UNTRACKED_PATH and p.isprintable())[:MAX_UNTRACKED_LISTED]
     return CodeVersion(
         git_commit=commit.decode().strip() or None,
         dirty=dirty,
         diff_sha256=hashlib.sha256(diff).hexdigest() if diff is not None else None,
-        repository=top.decode().strip() if top else None,
+        repository=str(root) if top else None,
+        untracked=listed,
+        untracked_count=len(untracked),
     )
 
 
@@ -86,11 +103,19 @@ def environment_info(accelerator: str = "gpu") -> dict[str, Any]:
     }
 
 
+def param_value(value: Any) -> str:
+    """A param value as a string: a string as it is, anything else as JSON (`[64, 32]`, `true`, `null`, `0.1`),
+    never Python's repr; cut to MAX_PARAM_CHARS."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return text[:MAX_PARAM_CHARS]
+
+
 def flatten_params(config: Mapping[str, Any]) -> dict[str, str]:
     """`model`, `data` and `trainer` of a config snapshot as flat `section.key` -> string params.
 
-    Lists and nested mappings below the first level are flattened with dots (lists as their JSON-ish repr);
-    None becomes "None", as MLflow writes it.
+    Nested mappings are flattened with dots; lists and other values that are not strings are JSON
+    (`param_value`). A key the one key validation refuses (mlhub.events.key_problem) is left out rather than
+    failing the run.
     """
     flat: dict[str, str] = {}
 
@@ -98,11 +123,11 @@ def flatten_params(config: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(value, Mapping):
             for key, inner in value.items():
                 walk(f"{prefix}.{key}", inner)
-        elif _KEY.fullmatch(prefix):
-            flat[prefix] = str(value)[:MAX_PARAM_CHARS]
+        elif key_problem(prefix) is None:
+            flat[prefix] = param_value(value)
 
     for section in ("model", "data", "trainer"):
         if section in config:
             walk(section, config[section])
-    flat["seed"] = str(config.get("seed"))
+    flat["seed"] = param_value(config.get("seed"))
     return flat

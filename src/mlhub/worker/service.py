@@ -10,11 +10,12 @@ Per job: read the job aggregate; skip (ack) a job that ended or was cancelled. A
 job.succeeded/job.failed closed belongs to a worker that died: it is recorded as `job.failed` (retryable,
 error_type "WorkerLost") before the new attempt. `job.started` is appended guarded by the job's version (a
 cancel or another worker in between makes it fail; the job is read again and decided again), then
-`run.started` with the attempt number. Outcomes: success -> job.succeeded (guarded by the job's version: an
-attempt that lost the job records nothing more) + run.finished, ack; plugin error
--> run.failed + job.failed (not retryable), term; cancel -> run.cancelled, ack; timeout -> run.failed +
-job.failed (error_type "JobTimeout", not retryable), ack; worker shutdown -> job.failed (retryable,
-"WorkerStopped"), nak.
+`run.started` with the attempt number. Every outcome closes the attempt with one job event appended guarded by
+the job's version, while the attempt is still the open one: a worker presumed dead (its attempt was closed
+as WorkerLost, or the job was cancelled or ended meanwhile) records nothing more, so a job never ends twice.
+Outcomes: success -> job.succeeded + run.finished, ack; plugin error -> job.failed (not retryable) + run.failed,
+term; cancel -> run.cancelled, ack; timeout -> job.failed (error_type "JobTimeout", not retryable) + run.failed,
+ack; worker shutdown -> job.failed (retryable, "WorkerStopped"), nak.
 A retryable failure of the last allowed attempt ends the job: run.failed is appended too.
 """
 
@@ -207,61 +208,77 @@ class Worker:
         self._current_stop = request_stop
         training = loop.run_in_executor(self._executor, train_job, ctx)
         keepalive = asyncio.create_task(self._keep_alive(msg, job, attempt, training, request_stop))
+        failure: Exception | None = None
         try:
-            result: TrainingResult = await training
+            result: TrainingResult | None = await training
         except EventLogUnavailable as e:
             log.error("job %s: event log unavailable during the run (%s); leaving it to another attempt", job.job_id, e)
             await _quietly(msg.nak(delay=self.config.ack_wait_s))
             return self._done(job.job_id, "abandoned")
-        except Exception as e:  # a plugin or training error: record it, never retry the same config
-            error_type, error = type(e).__name__, str(e)[:19_000] or repr(e)[:19_000]
-            log.warning("job %s attempt %d failed: %s: %s", job.job_id, attempt, error_type, error)
-            await self._append(RunFailed(run_id=job.run_id, attempt=attempt, error_type=error_type, error=error), job)
-            await self._append(JobFailed(job_id=job.job_id, attempt=attempt, error_type=error_type, error=error,
-                                         retryable=False), job)
-            await msg.term()
-            return self._done(job.job_id, "failed")
-        finally:
+        except Exception as e:  # a plugin or training error: record it (below), never retry the same config
+            result, failure = None, e
+        finally:  # heartbeats stop first: they would move the job's version under the guarded append below
             self._current_stop = None
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keepalive
+        if result is None:
+            assert failure is not None
+            return await self._failed(msg, job, attempt, failure)
         self.results[job.job_id] = result
         if result.stopped:
             return await self._stopped(msg, job, attempt, reason[0] if reason else "shutdown")
-        lost = await self._succeed(job, attempt)
+        lost = await self._close_attempt(job, attempt, JobSucceeded(job_id=job.job_id, attempt=attempt))
         if lost is not None:
-            # The job's message now belongs to whoever took over: ack only when the job has ended anyway,
-            # else leave it to its ack wait so a live worker (or a redelivery) decides.
-            if lost.ended:
-                await msg.ack()
-            return self._done(job.job_id, "conflict")
+            return await self._lost(msg, job, lost)
         await self._append(RunFinished(run_id=job.run_id, attempt=attempt), job)
         await msg.ack()
         return self._done(job.job_id, "succeeded")
 
-    async def _succeed(self, job: JobQueued, attempt: int) -> JobView | None:
-        """Append job.succeeded for `attempt`, guarded by the job's version; the job's view when it lost the job.
+    async def _failed(self, msg: Any, job: JobQueued, attempt: int, failure: Exception) -> Outcome:
+        """Record a plugin or training error: job.failed (not retryable) while the attempt is still the job's
+        open one, then run.failed; a worker that lost the job records nothing."""
+        error_type, error = type(failure).__name__, str(failure)[:19_000] or repr(failure)[:19_000]
+        log.warning("job %s attempt %d failed: %s: %s", job.job_id, attempt, error_type, error)
+        failed = JobFailed(job_id=job.job_id, attempt=attempt, error_type=error_type, error=error, retryable=False)
+        lost = await self._close_attempt(job, attempt, failed)
+        if lost is not None:
+            return await self._lost(msg, job, lost)
+        await self._append(RunFailed(run_id=job.run_id, attempt=attempt, error_type=error_type, error=error), job)
+        await msg.term()
+        return self._done(job.job_id, "failed")
 
-        A worker presumed dead (its in_progress acks stopped long enough for a redelivery) may still finish:
-        by then its attempt was closed as WorkerLost, or the job was cancelled or ended by another attempt.
-        Its success is then not recorded, so a job never ends twice. Only this worker's own heartbeats can
-        move the version in between; a conflict re-reads the job and decides again.
+    async def _lost(self, msg: Any, job: JobQueued, view: JobView) -> Outcome:
+        """An attempt that lost its job ends quietly. The job's message now belongs to whoever took over: ack
+        only when the job has ended anyway, else leave it to its ack wait so a live worker (or a redelivery)
+        decides."""
+        if view.ended:
+            await msg.ack()
+        return self._done(job.job_id, "conflict")
+
+    async def _close_attempt(self, job: JobQueued, attempt: int, event: JobSucceeded | JobFailed) -> JobView | None:
+        """Append the event that closes `attempt` (job.succeeded or job.failed), guarded by the job's version;
+        the job's view, and nothing appended, when the attempt had lost the job.
+
+        A worker presumed dead (its in_progress acks stopped long enough for a redelivery) may still finish or
+        fail: by then its attempt was closed as WorkerLost, or the job was cancelled or ended by another
+        attempt. Its outcome is then not recorded, so a job never ends twice. Only this worker's own
+        heartbeats can move the version in between; a conflict re-reads the job and decides again.
         """
         for _ in range(5):
             aggregate = await self.log.read_aggregate("job", job.job_id)
             view = job_view(aggregate.events, aggregate.version)
             if view.ended or view.open_attempt != attempt:
-                log.warning("job %s attempt %d finished after it lost the job (ended=%s, open attempt %s); "
-                            "its success is not recorded", job.job_id, attempt, view.ended, view.open_attempt)
+                log.warning("job %s attempt %d ended after it lost the job (ended=%s, open attempt %s); its %s is "
+                            "not recorded", job.job_id, attempt, view.ended, view.open_attempt, event.event_type)
                 return view
             try:
-                await self._append(JobSucceeded(job_id=job.job_id, attempt=attempt), job,
-                                   expected_version=view.version)
+                await self._append(event, job, expected_version=view.version)
                 return None
             except ConcurrencyError:
                 continue
-        raise ConcurrencyError(f"job {job.job_id}: could not record the success of attempt {attempt} after 5 tries")
+        raise ConcurrencyError(f"job {job.job_id}: could not record {event.event_type} of attempt {attempt} "
+                               f"after 5 tries")
 
     async def _stopped(self, msg: Any, job: JobQueued, attempt: int, why: str) -> Outcome:
         """Record how a stopped attempt ended: cancelled, timed out, or abandoned by a stopping worker."""
@@ -271,10 +288,12 @@ class Worker:
             return self._done(job.job_id, "cancelled")
         if why == "timeout":  # the job failed (not retryable: the same config would time out again)
             error = f"the run exceeded its timeout of {job.timeout_s:g} s and was stopped"
+            lost = await self._close_attempt(job, attempt, JobFailed(
+                job_id=job.job_id, attempt=attempt, error_type="JobTimeout", error=error, retryable=False))
+            if lost is not None:
+                return await self._lost(msg, job, lost)
             await self._append(RunFailed(run_id=job.run_id, attempt=attempt, error_type="JobTimeout", error=error),
                                job)
-            await self._append(JobFailed(job_id=job.job_id, attempt=attempt, error_type="JobTimeout", error=error,
-                                         retryable=False), job)
             await msg.ack()
             return self._done(job.job_id, "timeout")
         aggregate = await self.log.read_aggregate("job", job.job_id)

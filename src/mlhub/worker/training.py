@@ -97,7 +97,8 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
                                        size_bytes=version.size_bytes, num_examples=version.num_examples))
     code = code_version(ctx.code_dir)
     ctx.publish(CodeVersionRecorded(run_id=run_id, git_commit=code.git_commit, dirty=code.dirty,
-                                    diff_sha256=code.diff_sha256, repository=code.repository))
+                                    diff_sha256=code.diff_sha256, repository=code.repository,
+                                    untracked=code.untracked, untracked_count=code.untracked_count))
     kwargs = trainer_kwargs(dict(config.get("trainer", {})), ctx.pool)
     ctx.publish(EnvironmentRecorded(run_id=run_id, **environment_info(kwargs["accelerator"])))
     ctx.publish(ParamsLogged(run_id=run_id, params=flatten_params(config)))
@@ -110,7 +111,7 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
     module = plugin.build_module(config)
 
     sender = MetricSender(run_id, ctx.send_metrics, producer=ctx.producer, correlation_id=ctx.job.job_id,
-                          interval_s=ctx.metric_interval_s, declared=ctx.declared_metrics)
+                          interval_s=ctx.metric_interval_s, declared=ctx.declared_metrics, attempt=ctx.attempt)
     logger = mlhub_logger_class()(sender)
     result = TrainingResult(stopped=False)
     try:
@@ -122,11 +123,13 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
             if ctx.stop.is_set():
                 result.stopped = True
                 return result
-            final = {k: float(v) for k, v in plugin.evaluate(module, spec.datamodule).items()}
-            result.final_metrics = final
+            # The final evaluation is one more batch at the last global step and epoch (keys and values checked
+            # as every logged point is: InvalidMetric naming a bad one).
+            final = metric_points(plugin.evaluate(module, spec.datamodule), int(trainer.global_step),
+                                  logger.current_epoch)
+            result.final_metrics = {p.key: p.value for p in final}
             if final:
-                # The final evaluation is one more batch at the last global step and epoch.
-                sender.add(metric_points(final, int(trainer.global_step), logger.current_epoch))
+                sender.add(final)
                 logger.points_logged += len(final)
             checkpoint = Path(tmp) / "final.ckpt"
             trainer.save_checkpoint(checkpoint)

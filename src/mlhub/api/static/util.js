@@ -30,8 +30,14 @@ export function duration(run) {
   return hours ? `${hours}h ${minutes}m` : minutes ? `${minutes}m ${s}s` : `${s}s`;
 }
 
+// What the run statuses that are not self-explanatory mean (a job's "cancelled" is its run's "killed").
+const STATUS_TITLES = {
+  killed: "stopped before it ended (cancelled, SIGTERM or Ctrl-C)",
+  crashed: "its producer went silent (no heartbeat); it can be resumed",
+};
+
 export function badge(status) {
-  return h("span", { class: `badge status-${status}` }, status);
+  return h("span", { class: `badge status-${status}`, title: STATUS_TITLES[status] }, status);
 }
 
 export function errorBox(error) {

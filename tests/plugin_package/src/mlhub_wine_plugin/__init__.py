@@ -5,18 +5,24 @@ the protocol asks, so that listing or validating plugins stays cheap.
 
 Config: model.lr (float > 0), model.weight_decay (float >= 0); data.name "sklearn-wine";
 data.params.batch_size (int > 0), data.params.test_fraction and val_fraction (0 < f < 0.5); data.split_seed.
+Two knobs for tests of the worker: model.metric_names maps the plugin's metric names (train_loss, val_loss,
+val_acc, test_loss, test_acc) to the keys it logs instead (`train/loss`, `val/acc@top1`: any string, checked by
+the worker as every key is), and model.fail_when names a file: once it exists, the next training epoch ends
+with a RuntimeError (a plugin that fails mid-run, at a moment the test chooses).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mlhub.plugins import DataModuleSpec, DatasetVersion, Plugin, PluginConfigError
 
 DATASET = "sklearn-wine"
-MODEL_KEYS = {"lr", "weight_decay"}
+MODEL_KEYS = {"lr", "weight_decay", "metric_names", "fail_when"}
+METRICS = ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc")
 DATA_KEYS = {"batch_size", "test_fraction", "val_fraction"}
 
 
@@ -32,7 +38,13 @@ def _read(config: Mapping[str, Any]) -> dict[str, Any]:
         raise PluginConfigError(f"data.name: must be {DATASET!r}, got {data.get('name')!r}")
     out = {"lr": model.get("lr", 0.05), "weight_decay": model.get("weight_decay", 0.0),
            "batch_size": params.get("batch_size", 32), "test_fraction": params.get("test_fraction", 0.2),
-           "val_fraction": params.get("val_fraction", 0.2), "split_seed": int(data.get("split_seed", 0))}
+           "val_fraction": params.get("val_fraction", 0.2), "split_seed": int(data.get("split_seed", 0)),
+           "metric_names": dict(model.get("metric_names") or {}), "fail_when": model.get("fail_when")}
+    for name, key in out["metric_names"].items():
+        if name not in METRICS or not isinstance(key, str):
+            raise PluginConfigError(f"model.metric_names.{name}: maps one of {', '.join(METRICS)} to a string key")
+    if out["fail_when"] is not None and not isinstance(out["fail_when"], str):
+        raise PluginConfigError(f"model.fail_when: must be a file path, got {out['fail_when']!r}")
     if not isinstance(out["lr"], int | float) or isinstance(out["lr"], bool) or out["lr"] <= 0:
         raise PluginConfigError(f"model.lr: must be a number > 0, got {out['lr']!r}")
     if not isinstance(out["weight_decay"], int | float) or out["weight_decay"] < 0:
@@ -107,6 +119,8 @@ class WineLogRegPlugin(Plugin):
         from torch.nn import functional as F
 
         settings = _read(config)
+        names = {name: settings["metric_names"].get(name, name) for name in METRICS}
+        fail_when = settings["fail_when"]
 
         class WineLogReg(L.LightningModule):
             def __init__(self) -> None:
@@ -120,19 +134,26 @@ class WineLogRegPlugin(Plugin):
             def training_step(self, batch: Any, batch_idx: int) -> Any:
                 x, y = batch
                 loss = F.cross_entropy(self(x), y)
-                self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+                self.log(names["train_loss"], loss, on_step=False, on_epoch=True, batch_size=len(y))
                 return loss
+
+            def on_train_epoch_end(self) -> None:
+                if fail_when is not None and Path(fail_when).exists():
+                    raise RuntimeError(f"failing as asked: {fail_when} exists")
 
             def validation_step(self, batch: Any, batch_idx: int) -> None:
                 x, y = batch
                 logits = self(x)
-                self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
-                self.log("val_acc", (logits.argmax(-1) == y).float().mean(), on_epoch=True, batch_size=len(y))
+                self.log(names["val_loss"], F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
+                self.log(names["val_acc"], (logits.argmax(-1) == y).float().mean(), on_epoch=True,
+                         batch_size=len(y))
 
             def configure_optimizers(self) -> Any:
                 return torch.optim.SGD(self.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
 
-        return WineLogReg()
+        module = WineLogReg()
+        module.metric_names = names  # for evaluate()
+        return module
 
     def evaluate(self, module: Any, datamodule: Any) -> dict[str, float]:
         import torch
@@ -144,4 +165,6 @@ class WineLogRegPlugin(Plugin):
         with torch.no_grad():
             logits = module(x)
         accuracy = (logits.argmax(-1) == y).float().mean()
-        return {"test_loss": float(F.cross_entropy(logits, y)), "test_acc": float(accuracy)}
+        names = getattr(module, "metric_names", {})
+        return {names.get("test_loss", "test_loss"): float(F.cross_entropy(logits, y)),
+                names.get("test_acc", "test_acc"): float(accuracy)}
