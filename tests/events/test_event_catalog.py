@@ -36,7 +36,6 @@ from mlhub.events import (
     ModelAliasSet,
     ModelVersionRegistered,
     ParamsLogged,
-    RequestAccepted,
     RunCancelled,
     RunCrashed,
     RunCreated,
@@ -95,7 +94,6 @@ SAMPLES: list[DomainEvent] = [
     MetricMigrated(name="val_acc", migration_id="0002", previous=MetricSpec(direction="max"),
                    spec=MetricSpec(direction="max", unit="%")),
     AuditSealed(first_seq=1, last_seq=10, message_count=10, digest=H, previous_digest=None),
-    RequestAccepted(request_key="k" * 32, operation="log_batch", digest=H, run_id="run1", events=2),
 ]
 
 

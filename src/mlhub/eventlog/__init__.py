@@ -9,6 +9,7 @@ from mlhub.eventlog.client import (
     Recorded,
     StoredMessage,
 )
+from mlhub.eventlog.reads import declared_metric_names
 from mlhub.eventlog.seals import SealReport, run_sealer, seal, seal_digest, verify_seals
 from mlhub.eventlog.server import EmbeddedNats, nats_endpoint, nats_server_binary, running_embedded_url
 from mlhub.eventlog.stream import MAX_EVENT_BYTES, STREAM_NAME, StreamSpec, ensure_stream
@@ -25,6 +26,7 @@ __all__ = [
     "SealReport",
     "StoredMessage",
     "StreamSpec",
+    "declared_metric_names",
     "ensure_stream",
     "nats_endpoint",
     "nats_server_binary",

@@ -35,7 +35,6 @@ from mlhub.events.keys import (
 )
 from mlhub.events.metric import MetricDefined, MetricMigrated, MetricSpec, metric_aggregate_id
 from mlhub.events.model import ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
-from mlhub.events.request import RequestAccepted
 from mlhub.events.run import (
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
@@ -77,7 +76,6 @@ __all__ = [
     "MIN_TIMESTAMP_MS",
     "Key",
     "MetricValue",
-    "RequestAccepted",
     "RunCrashed",
     "RunHeartbeat",
     "RunLifecycle",

@@ -8,7 +8,6 @@ from mlhub.events.experiment import ExperimentCreated
 from mlhub.events.job import JobCancelled, JobFailed, JobHeartbeat, JobQueued, JobStarted, JobSucceeded
 from mlhub.events.metric import MetricDefined, MetricMigrated
 from mlhub.events.model import ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
-from mlhub.events.request import RequestAccepted
 from mlhub.events.run import (
     ArtifactStored,
     CodeVersionRecorded,
@@ -60,7 +59,6 @@ EVENT_CLASSES: tuple[type[DomainEvent], ...] = (
     MetricDefined,
     MetricMigrated,
     AuditSealed,
-    RequestAccepted,
 )
 
 

@@ -85,7 +85,7 @@ def run_lifecycle(events: Iterable[DomainEvent], start: RunLifecycle | None = No
 def final_metrics(events: Iterable[DomainEvent]) -> dict[str, float]:
     """The final value of each metric key of a run, from its events oldest first.
 
-    Only the last attempt counts (a `run.started` of a new attempt starts over, and points of an earlier
+    Only the last attempt counts (a `run.started` of a higher attempt starts over, and points of an earlier
     attempt that arrive later are not counted: an abandoned attempt's points are not final). Within it, a
     key's final value is its point with the highest (step, timestamp); of equal ones the later logged wins
     (the rule of the read model's `metric_summaries.last_value`). NaN stays NaN.
@@ -95,7 +95,9 @@ def final_metrics(events: Iterable[DomainEvent]) -> dict[str, float]:
     attempt = 1
     for event in events:
         if isinstance(event, RunStarted):
-            final, at, attempt = {}, {}, event.attempt
+            if event.attempt > attempt:  # a new attempt starts over (the read model's summaries do the same)
+                final, at = {}, {}
+            attempt = max(attempt, event.attempt)
         elif isinstance(event, MetricsLogged) and (event.attempt is None or event.attempt >= attempt):
             for series in event.series:
                 best = at.get(series.key, (-1, -1))

@@ -49,7 +49,6 @@ from mlhub.events import (
     ModelAliasSet,
     ModelVersionRegistered,
     ParamsLogged,
-    RequestAccepted,
     RunCancelled,
     RunCrashed,
     RunCreated,
@@ -170,7 +169,6 @@ class ReadModelChanges:
             MetricDefined: self._metric_definition,
             MetricMigrated: self._metric_definition,
             AuditSealed: self._audit_sealed,
-            RequestAccepted: self._ignored,  # an API request's idempotency record: nothing to show
         }
 
     # -- driver -------------------------------------------------------------------------------------------
@@ -346,9 +344,6 @@ class ReadModelChanges:
         """Only that the run was alive: updated_at and last_seq of a row the read model has (no new row)."""
         if (e.run_id,) in self.rows[t.runs]:
             self._run(e.run_id, seq, env.occurred_at)
-
-    def _ignored(self, seq: int, env: Envelope, e: DomainEvent) -> None:
-        """Events that change nothing in the read model."""
 
     def _run_config(self, seq: int, env: Envelope, e: ConfigSnapshotted) -> None:
         row = self._run(e.run_id, seq, env.occurred_at)

@@ -6,7 +6,7 @@ Imports events, eventlog, readmodel (the reaper's candidates) and settings of ml
 adapters over `TrackingService`.
 """
 
-from mlhub.tracking.declared import DeclaredMetrics, declared_metric_names
+from mlhub.tracking.declared import DeclaredMetrics
 from mlhub.tracking.errors import (
     IdempotencyKeyReused,
     InvalidRunState,
@@ -47,7 +47,6 @@ __all__ = [
     "UndeclaredMetricRefused",
     "Written",
     "check_request",
-    "declared_metric_names",
     "load_run_state",
     "metric_events",
     "running_runs",

@@ -17,8 +17,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 
 from mlhub.errors import InvalidInput
-from mlhub.eventlog import EventLog
-from mlhub.events import SUBJECT_PREFIX, Envelope, MetricDefined, MetricPoint, MetricsLogged
+from mlhub.events import Envelope, MetricPoint, MetricsLogged
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +30,6 @@ class UndeclaredMetric(InvalidInput):
     """A run logged a metric key that no definition declares while MLHUB_UNDECLARED_METRICS=reject."""
 
     code = "UNDECLARED_METRIC"
-
-
-async def declared_metric_names(event_log: EventLog) -> frozenset[str]:
-    """The names of every metric the event log defines (metric.defined events): the metric keys themselves
-    (`train/loss`), never their subject tokens."""
-    names = set()
-    async for recorded in event_log.replay(subject_filter=f"{SUBJECT_PREFIX}.metric.*.defined"):
-        if isinstance(recorded.envelope.event, MetricDefined):
-            names.add(recorded.envelope.event.name)
-    return frozenset(names)
 
 
 class MetricSender:

@@ -37,7 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from mlhub.artifacts import ArtifactStore, LocalArtifactStore
 from mlhub.errors import ConcurrencyError, EventDecodeError, EventLogUnavailable
-from mlhub.eventlog import STREAM_NAME, EventLog
+from mlhub.eventlog import STREAM_NAME, EventLog, declared_metric_names
 from mlhub.events import (
     SUBJECT_PREFIX,
     DomainEvent,
@@ -53,7 +53,6 @@ from mlhub.events import (
     RunStarted,
     decode,
 )
-from mlhub.worker.metrics import declared_metric_names
 from mlhub.worker.state import JobView, job_view
 from mlhub.worker.training import TrainingContext, TrainingResult, train_job
 
