@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "readmodel": {"events"},
     "analytics": {"events"},
     "scheduler": {"events", "eventlog", "readmodel"},
-    "worker": {"events", "eventlog", "artifacts", "plugins"},
+    "worker": {"events", "eventlog", "artifacts", "plugins", "client"},
     "plugins": set(),
     "artifacts": set(),
     "registry": {"events", "eventlog", "readmodel"},

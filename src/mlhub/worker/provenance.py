@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import platform
 import subprocess
 import sys
@@ -13,10 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mlhub.events import MAX_PARAM_VALUE_LENGTH, key_problem
-
 #: A param value longer than this is cut (ParamsLogged's limit).
-MAX_PARAM_CHARS = MAX_PARAM_VALUE_LENGTH
+log = logging.getLogger(__name__)
 #: How many untracked files CodeVersionRecorded lists (it counts them all); longer paths are counted only.
 MAX_UNTRACKED_LISTED = 1000
 MAX_UNTRACKED_PATH = 1000
@@ -103,31 +101,17 @@ def environment_info(accelerator: str = "gpu") -> dict[str, Any]:
     }
 
 
-def param_value(value: Any) -> str:
-    """A param value as a string: a string as it is, anything else as JSON (`[64, 32]`, `true`, `null`, `0.1`),
-    never Python's repr; cut to MAX_PARAM_CHARS."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    return text[:MAX_PARAM_CHARS]
-
-
 def flatten_params(config: Mapping[str, Any]) -> dict[str, str]:
-    """`model`, `data` and `trainer` of a config snapshot as flat `section.key` -> string params.
+    """`model`, `data` and `trainer` of a config snapshot, and its seed, as flat `section.key` -> string params,
+    by the SDK's one rule (mlhub.client.values: nested mappings flattened with dots, non-strings as JSON).
 
-    Nested mappings are flattened with dots; lists and other values that are not strings are JSON
-    (`param_value`). A key the one key validation refuses (mlhub.events.key_problem) is left out rather than
-    failing the run.
+    A key the one validation refuses, or a value longer than a param may be, is left out with a warning rather
+    than failing the run: the config snapshot (run.config_snapshotted) holds every value in full.
     """
-    flat: dict[str, str] = {}
+    from mlhub.client.values import string_values
 
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, Mapping):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}", inner)
-        elif key_problem(prefix) is None:
-            flat[prefix] = param_value(value)
-
-    for section in ("model", "data", "trainer"):
-        if section in config:
-            walk(section, config[section])
-    flat["seed"] = param_value(config.get("seed"))
+    sections = {name: config[name] for name in ("model", "data", "trainer") if name in config}
+    flat, problems = string_values({**sections, "seed": config.get("seed")}, "param")
+    for problem in problems:
+        log.warning("a param of the config is not logged (the config snapshot keeps it): %s", problem)
     return flat
