@@ -6,6 +6,7 @@ for a whole module (its tests use runs of their own), for tests that do not rest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -163,16 +164,29 @@ class HubStack:
         return steps
 
 
-@pytest.fixture
-def hub_stack(tmp_path: Path, nats_url: str) -> Iterator[HubStack]:
-    """The API and the projectors running over the test's nats-server."""
-    stack = HubStack(tmp_path, nats_url)
+@contextlib.contextmanager
+def running_stack(root: Path, nats_url: str | None = None, **env: str) -> Iterator[HubStack]:
+    """The API and the projectors (with `env` settings) over nats_url, or over a nats-server of their own."""
+    server = None
+    if nats_url is None:
+        server = EmbeddedNats(root / "nats", sync="always")
+        nats_url = server.start()
+    stack = HubStack(root, nats_url, **env)
     try:
         stack.start_api()
         stack.start_projector()
         yield stack
     finally:
         stack.stop()
+        if server is not None:
+            server.stop()
+
+
+@pytest.fixture
+def hub_stack(tmp_path: Path, nats_url: str) -> Iterator[HubStack]:
+    """The API and the projectors running over the test's nats-server."""
+    with running_stack(tmp_path, nats_url) as stack:
+        yield stack
 
 
 @pytest.fixture
@@ -184,15 +198,5 @@ def spool_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def shared_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStack]:
     """One hub (its own nats-server, API and projector) for every test of a module."""
-    root = tmp_path_factory.mktemp("hub")
-    server = EmbeddedNats(root / "nats", sync="always")
-    server.start()
-    assert server.url is not None
-    stack = HubStack(root, server.url)
-    try:
-        stack.start_api()
-        stack.start_projector()
+    with running_stack(tmp_path_factory.mktemp("hub")) as stack:
         yield stack
-    finally:
-        stack.stop()
-        server.stop()

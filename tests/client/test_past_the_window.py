@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.client.conftest import WRITER, HubStack
+from tests.client.conftest import WRITER, HubStack, running_stack
 
 from mlhub.client import Hub
 from mlhub.client.delivery import deliver, record_event_id
@@ -22,13 +22,8 @@ from mlhub.events.ids import batch_event_id, upload_event_id
 @pytest.fixture
 def short_window_stack(tmp_path: Path, nats_url: str) -> Iterator[HubStack]:
     """A hub whose event stream remembers event ids for 1 s only."""
-    stack = HubStack(tmp_path, nats_url, MLHUB_DUPLICATE_WINDOW_S="1")
-    try:
-        stack.start_api()
-        stack.start_projector()
+    with running_stack(tmp_path, nats_url, MLHUB_DUPLICATE_WINDOW_S="1") as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _batch(run_id: str, first_step: int, n: int) -> dict[str, object]:

@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.client.conftest import WRITER, HubStack
+from tests.client.conftest import WRITER, HubStack, running_stack
 
 from mlhub.client import Hub, HubRequestError
-from mlhub.eventlog import EmbeddedNats
 from mlhub.events import RunCrashed
 
 SCRIPT = """
@@ -117,18 +116,9 @@ DEAD_AFTER_S = 2.0
 @pytest.fixture(scope="module")
 def reaping_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubStack]:
     """A hub whose reaper (in `mlhub projector`) ends runs silent for DEAD_AFTER_S, sweeping twice a second."""
-    root = tmp_path_factory.mktemp("reaping")
-    server = EmbeddedNats(root / "nats", sync="always")
-    server.start()
-    assert server.url is not None
-    stack = HubStack(root, server.url, MLHUB_RUN_DEAD_AFTER_S=str(DEAD_AFTER_S), MLHUB_REAPER_INTERVAL_S="0.5")
-    try:
-        stack.start_api()
-        stack.start_projector()
+    with running_stack(tmp_path_factory.mktemp("reaping"), MLHUB_RUN_DEAD_AFTER_S=str(DEAD_AFTER_S),
+                       MLHUB_REAPER_INTERVAL_S="0.5") as stack:
         yield stack
-    finally:
-        stack.stop()
-        server.stop()
 
 
 def test_a_sigkilled_script_s_run_crashes_and_is_resumed_from_its_last_step(reaping_hub: HubStack,
