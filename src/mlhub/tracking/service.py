@@ -12,13 +12,13 @@ is refused (IDEMPOTENCY_KEY_REUSED) instead of being dropped in silence.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-from mlhub.errors import ConcurrencyError
+from mlhub.errors import ConcurrencyError, MlhubError
 from mlhub.eventlog import AppendResult, EventLog
 from mlhub.events import (
     SUBJECT_PREFIX,
@@ -53,6 +53,7 @@ from mlhub.tracking.errors import (
     ParamValueChanged,
     RunEnded,
     RunNotFound,
+    TrackingError,
 )
 from mlhub.tracking.limits import POINTS_PER_EVENT, TrackingLimits
 from mlhub.tracking.state import RunState, RunStates
@@ -90,6 +91,38 @@ def _comparable(event: DomainEvent, server_stamps: bool) -> str:
         event = event.model_copy(update={"series": tuple(s.model_copy(update={"timestamps": ()})
                                                          for s in event.series)})
     return event.model_dump_json(round_trip=True)
+
+
+@dataclass
+class PendingBatch:
+    """A log-batch request waiting for (or in) a group commit of its run."""
+
+    run_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    series: Sequence[SeriesInput]
+    batch_id: uuid.UUID | None
+    points: int
+    now_ms: int
+    #: (the attempt they were built for, the metric envelopes, their wire forms)
+    metrics: tuple[int, list[Envelope], list[bytes | None]]
+    future: asyncio.Future[Written]
+    envelopes: list[Envelope] = field(default_factory=list)
+    encoded: list[bytes | None] = field(default_factory=list)
+
+
+def _chunked(ready: list[PendingBatch], max_events: int, one_by_one: bool) -> list[list[PendingBatch]]:
+    """Requests grouped, in order, into atomic batches of at most max_events events (one request a batch when
+    one_by_one)."""
+    chunks: list[list[PendingBatch]] = []
+    size = 0
+    for p in ready:
+        if not chunks or one_by_one or size + len(p.envelopes) > max_events:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(p)
+        size += len(p.envelopes)
+    return chunks
 
 
 def _chunks(values: Mapping[str, str]) -> list[dict[str, str]]:
@@ -147,6 +180,8 @@ class TrackingService:
         #: When given (MLHUB_UNDECLARED_METRICS=reject), metric keys it does not return are refused.
         self.declared_metrics = declared_metrics
         self.states = RunStates(event_log)
+        #: log-batch requests per run waiting for the run's next group commit
+        self._queued: dict[str, list[PendingBatch]] = {}
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
@@ -165,11 +200,6 @@ class TrackingService:
                                 f"{self.limits.max_events_per_request} (the event log's atomic batch): split it",
                                 details={"limit": "events per request", "max": self.limits.max_events_per_request,
                                          "value": len(envelopes)})
-
-    async def _append(self, envelopes: list[Envelope], guard: tuple[str, int],
-                      extra_guards: dict[int, tuple[str, int]] | None = None) -> list[AppendResult]:
-        guards = {0: guard, **(extra_guards or {})}
-        return await self.event_log.append_atomic(envelopes, guards=guards)
 
     async def _verify_duplicates(self, run_id: str, envelopes: Sequence[Envelope],
                                  results: Sequence[AppendResult], key: uuid.UUID | None, what: str,
@@ -281,50 +311,136 @@ class TrackingService:
                         tags: Mapping[str, str] | None = None, series: Sequence[SeriesInput] = (),
                         batch_id: uuid.UUID | None = None) -> Written:
         """Log params, tags and metric points to an open run, all stored or none. A param keeps its first
-        value (PARAM_VALUE_CHANGED for another; the same value again is a no-op)."""
+        value (PARAM_VALUE_CHANGED for another; the same value again is a no-op).
+
+        Requests of one run that arrive while one of them is being appended are committed together next, as one
+        atomic batch (a group commit: each request is still stored whole or not at all, and each gets its own
+        answer), so concurrent clients of a run do not wait for each other's round trips one by one."""
         params, tags = dict(params or {}), dict(tags or {})
         declared = await self.declared_metrics() if self.declared_metrics is not None and series else None
         points = check_request(self.limits, params=params, tags=tags, series=series, declared=declared)
         if not params and not tags and not series:
             raise BadTrackingRequest("the batch is empty: give params, tags or metrics", details={"field": "body"})
         now_ms = int(time.time() * 1000)
+        # The metric events are built and encoded before the run's lock is taken (the CPU work of a big batch
+        # overlaps the appends other requests of the run are waiting on), for the attempt the cache knows; a
+        # run whose attempt turns out to be another is built again under the lock.
+        pending = PendingBatch(run_id, params, tags, series, batch_id, points, now_ms,
+                               self._metric_envelopes(run_id, series, self.states.peek_attempt(run_id), now_ms,
+                                                      batch_id), asyncio.get_running_loop().create_future())
+        self._queued.setdefault(run_id, []).append(pending)
         async with self.states.lock(run_id):
-            for attempt in range(_RETRIES):
-                state = await self._open(run_id, reload=attempt > 0)
-                logged = state.lifecycle.params
-                changed = sorted(k for k, v in params.items() if k in logged and logged[k] != v)
-                if changed:
-                    raise ParamValueChanged(
-                        f"param(s) {', '.join(map(repr, changed))} of run {run_id} were logged with other values "
-                        f"(e.g. {changed[0]!r} = {logged[changed[0]]!r}); a param keeps its first value: log it "
-                        "under another key. Nothing of this request was stored",
-                        details={"keys": changed})
-                # Params logged before with these values are no-ops, but a keyed batch keeps them: its resend
-                # must make the same events (same ids) as the first send, whatever was logged in between.
-                new_params = params if batch_id is not None else {k: v for k, v in params.items() if k not in logged}
-                events: list[DomainEvent] = []
-                ids: list[uuid.UUID | None] = []
-                parts: list[tuple[Literal["params", "tags", "metrics"], list[DomainEvent]]] = [
-                    ("params", [ParamsLogged(run_id=run_id, params=c) for c in _chunks(new_params)]),
-                    ("tags", [TagsSet(run_id=run_id, tags=c) for c in _chunks(tags)]),
-                    ("metrics", list(metric_events(run_id, series, state.lifecycle.attempt, now_ms)))]
-                for part, made in parts:
-                    events += made
-                    ids += [batch_event_id(batch_id, i, part) if batch_id else None for i in range(len(made))]
-                if not events:  # only params that are logged already, with these values
-                    return Written(run_id, [state.version], duplicate=True)
-                envelopes = [self._envelope(e, i) for e, i in zip(events, ids, strict=True)]
-                if attempt == 0:
-                    self._check_count(envelopes)
+            if not pending.future.done():  # nobody committed it while it waited: commit what is queued
+                group = self._queued.pop(run_id, [])
                 try:
-                    results = await self._append(envelopes, (aggregate_subject_filter("run", run_id), state.version))
+                    await self._commit_group(run_id, group)
+                finally:  # (a cancelled commit leaves the rest queued for the next holder of the lock)
+                    left = [p for p in group if not p.future.done()]
+                    if left:
+                        self._queued[run_id] = left + self._queued.get(run_id, [])
+        return await pending.future
+
+    def _prepare(self, pending: PendingBatch, state: RunState, logged: dict[str, str]) -> bool:
+        """Decide one queued request against the run's state (and what requests before it in the group log):
+        its envelopes, or its answer (a refusal, or nothing to append). True when it is to be appended."""
+        run_id, batch_id = pending.run_id, pending.batch_id
+        if pending.metrics[0] != state.lifecycle.attempt:
+            pending.metrics = self._metric_envelopes(run_id, pending.series, state.lifecycle.attempt,
+                                                     pending.now_ms, batch_id)
+        changed = sorted(k for k, v in pending.params.items() if k in logged and logged[k] != v)
+        if changed:
+            pending.future.set_exception(ParamValueChanged(
+                f"param(s) {', '.join(map(repr, changed))} of run {run_id} were logged with other values "
+                f"(e.g. {changed[0]!r} = {logged[changed[0]]!r}); a param keeps its first value: log it under "
+                "another key. Nothing of this request was stored", details={"keys": changed}))
+            return False
+        # Params logged before with these values are no-ops, but a keyed batch keeps them: its resend must make
+        # the same events (same ids) as the first send, whatever was logged in between.
+        params = pending.params if batch_id is not None else \
+            {k: v for k, v in pending.params.items() if k not in logged}
+        head = [self._envelope(ParamsLogged(run_id=run_id, params=c),
+                               batch_event_id(batch_id, i, "params") if batch_id else None)
+                for i, c in enumerate(_chunks(params))]
+        head += [self._envelope(TagsSet(run_id=run_id, tags=c),
+                                batch_event_id(batch_id, i, "tags") if batch_id else None)
+                 for i, c in enumerate(_chunks(pending.tags))]
+        pending.envelopes = head + pending.metrics[1]
+        none: list[bytes | None] = [None] * len(head)
+        pending.encoded = none + pending.metrics[2]
+        if not pending.envelopes:  # only params that are logged already, with these values
+            pending.future.set_result(Written(run_id, [state.version], duplicate=True))
+            return False
+        try:
+            self._check_count(pending.envelopes)
+        except LimitExceeded as e:
+            pending.future.set_exception(e)
+            return False
+        logged.update(params)
+        return True
+
+    async def _commit_group(self, run_id: str, group: list[PendingBatch]) -> None:
+        """Append the queued requests of a run, as few atomic batches as they fit in, each guarded by the
+        version the one before left; every request's future gets its answer."""
+        one_by_one = False
+        for attempt in range(_RETRIES):
+            waiting = [p for p in group if not p.future.done()]
+            if not waiting:
+                return
+            try:
+                state = await self._open(run_id, reload=attempt > 0)
+            except TrackingError as e:
+                for p in waiting:
+                    p.future.set_exception(e)
+                return
+            logged = dict(state.lifecycle.params)
+            ready = [p for p in waiting if self._prepare(p, state, logged)]
+            version, lifecycle = state.version, state.lifecycle
+            conflict = False
+            for chunk in _chunked(ready, self.limits.max_events_per_request, one_by_one):
+                envelopes = [e for p in chunk for e in p.envelopes]
+                try:
+                    results = await self.event_log.append_atomic(
+                        envelopes, guards={0: (aggregate_subject_filter("run", run_id), version)},
+                        encoded=[b for p in chunk for b in p.encoded])
                 except ConcurrencyError:
-                    continue  # another writer moved the run: read it again and decide again
-                seqs = await self._verify_duplicates(run_id, envelopes, results, batch_id, "batch_id",
-                                                     server_stamps=any(x.timestamps is None for x in series))
-                self._remember(run_id, state, events, seqs)
-                return Written(run_id, seqs, duplicate=all(r.duplicate for r in results), points=points)
-        raise ConcurrencyError(f"run {run_id} kept changing while the batch was logged; retry")
+                    conflict = True  # another writer moved the run: read it again and decide again
+                    break
+                except MlhubError as e:  # nothing of this chunk is stored (one atomic batch)
+                    for p in chunk:
+                        p.future.set_exception(e)
+                    continue
+                if len(chunk) > 1 and any(r.duplicate for r in results):
+                    one_by_one = conflict = True  # a resend among them: each alone, so each gets its own answer
+                    break
+                start = 0
+                for p in chunk:
+                    mine = results[start:start + len(p.envelopes)]
+                    start += len(p.envelopes)
+                    try:
+                        seqs = await self._verify_duplicates(
+                            run_id, p.envelopes, mine, p.batch_id, "batch_id",
+                            server_stamps=any(x.timestamps is None for x in p.series))
+                    except IdempotencyKeyReused as e:
+                        p.future.set_exception(e)
+                        continue
+                    version = max([version, *seqs])
+                    lifecycle = run_lifecycle((e.event for e in p.envelopes), lifecycle)
+                    p.future.set_result(Written(run_id, seqs, duplicate=all(r.duplicate for r in mine),
+                                                points=p.points))
+            self.states.put(run_id, RunState(lifecycle, version))
+            if not conflict:
+                return
+        for p in group:
+            if not p.future.done():
+                p.future.set_exception(ConcurrencyError(f"run {run_id} kept changing while the batch was logged; "
+                                                        "retry"))
+
+    def _metric_envelopes(self, run_id: str, series: Sequence[SeriesInput], attempt: int, now_ms: int,
+                          batch_id: uuid.UUID | None) -> tuple[int, list[Envelope], list[bytes | None]]:
+        """(attempt, envelopes, their wire forms) of a request's metric events."""
+        envelopes = [self._envelope(e, batch_event_id(batch_id, i) if batch_id else None)
+                     for i, e in enumerate(metric_events(run_id, series, attempt, now_ms))]
+        return attempt, envelopes, [self.event_log.encode_event(e) for e in envelopes]
 
     async def check_open(self, run_id: str) -> None:
         """RunNotFound / RunEnded unless the run is open (an upload checks before it reads its body)."""

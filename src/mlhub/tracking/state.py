@@ -74,6 +74,12 @@ class RunStates:
             self._states.move_to_end(run_id)
         return state
 
+    def peek_attempt(self, run_id: str) -> int:
+        """The attempt the cache holds for a run (1 when it holds none), without I/O: a guess that the caller
+        checks under the run's lock."""
+        state = self._states.get(run_id)
+        return state.lifecycle.attempt if state is not None else 1
+
     def put(self, run_id: str, state: RunState) -> None:
         """Remember a run's state after a write."""
         self._states[run_id] = state
