@@ -1,0 +1,60 @@
+"""Concurrent log-batch requests of one run are committed together (group commit) and still each stored whole
+or not at all, each with its own answer: a param conflict refuses one request only, a resend among them is
+recognized, and every point is stored exactly once (real NATS)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from mlhub.eventlog import EventLog
+from mlhub.events import MetricsLogged, ParamsLogged
+from mlhub.tracking import ParamValueChanged, SeriesInput, TrackingService, Written
+
+
+async def test_concurrent_batches_of_a_run_are_grouped_and_answered_one_by_one(event_log: EventLog) -> None:
+    service = TrackingService(event_log, producer="test")
+    run = await service.create_run("group")
+    keyed = uuid.uuid4()
+
+    def batch(i: int, **extra: object) -> object:
+        return service.log_batch(run.run_id, series=[SeriesInput("loss", [float(i)] * 100, list(range(i * 100,
+                                                                                                     i * 100 + 100)))],
+                                 **extra)
+
+    calls = [batch(i) for i in range(20)]
+    calls.append(batch(20, batch_id=keyed))
+    calls.append(batch(20, batch_id=keyed))  # the same request twice at once: stored once
+    calls.append(service.log_batch(run.run_id, params={"lr": "0.1"}))
+    calls.append(service.log_batch(run.run_id, params={"lr": "0.2"}))  # after the first: refused, alone
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [a for a in answers if isinstance(a, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], ParamValueChanged), refused
+    written = [a for a in answers if isinstance(a, Written)]
+    assert len(written) == len(calls) - 1
+    assert sum(a.duplicate for a in answers[20:22]) == 1
+    assert answers[20].seqs == answers[21].seqs
+
+    events = [r.envelope.event for r in (await event_log.read_aggregate("run", run.run_id)).events]
+    points = sorted(p.step for e in events if isinstance(e, MetricsLogged) for p in e.points())
+    assert points == list(range(2100)), "every point once"
+    assert [e.params for e in events if isinstance(e, ParamsLogged)] == [{"lr": "0.1"}]
+    # Every answer names where its own events are.
+    stored = {r.seq for r in (await event_log.read_aggregate("run", run.run_id)).events}
+    assert all(set(a.seqs) <= stored for a in written)
+
+
+async def test_a_refused_request_of_a_group_costs_the_others_nothing(event_log: EventLog) -> None:
+    service = TrackingService(event_log, producer="test")
+    run = await service.create_run("group")
+    await service.log_batch(run.run_id, params={"opt": "adam"})
+    good = [service.log_batch(run.run_id, series=[SeriesInput("acc", [0.5], [i])]) for i in range(5)]
+    bad = service.log_batch(run.run_id, params={"opt": "sgd"}, series=[SeriesInput("acc", [0.9], [99])])
+    answers = await asyncio.gather(*good, bad, return_exceptions=True)
+    assert isinstance(answers[-1], ParamValueChanged) and all(isinstance(a, Written) for a in answers[:-1])
+    events = [r.envelope.event for r in (await event_log.read_aggregate("run", run.run_id)).events]
+    assert sorted(p.step for e in events if isinstance(e, MetricsLogged) for p in e.points()) == list(range(5))
+    with pytest.raises(ParamValueChanged):
+        await service.log_batch(run.run_id, params={"opt": "sgd"})
