@@ -60,6 +60,9 @@ class RunStates:
         """The lock of one run (made on first use; dropped with the run's cached state)."""
         lock = self._locks.get(run_id)
         if lock is None:
+            if len(self._locks) > 2 * self.size:  # locks of runs no longer cached (or never found) that no one holds
+                for old in [r for r, held in self._locks.items() if r not in self._states and not held.locked()]:
+                    del self._locks[old]
             lock = self._locks[run_id] = asyncio.Lock()
         return lock
 
