@@ -101,7 +101,7 @@ def model_changed(ch: ReadModelChanges, seq: int, env: Envelope,
     key = (e.model_name,)
     if isinstance(e, ModelDeleted):
         models[key] = ch.DELETED
-        for version_key, row in list(versions.items()):
+        for version_key in list(versions):
             if version_key[0] == e.model_name:
                 versions[version_key] = ch.DELETED
         return
