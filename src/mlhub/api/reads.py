@@ -41,7 +41,7 @@ def search_experiments(conn: sa.Connection, *, clauses: Sequence[Clause], stages
     rows = [row_dict(r) for r in conn.execute(stmt)]
     tag_clauses = [c for c in clauses if c.kind == "tag"]
     if tag_clauses:
-        rows = [r for r in rows if all(_tag_matches(r["tags"] or {}, c) for c in tag_clauses)]
+        rows = [r for r in rows if all(clause_matches(r["tags"] or {}, c) for c in tag_clauses)]
     page = rows[offset:offset + max_results]
     more = len(rows) > offset + max_results
     token = encode_page_token(f"experiments {column} {descending}", query_key, offset + max_results, "") \
@@ -49,10 +49,11 @@ def search_experiments(conn: sa.Connection, *, clauses: Sequence[Clause], stages
     return {"data": page, "next_page_token": token}
 
 
-def _tag_matches(tags: dict[str, str], clause: Clause) -> bool:
-    value = tags.get(clause.key)
-    if value is None:
-        return False
+def clause_matches(values: dict[str, Any], clause: Clause) -> bool:
+    """Whether a clause (=, !=, LIKE, ILIKE, IN, NOT IN) holds for the value of its key in `values`."""
+    value = values.get(clause.key)
+    if value is None:  # a missing tag differs from every value (MLflow's `tags.k != 'v'` keeps it)
+        return clause.op in ("!=", "NOT IN")
     wanted = clause.value
     if clause.op == "=":
         return bool(value == wanted)
@@ -121,10 +122,15 @@ def logged_model(conn: sa.Connection, model_id: str) -> dict[str, Any]:
     return row_dict(row)
 
 
-def search_logged_models(conn: sa.Connection, experiment_ids: Sequence[str], max_results: int) -> list[dict[str, Any]]:
-    """Active logged models of some experiments, newest first."""
+def search_logged_models(conn: sa.Connection, experiment_ids: Sequence[str], max_results: int, *,
+                         name: str | None = None, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Active logged models of some experiments (of a name, of a run), newest first."""
     lm = t.logged_models
     stmt = sa.select(lm).where(lm.c.lifecycle_stage == "active")
+    if name is not None:
+        stmt = stmt.where(lm.c.name == name)
+    if run_id is not None:
+        stmt = stmt.where(lm.c.run_id == run_id)
     if experiment_ids:
         stmt = stmt.where(lm.c.experiment_id.in_(list(experiment_ids)))
     return [row_dict(r) for r in conn.execute(stmt.order_by(lm.c.created_at.desc()).limit(max_results))]

@@ -427,7 +427,7 @@ class ReadModelChanges:
         self._put(t.model_versions, key, {
             "model_name": e.model_name, "version": e.version, "run_id": e.run_id, "artifact_path": e.artifact_path,
             "artifact_sha256": e.artifact_sha256, "description": e.description, "registered_by": e.registered_by,
-            "registered_at": env.occurred_at, "last_seq": seq,
+            "registered_at": env.occurred_at, "last_seq": seq, "tags": {},
         })
         model = self.rows[t.registered_models].get((e.model_name,))
         if not model:

@@ -19,7 +19,7 @@ T = TypeVar("T")
 #: MLflow's experiment "0" ("Default", which every MLflow server has) is mlhub's experiment "Default".
 DEFAULT_EXPERIMENT = "Default"
 #: Request fields the client sends as lists (repeated query parameters on a GET).
-_LIST_FIELDS = {"experiment_ids", "run_ids", "order_by", "metric_key", "metric_keys"}
+_LIST_FIELDS = {"experiment_ids", "run_ids", "order_by", "metric_keys"}
 
 #: mlhub's run statuses -> MLflow's (crashed reads as FAILED, with the mlhub.status tag saying why).
 STATUS_TO_MLFLOW = {"queued": "SCHEDULED", "running": "RUNNING", "finished": "FINISHED", "failed": "FAILED",

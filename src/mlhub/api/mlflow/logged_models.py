@@ -5,6 +5,7 @@ source_run_id): it is recorded as run.logged_model_recorded and its files are th
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ from mlhub.api.state import AppState
 from mlhub.events import LoggedModelRecorded
 
 router = APIRouter(route_class=MlflowRoute)
+_FILTER = re.compile(r"""^\s*(?P<field>name|source_run_id)\s*=\s*(?P<q>['"])(?P<v>[^'"]*)(?P=q)\s*$""")
 _STATUS = {"LOGGED_MODEL_PENDING": "pending", "LOGGED_MODEL_READY": "ready", "LOGGED_MODEL_UPLOAD_FAILED": "failed",
            "1": "pending", "2": "ready", "3": "failed"}
 
@@ -79,13 +81,22 @@ async def delete_logged_model(model_id: str, state: StateDep, _: WriterDep) -> A
 
 @router.post("/logged-models/search")
 async def search_logged_models(request: Request, state: StateDep, _: ReaderDep) -> Any:
-    """Logged models of some experiments, newest first (filter and order_by are not supported)."""
+    """Logged models of some experiments, newest first; the filter may name the model (`name = '...'`) and
+    the run (`source_run_id = '...'`), joined by AND; order_by is not supported."""
     fields = await body(request)
-    if text(fields, "filter"):
-        raise MlflowApiError("mlhub does not filter logged models: search by experiment_ids only")
+    wanted: dict[str, str] = {}
+    for clause in re.split(r"\s+AND\s+", text(fields, "filter") or "", flags=re.IGNORECASE):
+        if not clause.strip():
+            continue
+        match = _FILTER.match(clause)
+        if match is None:
+            raise MlflowApiError(f"Invalid filter {clause!r}: mlhub filters logged models by name = '...' and "
+                                 "source_run_id = '...'")
+        wanted[match.group("field")] = match.group("v")
     found = await read(state, reads.search_logged_models, [mlhub_experiment_id(e) for e in
                                                            strings(fields, "experiment_ids")],
-                       min(integer(fields, "max_results", default=100) or 100, 1000))
+                       min(integer(fields, "max_results", default=100) or 100, 1000), name=wanted.get("name"),
+                       run_id=wanted.get("source_run_id"))
     return {"models": [convert.logged_model(m) for m in found]}
 
 

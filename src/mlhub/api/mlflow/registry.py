@@ -22,8 +22,6 @@ router = APIRouter(route_class=MlflowRoute)
 _SOURCE = re.compile(r"^mlflow-artifacts:/+[^/]+/(?P<run>[A-Za-z0-9_-]{1,128})/artifacts/(?P<path>.+)$")
 _RUNS_SOURCE = re.compile(r"^runs:/(?P<run>[A-Za-z0-9_-]{1,128})/(?P<path>.+)$")
 _MODEL_SOURCE = re.compile(r"^models:/(?P<model>m-[A-Za-z0-9_-]+)/?$")
-_NAME_FILTER = re.compile(r"""^\s*(?:attributes\.)?name\s*(?P<op>=|LIKE|ILIKE)\s*(?P<q>['"])(?P<v>.*)(?P=q)\s*$""",
-                          re.IGNORECASE)
 _VERSION_FILTER = re.compile(r"""^\s*(?P<field>name|run_id)\s*=\s*(?P<q>['"])(?P<v>[^'"]*)(?P=q)\s*$""")
 
 
@@ -77,18 +75,16 @@ async def get_registered_model(request: Request, state: StateDep, _: ReaderDep) 
 
 @router.get("/registered-models/search")
 async def search_registered_models(request: Request, state: StateDep, _: ReaderDep) -> Any:
-    """Registered models, all or by `name = '...'` / `name LIKE '...'`, by name."""
+    """Registered models by MLflow's filter (`name = / LIKE / ILIKE '...'`, `tags.<key> ...`), by name."""
+    from mlhub.api.mlflow.filters import experiments_filter
+
     fields = await body(request)
-    like: str | None = None
-    flt = text(fields, "filter")
-    if flt:
-        match = _NAME_FILTER.match(flt)
-        if match is None:
-            raise MlflowApiError(f"Invalid filter {flt!r}: mlhub searches registered models by name = '...' or "
-                                 "name LIKE '...'")
-        like = match.group("v") if match.group("op").upper() != "=" else match.group("v").replace("%", r"\%")
-    models = await read(state, reads.registered_models, name_like=like)
-    return {"registered_models": [convert.registered_model(m) for m in models]}
+    clauses = experiments_filter(text(fields, "filter"))
+    models = await read(state, reads.registered_models)
+    chosen = [m for m in models if all(
+        reads.clause_matches({"name": m["model_name"]} if c.kind == "attribute" else (m.get("tags") or {}), c)
+        for c in clauses)]
+    return {"registered_models": [convert.registered_model(m) for m in chosen]}
 
 
 @router.api_route("/registered-models/get-latest-versions", methods=["GET", "POST"])
