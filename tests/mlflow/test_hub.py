@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ def _walk(client: Any, run_id: str, path: str | None = None) -> list[str]:
     return found
 
 
-def test_lightning_mlflow_logger_trains_into_mlhub(hub: Server) -> None:
+def test_lightning_mlflow_logger_trains_into_mlhub(hub: Server, tmp_path: Path) -> None:
     import lightning as L
     import torch
     from lightning.pytorch.loggers import MLFlowLogger
@@ -53,6 +54,7 @@ def test_lightning_mlflow_logger_trains_into_mlhub(hub: Server) -> None:
     with tracking(hub):
         logger = MLFlowLogger(experiment_name="lightning", tracking_uri=hub.url, log_model=True)
         trainer = L.Trainer(max_epochs=2, limit_train_batches=4, limit_val_batches=2, logger=logger,
+                            default_root_dir=tmp_path,
                             enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
         trainer.fit(Tiny(), data, data)
         client = MlflowClient()
