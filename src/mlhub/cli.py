@@ -44,6 +44,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "up": "mlhub.commands.up:up",
     "runs": "mlhub.commands.runs:runs",
     "show": "mlhub.commands.runs:show",
+    "import": "mlhub.commands.import_mlflow:import_group",
 }
 
 

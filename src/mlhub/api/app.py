@@ -127,7 +127,8 @@ def tracking_service(settings: Settings, event_log: EventLog) -> TrackingService
 
 class BodySizeLimit:
     """Refuse (413, the API's error body) a request whose declared Content-Length is over the limit, before
-    its body is read. Artifact uploads stream to disk and are not limited here; log-batch also counts the
+    its body is read. Artifact uploads (native and MLflow's proxied PUT) stream to disk and are not limited
+    here; log-batch also counts the
     bytes of a body sent without a length (routes_tracking.read_body)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -135,7 +136,8 @@ class BodySizeLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not str(scope.get("path", "")).endswith("/artifacts"):
+        path = str(scope.get("path", ""))
+        if scope["type"] == "http" and not path.endswith("/artifacts") and "/mlflow-artifacts/artifacts/" not in path:
             for name, value in scope.get("headers", ()):
                 if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                     from mlhub.api.errors import error_response
@@ -181,5 +183,8 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
     # /healthz and /readyz also at the root, where orchestrators look (documented once, under /api/v1)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/readyz", readyz, methods=["GET"], include_in_schema=False)
+    from mlhub.api.mlflow import install_mlflow
+
+    install_mlflow(app)  # MLflow's REST API under /api/2.0 (before the dashboard's catch-all, if any)
     install_dashboard(app)
     return app

@@ -1,10 +1,13 @@
-"""Dependencies of the routes: the app state, the caller (bearer token -> role), and role checks."""
+"""Dependencies of the routes: the app state, the caller (a bearer token, or Basic auth with a token as the
+password, as MLflow clients send it -> role), and role checks."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mlhub.api.auth import ANONYMOUS, Principal, Role
@@ -23,7 +26,10 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def _principal(state: AppState, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+def _principal(state: AppState, credentials: HTTPAuthorizationCredentials | None,
+               authorization: str | None = None) -> Principal:
+    if (credentials is None or not credentials.credentials) and authorization:
+        return basic_principal(state, authorization)
     if credentials is None or not credentials.credentials:
         return ANONYMOUS
     principal = state.tokens.lookup(credentials.credentials)
@@ -32,10 +38,28 @@ def _principal(state: AppState, credentials: HTTPAuthorizationCredentials | None
     return principal
 
 
+def basic_principal(state: AppState, authorization: str) -> Principal:
+    """HTTP Basic auth as the MLflow client sends it (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD): the
+    password is an mlhub token, whose role applies; the user name is recorded with the token's name."""
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return ANONYMOUS
+    try:
+        username, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthenticated("the Basic credentials are not base64 of user:password") from None
+    principal = state.tokens.lookup(password) if sep else None
+    if principal is None:
+        raise Unauthenticated("the Basic password is not one of the configured API tokens (give an mlhub token "
+                              "as MLFLOW_TRACKING_PASSWORD, or as MLFLOW_TRACKING_TOKEN)")
+    return Principal(role=principal.role, name=f"{username[:100]} ({principal.name})" if username else principal.name)
+
+
 def _require(role: Role, *, open_when_reads_are_open: bool = False) -> object:
     def check(state: StateDep,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-        principal = _principal(state, credentials)
+              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+              authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Principal:
+        principal = _principal(state, credentials, authorization)
         if principal.role is None:
             if open_when_reads_are_open and state.settings.api_open_reads:
                 return principal

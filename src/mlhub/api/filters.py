@@ -32,7 +32,7 @@ MAX_CLAUSES = 50
 #: Attributes a filter may name, and their kind.
 STRING_ATTRIBUTES = ("run_id", "experiment_id", "name", "status", "source", "job_id", "reproduces_run_id",
                      "created_by", "worker_id", "config_sha256", "dataset_name", "dataset_fingerprint",
-                     "git_commit", "error_type")
+                     "git_commit", "error_type", "lifecycle_stage")
 TIME_ATTRIBUTES = ("created_at", "started_at", "ended_at", "updated_at")
 NUMBER_ATTRIBUTES = ("seed", "attempt")
 _ATTRIBUTES = set(STRING_ATTRIBUTES) | set(TIME_ATTRIBUTES) | set(NUMBER_ATTRIBUTES)

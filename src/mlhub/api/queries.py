@@ -24,8 +24,8 @@ from mlhub.readmodel import tables as t
 #: Columns a runs search may sort by.
 SORTABLE = ("created_at", "started_at", "ended_at", "updated_at", "name", "status", "run_id", "experiment_id")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: Sorts by a key: metrics.<key> (last value), best_metrics.<key>, params.<key>.
-KEYED_SORTS = ("metrics", "best_metrics", "params")
+#: Sorts by a key: metrics.<key> (last value), best_metrics.<key>, params.<key>, tags.<key>.
+KEYED_SORTS = ("metrics", "best_metrics", "params", "tags")
 #: The sort value of a run that lacks the metric: the lowest finite double (last in DESC order, first in ASC).
 MISSING_METRIC = -sys.float_info.max
 #: Columns of a run in the runs list (the detail has every column).
@@ -87,7 +87,7 @@ def parse_order_by(order_by: str | None) -> tuple[str, bool]:
     if (column not in SORTABLE and not (dot and kind in KEYED_SORTS and 0 < len(key) <= 250)) \
             or direction not in ("ASC", "DESC") or len(parts) > 2:
         raise ApiError(f"order_by {order_by!r}: expected '<column> [ASC|DESC]' with a column of "
-                       f"{', '.join(SORTABLE)}, or metrics.<key>, best_metrics.<key>, params.<key>",
+                       f"{', '.join(SORTABLE)}, or metrics.<key>, best_metrics.<key>, params.<key>, tags.<key>",
                        details={"order_by": order_by})
     return column, direction == "DESC"
 
@@ -97,8 +97,8 @@ def _keyed_sort_expression(column: str) -> Any:
     params.<key> (the string): a correlated subquery per run; a run without it sorts as the lowest value."""
     kind, _, key = column.partition(".")
     runs = t.runs
-    if kind == "params":
-        p = t.params
+    if kind in ("params", "tags"):
+        p = t.params if kind == "params" else t.tags
         value = sa.select(p.c.value).where(p.c.run_id == runs.c.run_id, p.c.key == key).scalar_subquery()
         return sa.func.coalesce(value, "")
     ms, md = t.metric_summaries, t.metric_definitions

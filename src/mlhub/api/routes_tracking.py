@@ -4,12 +4,8 @@ call one command and serialize its answer; the service checks the whole request 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import uuid
-from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
@@ -19,7 +15,6 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from mlhub.api.deps import StateDep, WriterDep
-from mlhub.api.errors import ApiError
 from mlhub.api.routes_read import RunId
 from mlhub.api.schemas import (
     Appended,
@@ -32,7 +27,7 @@ from mlhub.api.schemas import (
     RunFinish,
     RunResumed,
 )
-from mlhub.events import ArtifactStored, RunStatus, as_floats
+from mlhub.events import RunStatus, as_floats
 from mlhub.tracking import InvalidTrackingInput, RequestTooLarge, SeriesInput
 
 router = APIRouter(tags=["tracking"])
@@ -175,40 +170,11 @@ async def upload_artifact(
     refused (422) unless its sha256 is the one given, put in the artifact store (MLHUB_ARTIFACT_URI), then
     recorded with run.artifact_stored, guarded by the run's version: nothing is recorded for a refused upload
     or once the run has ended (an upload that finishes after run.finished is refused with 409)."""
-    from mlhub.artifacts import store_from_settings
+    from mlhub.api.uploads import store_upload
 
-    try:  # the path is checked by the event's own model before any byte is read
-        ArtifactStored(run_id=run_id, path=path, sha256=sha256, size_bytes=0, uri="pending", kind=kind)
-    except ValidationError as e:
-        problems = [{"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]} for err in e.errors()]
-        raise ApiError(f"artifact: {problems[0]['field']}: {problems[0]['message']}", code="UNPROCESSABLE",
-                       details={"problems": problems}) from e
-    await state.tracking.check_open(run_id)
-    uploads = state.settings.data_dir / "uploads"
-    await run_in_threadpool(uploads.mkdir, parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=uploads)
-    temp = FsPath(temp_name)
-    try:
-        digest = hashlib.sha256()
-        size = 0
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                digest.update(chunk)
-                size += len(chunk)
-                await run_in_threadpool(out.write, chunk)
-        actual = digest.hexdigest()
-        if actual != sha256:
-            raise ApiError(f"artifact {path!r}: the body's sha256 is {actual} ({size} bytes), not {sha256}: "
-                           "the file changed or was damaged on the way; nothing was stored",
-                           code="ARTIFACT_CHECKSUM_MISMATCH",
-                           details={"path": path, "expected": sha256, "received": actual, "size_bytes": size})
-        store = store_from_settings(state.settings)
-        stored = await run_in_threadpool(store.put_file, temp)
-    finally:
-        temp.unlink(missing_ok=True)
-    written = await state.tracking.record_artifact(run_id, path=path, sha256=stored.sha256,
-                                                   size_bytes=stored.size_bytes, uri=stored.uri, kind=kind,
-                                                   upload_id=upload_id)
+    stored = await store_upload(state, run_id, request.stream(), path=path, kind=kind, sha256=sha256,
+                                upload_id=upload_id)
+    written = stored.written
     return {"run_id": run_id, "path": path, "sha256": stored.sha256, "size_bytes": stored.size_bytes, "kind": kind,
             "uri": stored.uri, "event_id": written.event_id, "duplicate": written.duplicate,
             "seq": written.seq, "seqs": written.seqs}

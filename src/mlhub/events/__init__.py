@@ -16,7 +16,15 @@ from mlhub.events.envelope import (
     event_subject,
     to_json_dict,
 )
-from mlhub.events.experiment import ExperimentCreated, experiment_id_for, experiment_to_create
+from mlhub.events.experiment import (
+    ExperimentCreated,
+    ExperimentDeleted,
+    ExperimentRenamed,
+    ExperimentRestored,
+    ExperimentTagsSet,
+    experiment_id_for,
+    experiment_to_create,
+)
 from mlhub.events.folds import ENDED_JOB_STATES, JobStatus, RunLifecycle, final_metrics, job_status, run_lifecycle
 from mlhub.events.job import JobCancelled, JobFailed, JobHeartbeat, JobQueued, JobStarted, JobSucceeded
 from mlhub.events.keys import (
@@ -34,7 +42,15 @@ from mlhub.events.keys import (
     metric_value,
 )
 from mlhub.events.metric import MetricDefined, MetricMigrated, MetricSpec, metric_aggregate_id
-from mlhub.events.model import ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
+from mlhub.events.model import (
+    ModelAliasRemoved,
+    ModelAliasSet,
+    ModelCreated,
+    ModelDeleted,
+    ModelUpdated,
+    ModelVersionDeleted,
+    ModelVersionRegistered,
+)
 from mlhub.events.run import (
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
@@ -43,6 +59,7 @@ from mlhub.events.run import (
     ConfigSnapshotted,
     DatasetVersionRecorded,
     EnvironmentRecorded,
+    LoggedModelRecorded,
     MetricPoint,
     MetricSeries,
     MetricsLogged,
@@ -50,12 +67,16 @@ from mlhub.events.run import (
     RunCancelled,
     RunCrashed,
     RunCreated,
+    RunDeleted,
     RunFailed,
     RunFinished,
     RunHeartbeat,
+    RunRenamed,
+    RunRestored,
     RunResumed,
     RunStarted,
     SeedRecorded,
+    TagsDeleted,
     TagsSet,
 )
 from mlhub.events.status import ENDED_RUN_STATUSES, RunStatus
@@ -106,6 +127,19 @@ __all__ = [
     "EnvironmentRecorded",
     "Envelope",
     "ExperimentCreated",
+    "ExperimentDeleted",
+    "ExperimentRenamed",
+    "ExperimentRestored",
+    "ExperimentTagsSet",
+    "LoggedModelRecorded",
+    "ModelCreated",
+    "ModelDeleted",
+    "ModelUpdated",
+    "ModelVersionDeleted",
+    "RunDeleted",
+    "RunRenamed",
+    "RunRestored",
+    "TagsDeleted",
     "JobCancelled",
     "JobFailed",
     "JobHeartbeat",

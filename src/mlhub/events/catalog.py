@@ -4,27 +4,46 @@ from __future__ import annotations
 
 from mlhub.events.audit import AuditSealed
 from mlhub.events.base import DomainEvent
-from mlhub.events.experiment import ExperimentCreated
+from mlhub.events.experiment import (
+    ExperimentCreated,
+    ExperimentDeleted,
+    ExperimentRenamed,
+    ExperimentRestored,
+    ExperimentTagsSet,
+)
 from mlhub.events.job import JobCancelled, JobFailed, JobHeartbeat, JobQueued, JobStarted, JobSucceeded
 from mlhub.events.metric import MetricDefined, MetricMigrated
-from mlhub.events.model import ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered
+from mlhub.events.model import (
+    ModelAliasRemoved,
+    ModelAliasSet,
+    ModelCreated,
+    ModelDeleted,
+    ModelUpdated,
+    ModelVersionDeleted,
+    ModelVersionRegistered,
+)
 from mlhub.events.run import (
     ArtifactStored,
     CodeVersionRecorded,
     ConfigSnapshotted,
     DatasetVersionRecorded,
     EnvironmentRecorded,
+    LoggedModelRecorded,
     MetricsLogged,
     ParamsLogged,
     RunCancelled,
     RunCrashed,
     RunCreated,
+    RunDeleted,
     RunFailed,
     RunFinished,
     RunHeartbeat,
+    RunRenamed,
+    RunRestored,
     RunResumed,
     RunStarted,
     SeedRecorded,
+    TagsDeleted,
     TagsSet,
 )
 
@@ -59,6 +78,19 @@ EVENT_CLASSES: tuple[type[DomainEvent], ...] = (
     MetricDefined,
     MetricMigrated,
     AuditSealed,
+    ExperimentRenamed,
+    ExperimentDeleted,
+    ExperimentRestored,
+    ExperimentTagsSet,
+    RunDeleted,
+    RunRestored,
+    RunRenamed,
+    TagsDeleted,
+    LoggedModelRecorded,
+    ModelCreated,
+    ModelUpdated,
+    ModelVersionDeleted,
+    ModelDeleted,
 )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
@@ -47,3 +47,32 @@ def experiment_to_create(name: str, existing: DomainEvent | None) -> ExperimentC
             f"experiment id {experiment_id!r} belongs to the experiment named {existing.name!r}, not {name!r}: "
             "choose another experiment name")
     return None
+
+
+class ExperimentRenamed(ExperimentEvent):
+    """An experiment was given a new name (its id stays: runs keep pointing at it)."""
+
+    event_type: ClassVar[str] = "experiment.renamed"
+
+    name: str = Field(min_length=1, max_length=200)
+
+
+class ExperimentDeleted(ExperimentEvent):
+    """An experiment was deleted (soft, as MLflow does: it and its runs can be restored)."""
+
+    event_type: ClassVar[str] = "experiment.deleted"
+
+
+class ExperimentRestored(ExperimentEvent):
+    """A deleted experiment was restored."""
+
+    event_type: ClassVar[str] = "experiment.restored"
+
+
+class ExperimentTagsSet(ExperimentEvent):
+    """Tags of an experiment were set (a later value of a key replaces an earlier one) or removed."""
+
+    event_type: ClassVar[str] = "experiment.tags_set"
+
+    tags: dict[str, Annotated[str, Field(max_length=8000)]] = Field(default_factory=dict)
+    removed: tuple[Annotated[str, Field(min_length=1, max_length=250)], ...] = ()

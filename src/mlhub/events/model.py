@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
@@ -52,3 +52,41 @@ class ModelAliasRemoved(ModelEvent):
     previous_version: int = Field(ge=1)
     actor: str = Field(min_length=1, max_length=200)
     reason: str = Field(default="", max_length=2000)
+
+
+class ModelCreated(ModelEvent):
+    """A registered model was created before its first version (MLflow's create_registered_model)."""
+
+    event_type: ClassVar[str] = "model.created"
+
+    description: str = Field(default="", max_length=5000)
+    tags: dict[str, Annotated[str, Field(max_length=5000)]] = Field(default_factory=dict)
+
+
+class ModelUpdated(ModelEvent):
+    """The description or tags of a model (version None) or of one of its versions changed: `description`
+    replaces the old one when given; `tags` are set, `removed` tag keys are dropped."""
+
+    event_type: ClassVar[str] = "model.updated"
+
+    version: int | None = Field(default=None, ge=1)
+    description: str | None = Field(default=None, max_length=5000)
+    tags: dict[str, Annotated[str, Field(max_length=5000)]] = Field(default_factory=dict)
+    removed: tuple[Annotated[str, Field(min_length=1, max_length=250)], ...] = ()
+
+
+class ModelVersionDeleted(ModelEvent):
+    """A version of the model was deleted (its aliases go with it; its number is never reused)."""
+
+    event_type: ClassVar[str] = "model.version_deleted"
+
+    version: int = Field(ge=1)
+    actor: str = Field(min_length=1, max_length=200)
+
+
+class ModelDeleted(ModelEvent):
+    """The registered model was deleted with its versions and aliases; the name may be registered again."""
+
+    event_type: ClassVar[str] = "model.deleted"
+
+    actor: str = Field(min_length=1, max_length=200)

@@ -146,14 +146,25 @@ class SeedRecorded(RunEvent):
 
 
 class DatasetVersionRecorded(RunEvent):
-    """The exact data the run saw: a name, the sha256 fingerprint of its content and its size."""
+    """The exact data the run saw: a name, the sha256 fingerprint of its content and its size.
+
+    Schema v2 adds what an MLflow dataset input says of itself (`mlflow.log_input`): its digest, source type,
+    source, schema, profile and context tag (e.g. "train"); a run may record several datasets. The size is
+    optional in v2 (None: MLflow does not say it)."""
 
     event_type: ClassVar[str] = "run.dataset_version_recorded"
+    schema_version: ClassVar[int] = 2
 
     name: str = Field(min_length=1, max_length=250)
     fingerprint: Sha256Hex
-    size_bytes: NonNegativeInt
+    size_bytes: NonNegativeInt | None
     num_examples: NonNegativeInt | None = None
+    digest: str | None = Field(default=None, max_length=36)
+    source_type: str | None = Field(default=None, max_length=36)
+    source: str | None = Field(default=None, max_length=65535)
+    schema_text: str | None = Field(default=None, max_length=1_048_576)
+    profile: str | None = Field(default=None, max_length=16_384)
+    context: str | None = Field(default=None, max_length=250)
 
 
 class CodeVersionRecorded(RunEvent):
@@ -308,3 +319,48 @@ class ArtifactStored(RunEvent):
     size_bytes: NonNegativeInt
     uri: str = Field(min_length=1, max_length=2000)
     kind: Literal["checkpoint", "model", "onnx", "file"] = "file"
+
+
+class RunDeleted(RunEvent):
+    """The run was deleted (soft, as MLflow does: hidden from searches by default, can be restored)."""
+
+    event_type: ClassVar[str] = "run.deleted"
+
+
+class RunRestored(RunEvent):
+    """A deleted run was restored."""
+
+    event_type: ClassVar[str] = "run.restored"
+
+
+class RunRenamed(RunEvent):
+    """The run was given a new name."""
+
+    event_type: ClassVar[str] = "run.renamed"
+
+    name: str = Field(min_length=1, max_length=250)
+
+
+class TagsDeleted(RunEvent):
+    """Tags were removed from the run."""
+
+    event_type: ClassVar[str] = "run.tags_deleted"
+
+    keys: tuple[Key, ...] = Field(min_length=1)
+
+
+class LoggedModelRecorded(RunEvent):
+    """A model logged by the run (MLflow 3's logged model, `mlflow.<flavor>.log_model`): its id, name, state,
+    params and tags. Each change records the whole model again; the last record of a model id is its state.
+    Its files are artifacts of the run under `artifact_path`."""
+
+    event_type: ClassVar[str] = "run.logged_model_recorded"
+
+    model_id: EntityId
+    name: str = Field(min_length=1, max_length=250)
+    artifact_path: RelativePath
+    status: Literal["pending", "ready", "failed"] = "pending"
+    model_type: str | None = Field(default=None, max_length=250)
+    params: dict[Key, Annotated[str, Field(max_length=MAX_PARAM_VALUE_LENGTH)]] = Field(default_factory=dict)
+    tags: dict[Key, Annotated[str, Field(max_length=MAX_TAG_VALUE_LENGTH)]] = Field(default_factory=dict)
+    deleted: bool = False

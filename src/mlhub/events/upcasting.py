@@ -49,6 +49,12 @@ def upcast_run_code_version_recorded_v1_v2(payload: Payload) -> Payload:
     return {**payload, "untracked": [], "untracked_count": 0}
 
 
+def upcast_run_dataset_version_recorded_v1_v2(payload: Payload) -> Payload:
+    """v2 adds the MLflow dataset fields (none in v1, which always had a size)."""
+    return {**payload, "digest": None, "source_type": None, "source": None, "schema_text": None, "profile": None,
+            "context": None}
+
+
 #: (event type, from version) -> upcaster to version + 1
 UPCASTERS: dict[tuple[str, int], Callable[[Payload], Payload]] = {
     ("run.metrics_logged", 1): upcast_run_metrics_logged_v1_v2,
@@ -57,6 +63,7 @@ UPCASTERS: dict[tuple[str, int], Callable[[Payload], Payload]] = {
     ("run.failed", 1): upcast_added_ended_by,
     ("run.cancelled", 1): upcast_added_ended_by,
     ("run.code_version_recorded", 1): upcast_run_code_version_recorded_v1_v2,
+    ("run.dataset_version_recorded", 1): upcast_run_dataset_version_recorded_v1_v2,
 }
 
 

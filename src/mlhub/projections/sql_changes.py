@@ -41,6 +41,7 @@ from mlhub.events import (
     JobQueued,
     JobStarted,
     JobSucceeded,
+    LoggedModelRecorded,
     MetricDefined,
     MetricMigrated,
     MetricSeries,
@@ -61,6 +62,7 @@ from mlhub.events import (
     SeedRecorded,
     TagsSet,
 )
+from mlhub.projections import sql_mlflow
 from mlhub.readmodel import tables as t
 
 Row = dict[str, Any]
@@ -115,8 +117,16 @@ def _column_names(table: sa.Table) -> tuple[str, ...]:
     return tuple(table.columns.keys())
 
 
+@functools.cache
+def _text_defaults(table: sa.Table) -> tuple[tuple[str, str], ...]:
+    """Columns with a plain text server default (e.g. lifecycle_stage 'active'): a new row starts with it."""
+    return tuple((c.name, c.server_default.arg) for c in table.columns
+                 if isinstance(c.server_default, sa.DefaultClause) and isinstance(c.server_default.arg, str))
+
+
 def _template(table: sa.Table, **values: Any) -> Row:
     row: Row = dict.fromkeys(_column_names(table))
+    row.update(_text_defaults(table))
     row.update(values)
     return row
 
@@ -170,6 +180,7 @@ class ReadModelChanges:
             MetricMigrated: self._metric_definition,
             AuditSealed: self._audit_sealed,
         }
+        self._handlers.update({cls: functools.partial(handler, self) for cls, handler in sql_mlflow.HANDLERS.items()})
 
     # -- driver -------------------------------------------------------------------------------------------
 
@@ -219,6 +230,8 @@ class ReadModelChanges:
             if isinstance(event, MetricsLogged):
                 metric_keys.update(series.key for series in event.series)
                 metric_runs.add(event.run_id)
+            if isinstance(event, LoggedModelRecorded):
+                wanted[t.logged_models].add(event.model_id)
             if envelope.aggregate_type == "run" and kind not in (TagsSet, ArtifactStored):
                 wanted[_RUN_CHILD_TABLES.get(kind, t.runs)].add(envelope.aggregate_id)
             elif isinstance(event, JobQueued):
@@ -226,9 +239,11 @@ class ReadModelChanges:
                 wanted[t.runs].add(event.run_id)
             elif envelope.aggregate_type == "job":
                 wanted[t.jobs].add(envelope.aggregate_id)
-            elif isinstance(event, ModelVersionRegistered):
-                wanted[t.registered_models].add(event.model_name)
-                wanted[t.model_versions].add(event.model_name)
+            elif envelope.aggregate_type == "model" and not isinstance(event, ModelAliasSet | ModelAliasRemoved):
+                wanted[t.registered_models].add(envelope.aggregate_id)
+                wanted[t.model_versions].add(envelope.aggregate_id)
+            elif envelope.aggregate_type == "experiment":
+                wanted[t.experiments].add(envelope.aggregate_id)
             elif isinstance(event, MetricDefined | MetricMigrated):
                 wanted[t.metric_definitions].add(event.name)  # the row's key is the name, not the subject token
         for table, ids in wanted.items():
@@ -262,6 +277,18 @@ class ReadModelChanges:
                 where = column.in_(chunk)
             for row in self.conn.execute(sa.select(table).where(where)).mappings():
                 found[tuple(row[name] for name in pk)] = dict(row)
+
+    #: The marker of a row to delete, and a blank row of a table (for the handlers of sql_mlflow).
+    DELETED = _DELETED
+    template = staticmethod(_template)
+
+    def run_row(self, run_id: str, seq: int, at: datetime) -> Row:
+        """The run's row, marked as touched (for the handlers of sql_mlflow)."""
+        return self._run(run_id, seq, at)
+
+    def run_fields(self, seq: int, env: Envelope, e: DatasetVersionRecorded) -> None:
+        """The run columns a dataset sets (for the handlers of sql_mlflow)."""
+        self._run_fields(seq, env, e)
 
     def _put(self, table: sa.Table, key: Key, row: Row) -> None:
         self.rows[table][key] = row
@@ -462,7 +489,7 @@ class ReadModelChanges:
     def _model_version_registered(self, seq: int, env: Envelope, e: ModelVersionRegistered) -> None:
         key = (e.model_name, e.version)
         old = self.rows[t.model_versions].get(key)
-        if old is not None:
+        if old:  # (a version deleted earlier in this batch is the empty DELETED marker)
             if (old["run_id"], old["artifact_sha256"]) != (e.run_id, e.artifact_sha256):
                 raise ProjectionConflict(
                     f"model {e.model_name} version {e.version} is registered already (seq {old['last_seq']}, run "
@@ -472,10 +499,10 @@ class ReadModelChanges:
         self._put(t.model_versions, key, {
             "model_name": e.model_name, "version": e.version, "run_id": e.run_id, "artifact_path": e.artifact_path,
             "artifact_sha256": e.artifact_sha256, "description": e.description, "registered_by": e.registered_by,
-            "registered_at": env.occurred_at, "last_seq": seq,
+            "registered_at": env.occurred_at, "last_seq": seq, "tags": {},
         })
         model = self.rows[t.registered_models].get((e.model_name,))
-        if model is None:
+        if not model:
             model = _template(t.registered_models, model_name=e.model_name, created_at=env.occurred_at)
             self._put(t.registered_models, (e.model_name,), model)
         model.update(latest_version=max(model["latest_version"] or 0, e.version), updated_at=env.occurred_at,

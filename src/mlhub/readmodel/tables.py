@@ -49,6 +49,9 @@ experiments = Table(
     Column("created_at", Utc, nullable=False),
     Column("created_by", String(200), nullable=False),
     Column("last_seq", BigInteger, nullable=False),
+    #: "active" or "deleted" (MLflow's soft delete; a deleted experiment can be restored).
+    Column("lifecycle_stage", String(16), nullable=False, server_default="active"),
+    Column("updated_at", Utc),
 )
 
 runs = Table(
@@ -92,6 +95,8 @@ runs = Table(
     Column("env_packages_sha256", String(64)),
     Column("updated_at", Utc, nullable=False),
     Column("last_seq", BigInteger, nullable=False),
+    #: "active" or "deleted" (MLflow's soft delete; a deleted run can be restored).
+    Column("lifecycle_stage", String(16), nullable=False, server_default="active"),
     Index("ix_runs_experiment_id", "experiment_id"),
     Index("ix_runs_status", "status"),
     Index("ix_runs_job_id", "job_id"),
@@ -162,6 +167,44 @@ artifacts = Table(
     Column("last_seq", BigInteger, nullable=False),
 )
 
+#: The datasets a run recorded (run.dataset_version_recorded; MLflow's dataset inputs), one row per name and
+#: digest (the fingerprint when the producer gave no digest).
+run_inputs = Table(
+    "run_inputs",
+    metadata,
+    Column("run_id", Id, primary_key=True),
+    Column("name", String(250), primary_key=True),
+    Column("digest", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("source_type", String(36)),
+    Column("source", Text),
+    Column("schema_text", Text),
+    Column("profile", Text),
+    Column("context", String(250)),
+    Column("num_examples", BigInteger),
+    Column("last_seq", BigInteger, nullable=False),
+)
+
+#: Models a run logged (run.logged_model_recorded; MLflow 3's logged models): the last record of each id.
+logged_models = Table(
+    "logged_models",
+    metadata,
+    Column("model_id", Id, primary_key=True),
+    Column("run_id", Id, nullable=False),
+    Column("experiment_id", Id),
+    Column("name", String(250), nullable=False),
+    Column("artifact_path", String(1000), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("model_type", String(250)),
+    Column("params", Json, nullable=False),
+    Column("tags", Json, nullable=False),
+    Column("lifecycle_stage", String(16), nullable=False),
+    Column("created_at", Utc, nullable=False),
+    Column("updated_at", Utc, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Index("ix_logged_models_run_id", "run_id"),
+)
+
 jobs = Table(
     "jobs",
     metadata,
@@ -202,6 +245,8 @@ registered_models = Table(
     Column("latest_version", Integer),
     Column("updated_at", Utc, nullable=False),
     Column("last_seq", BigInteger, nullable=False),
+    Column("description", Text),
+    Column("tags", Json),
 )
 
 model_versions = Table(
@@ -216,6 +261,7 @@ model_versions = Table(
     Column("registered_by", String(200)),
     Column("registered_at", Utc, nullable=False),
     Column("last_seq", BigInteger, nullable=False),
+    Column("tags", Json),
     Index("ix_model_versions_run_id", "run_id"),
 )
 

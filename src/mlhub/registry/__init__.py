@@ -9,6 +9,7 @@ from mlhub.registry.errors import (
     AliasNotFound,
     GateFailed,
     GatesConfigError,
+    ModelExists,
     ModelNotFound,
     ModelVersionNotFound,
     PromotionConflict,
@@ -23,11 +24,13 @@ from mlhub.registry.gates import (
     load_gates,
     parse_gates,
 )
+from mlhub.registry.models import create_model, delete_model, delete_version, remove_alias, update_model
 from mlhub.registry.runs import RunFacts, read_run, runs_with_config
 from mlhub.registry.service import (
     ModelState,
     PromoteResult,
     RegisterResult,
+    artifact_digest,
     current_alias,
     model_state,
     promote,
@@ -41,6 +44,7 @@ __all__ = [
     "GatesConfig",
     "GatesConfigError",
     "MetricCondition",
+    "ModelExists",
     "ModelNotFound",
     "ModelState",
     "ModelVersionNotFound",
@@ -50,7 +54,11 @@ __all__ = [
     "ReproducedCondition",
     "RunFacts",
     "RunNotRegistrable",
+    "artifact_digest",
+    "create_model",
     "current_alias",
+    "delete_model",
+    "delete_version",
     "evaluate",
     "load_gates",
     "model_state",
@@ -58,5 +66,7 @@ __all__ = [
     "promote",
     "read_run",
     "register",
+    "remove_alias",
     "runs_with_config",
+    "update_model",
 ]

@@ -11,6 +11,12 @@ class ModelNotFound(MlhubError):
     code = "MODEL_NOT_FOUND"
 
 
+class ModelExists(MlhubError):
+    """A registered model of that name exists already (MLflow's create_registered_model)."""
+
+    code = "RESOURCE_ALREADY_EXISTS"
+
+
 class ModelVersionNotFound(MlhubError):
     """The model exists but has no such version."""
 

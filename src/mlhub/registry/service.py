@@ -12,11 +12,24 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mlhub.errors import ConcurrencyError, InvalidInput
 from mlhub.eventlog import EventLog
-from mlhub.events import Envelope, ModelAliasRemoved, ModelAliasSet, ModelVersionRegistered, RunStatus
+from mlhub.events import (
+    ArtifactStored,
+    Envelope,
+    ModelAliasRemoved,
+    ModelAliasSet,
+    ModelCreated,
+    ModelDeleted,
+    ModelUpdated,
+    ModelVersionDeleted,
+    ModelVersionRegistered,
+    RunStatus,
+    sha256_of,
+)
 from mlhub.registry.errors import (
     GateFailed,
     ModelNotFound,
@@ -41,6 +54,15 @@ class ModelState:
     aliases: dict[str, int] = field(default_factory=dict)
     #: The stream sequence of the aggregate's last event (0: no event), what appends are guarded by.
     aggregate_version: int = 0
+    #: Whether the model exists (created, or a version registered) and has not been deleted since.
+    exists: bool = False
+    #: The number the next registered version gets (a deleted version's number is not reused).
+    next_version: int = 1
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    #: Per version: its description and tags as updated since its registration.
+    version_descriptions: dict[int, str] = field(default_factory=dict)
+    version_tags: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,17 +102,64 @@ async def model_state(event_log: EventLog, model_name: str) -> ModelState:
     """The model's versions and aliases as its events tell them (empty for a model never registered)."""
     _check_id("model name", model_name)
     recorded = await event_log.read_aggregate("model", model_name)
-    versions: dict[int, ModelVersionRegistered] = {}
-    aliases: dict[str, int] = {}
+    fold = _ModelFold()
     for r in recorded.events:
-        e = r.envelope.event
+        fold.apply(r.envelope.event)
+    return ModelState(model_name, fold.versions, fold.aliases, recorded.version, fold.exists, fold.next_version,
+                      fold.description, fold.tags, fold.version_descriptions, fold.version_tags)
+
+
+@dataclass
+class _ModelFold:
+    """The model aggregate's events folded one at a time (model_state's working state)."""
+
+    versions: dict[int, ModelVersionRegistered] = field(default_factory=dict)
+    aliases: dict[str, int] = field(default_factory=dict)
+    exists: bool = False
+    next_version: int = 1
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    version_descriptions: dict[int, str] = field(default_factory=dict)
+    version_tags: dict[int, dict[str, str]] = field(default_factory=dict)
+
+    def apply(self, e: object) -> None:
+        """One more event of the model."""
         if isinstance(e, ModelVersionRegistered):
-            versions[e.version] = e
+            self.versions[e.version] = e
+            self.version_descriptions[e.version] = e.description
+            self.exists, self.next_version = True, max(self.next_version, e.version + 1)
         elif isinstance(e, ModelAliasSet):
-            aliases[e.alias] = e.version
+            self.aliases[e.alias] = e.version
         elif isinstance(e, ModelAliasRemoved):
-            aliases.pop(e.alias, None)
-    return ModelState(model_name, versions, aliases, recorded.version)
+            self.aliases.pop(e.alias, None)
+        elif isinstance(e, ModelCreated):
+            self.__init__()  # type: ignore[misc]  # a model created anew (after a delete) starts empty
+            self.exists, self.description, self.tags = True, e.description, dict(e.tags)
+        elif isinstance(e, ModelUpdated):
+            if e.version is None:
+                self.description = self.description if e.description is None else e.description
+                self.tags = {**{k: v for k, v in self.tags.items() if k not in e.removed}, **e.tags}
+            elif e.version in self.versions:
+                if e.description is not None:
+                    self.version_descriptions[e.version] = e.description
+                old = self.version_tags.get(e.version, {})
+                self.version_tags[e.version] = {**{k: v for k, v in old.items() if k not in e.removed}, **e.tags}
+        elif isinstance(e, ModelVersionDeleted):
+            self.versions.pop(e.version, None)
+            self.aliases = {a: v for a, v in self.aliases.items() if v != e.version}
+        elif isinstance(e, ModelDeleted):
+            self.__init__()  # type: ignore[misc]
+
+
+def artifact_digest(artifacts: Mapping[str, ArtifactStored], path: str) -> str | None:
+    """The sha256 a version records for a run's artifact: the file's own, or for a directory of artifacts (an
+    MLflow model: MLmodel, model.pkl, ...) the sha256 of its manifest (each file's path under it and sha256,
+    canonical JSON). None when the run stored nothing at or under `path`."""
+    if path in artifacts:
+        return artifacts[path].sha256
+    prefix = path.rstrip("/") + "/"
+    manifest = {p[len(prefix):]: a.sha256 for p, a in sorted(artifacts.items()) if p.startswith(prefix)}
+    return sha256_of(manifest) if manifest else None
 
 
 async def register(
@@ -102,10 +171,12 @@ async def register(
     description: str = "",
     registered_by: str | None = None,
     producer: str = "mlhub",
+    allow_running: bool = False,
 ) -> RegisterResult:
     """Register the next version of a model from an artifact of a finished run.
 
-    The run must exist, have finished, and have stored artifact_path (its sha256 is recorded with the version);
+    The run must exist, have finished (or, `allow_running`, still run: MLflow registers while the run logs),
+    and have stored artifact_path, a file or a directory (the sha256 recorded is the file's or the manifest's);
     RunNotRegistrable names which of these fails. The version number is the model's count of versions + 1,
     appended guarded by the model's version: a registration that loses a race reads again and takes the next.
     """
@@ -116,19 +187,19 @@ async def register(
     run = await read_run(event_log, run_id)
     if not run.exists:
         raise RunNotRegistrable(f"no run {run_id} exists: a model version comes from a run's artifact")
-    if run.status != RunStatus.FINISHED:
+    if run.status != RunStatus.FINISHED and not (allow_running and run.status == RunStatus.RUNNING):
         raise RunNotRegistrable(f"run {run_id} is {run.status}, not finished: only a finished run's artifact "
                                 f"can become a model version")
-    artifact = run.artifacts.get(artifact_path)
-    if artifact is None:
+    sha256 = artifact_digest(run.artifacts, artifact_path)
+    if sha256 is None:
         stored = ", ".join(sorted(run.artifacts)) or "none"
         raise RunNotRegistrable(f"run {run_id} has no artifact {artifact_path!r} (it stored: {stored})")
     for attempt in range(REGISTER_ATTEMPTS):
         state = await model_state(event_log, model_name)
-        version = len(state.versions) + 1
+        version = state.next_version
         event = ModelVersionRegistered(
             model_name=model_name, version=version, run_id=run_id, artifact_path=artifact_path,
-            artifact_sha256=artifact.sha256, description=description, registered_by=registered_by,
+            artifact_sha256=sha256, description=description, registered_by=registered_by,
         )
         try:
             result = await event_log.append(Envelope(event=event, producer=producer, correlation_id=run_id),
@@ -136,7 +207,7 @@ async def register(
         except ConcurrencyError:
             await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # spread the retries of many racers
             continue
-        return RegisterResult(model_name, version, run_id, artifact_path, artifact.sha256, result.seq)
+        return RegisterResult(model_name, version, run_id, artifact_path, sha256, result.seq)
     raise ConcurrencyError(f"model {model_name}: no version number could be taken in {REGISTER_ATTEMPTS} tries; "
                            f"too many concurrent registrations, try again")
 

@@ -7,6 +7,14 @@ adapters over `TrackingService`.
 """
 
 from mlhub.tracking.declared import DeclaredMetrics
+from mlhub.tracking.edits import (
+    ExperimentDeletedError,
+    ExperimentExists,
+    ExperimentNotFound,
+    ExperimentState,
+    ImportConflict,
+    experiment_state,
+)
 from mlhub.tracking.errors import (
     IdempotencyKeyReused,
     InvalidRunState,
@@ -29,6 +37,12 @@ __all__ = [
     "POINTS_PER_EVENT",
     "Crashed",
     "DeclaredMetrics",
+    "ExperimentDeletedError",
+    "ExperimentExists",
+    "ExperimentNotFound",
+    "ExperimentState",
+    "ImportConflict",
+    "experiment_state",
     "IdempotencyKeyReused",
     "InvalidRunState",
     "InvalidTrackingInput",

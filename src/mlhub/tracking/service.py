@@ -45,6 +45,7 @@ from mlhub.events import (
     run_lifecycle,
 )
 from mlhub.events.ids import batch_event_id, derived_id, run_id_for_request, upload_event_id
+from mlhub.tracking.edits import RunEdits
 from mlhub.tracking.errors import (
     BadTrackingRequest,
     IdempotencyKeyReused,
@@ -169,8 +170,9 @@ def metric_events(run_id: str, series: Sequence[SeriesInput], attempt: int, now_
     return events
 
 
-class TrackingService:
-    """Run tracking commands over the event log. One instance per process (it caches run states)."""
+class TrackingService(RunEdits):
+    """Run tracking commands over the event log. One instance per process (it caches run states); the commands
+    of MLflow's model (experiments, deletes, renames, inputs, logged models, imports) are in tracking/edits.py."""
 
     def __init__(self, event_log: EventLog, *, producer: str, limits: TrackingLimits | None = None,
                  declared_metrics: DeclaredMetrics | None = None) -> None:
@@ -252,17 +254,23 @@ class TrackingService:
     # -- commands ---------------------------------------------------------------------------------------------
 
     async def create_run(self, experiment: str, *, name: str | None = None, params: Mapping[str, str] | None = None,
-                         tags: Mapping[str, str] | None = None, request_id: uuid.UUID | None = None) -> Written:
+                         tags: Mapping[str, str] | None = None, request_id: uuid.UUID | None = None,
+                         experiment_id: str | None = None) -> Written:
         """Create and start a run of a script no worker runs (its experiment too, when new). With a request_id
         the run id and every event id derive from it: a retried request names the same run and stores
-        nothing new; the same id with another body is IDEMPOTENCY_KEY_REUSED."""
+        nothing new; the same id with another body is IDEMPOTENCY_KEY_REUSED. With `experiment_id` (MLflow's
+        create_run names an experiment by id) the run goes into that experiment, which must exist and not be
+        deleted; `experiment` is then its name."""
+        if experiment_id is not None:
+            experiment = (await self.open_experiment(experiment_id)).name or experiment
         if not experiment.strip() or len(experiment) > 200:
             raise BadTrackingRequest("experiment: must be a non-blank name of at most 200 characters",
                                      details={"field": "experiment"})
         params, tags = dict(params or {}), dict(tags or {})
         check_request(self.limits, params=params, tags=tags)
         run_id = run_id_for_request(request_id) if request_id else uuid.uuid4().hex
-        experiment_id = experiment_id_for(experiment)
+        named = experiment_id is not None
+        experiment_id = experiment_id or experiment_id_for(experiment)
         run_events: list[DomainEvent] = [RunCreated(run_id=run_id, experiment_id=experiment_id,
                                                     name=name or f"run-{run_id[:8]}", source="sdk")]
         run_events += [ParamsLogged(run_id=run_id, params=c) for c in _chunks(params)]
@@ -275,7 +283,8 @@ class TrackingService:
         async with self.states.lock(run_id):
             for _ in range(3):
                 existing = await self.event_log.last_event(f"{SUBJECT_PREFIX}.experiment.{experiment_id}.created")
-                created = experiment_to_create(experiment, existing.envelope.event if existing else None)
+                created = None if named else experiment_to_create(experiment,
+                                                                  existing.envelope.event if existing else None)
                 head = [self._envelope(created, derived_id(request_id, "create-run/experiment"))] if created else []
                 guards = {len(head): (run_filter, 0)}
                 if created is not None:
