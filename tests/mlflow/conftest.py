@@ -38,7 +38,8 @@ class Server:
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`mlhub up --workers 0` with three tokens (reader, writer, admin)."""
     data_dir = tmp_path_factory.mktemp("mlhub") / "hub"
-    running = start(["up", "--workers", "0"], data_dir, free_port(), MLHUB_API_TOKENS=TOKENS)
+    # No audit seals (one every 60 s would be an event of its own between two counts of the log).
+    running = start(["up", "--workers", "0"], data_dir, free_port(), MLHUB_API_TOKENS=TOKENS, MLHUB_SEAL_INTERVAL_S="0")
     try:
         running.wait_for(r"press Ctrl-C to stop")
         yield Server(running.url, ADMIN, data_dir, running)
