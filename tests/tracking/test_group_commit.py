@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from mlhub.eventlog import EventLog
-from mlhub.events import MetricsLogged, ParamsLogged
-from mlhub.tracking import ParamValueChanged, SeriesInput, TrackingService, Written
+from mlhub.events import MetricsLogged, ParamsLogged, RunStatus
+from mlhub.tracking import ParamValueChanged, RunEnded, SeriesInput, TrackingService, Written
 
 
 async def test_concurrent_batches_of_a_run_are_grouped_and_answered_one_by_one(event_log: EventLog) -> None:
@@ -58,3 +58,21 @@ async def test_a_refused_request_of_a_group_costs_the_others_nothing(event_log: 
     assert sorted(p.step for e in events if isinstance(e, MetricsLogged) for p in e.points()) == list(range(5))
     with pytest.raises(ParamValueChanged):
         await service.log_batch(run.run_id, params={"opt": "sgd"})
+
+
+async def test_two_api_processes_on_one_run_move_on_from_each_others_writes(event_log: EventLog) -> None:
+    """Two services (as two API processes: each its own cache) append to one run in turns: each conflict is
+    resolved by reading what changed, every point is stored once, and an end by one is seen by the other."""
+    first, second = TrackingService(event_log, producer="a"), TrackingService(event_log, producer="b")
+    run = await first.create_run("two")
+    for i in range(10):
+        writer = (first, second)[i % 2]
+        await writer.log_batch(run.run_id, series=[SeriesInput("loss", [float(i)], [i])])
+    await first.log_batch(run.run_id, params={"lr": "0.1"})
+    with pytest.raises(ParamValueChanged):  # the other process's param, seen through the conflict
+        await second.log_batch(run.run_id, params={"lr": "0.2"}, series=[SeriesInput("loss", [9.0], [99])])
+    await first.finish(run.run_id, RunStatus.FINISHED)
+    with pytest.raises(RunEnded, match="finished"):
+        await second.log_batch(run.run_id, series=[SeriesInput("loss", [1.0], [100])])
+    events = [r.envelope.event for r in (await event_log.read_aggregate("run", run.run_id)).events]
+    assert sorted(p.step for e in events if isinstance(e, MetricsLogged) for p in e.points()) == list(range(10))

@@ -396,7 +396,9 @@ class TrackingService(RunEdits):
             if not waiting:
                 return
             try:
-                state = await self._open(run_id, reload=attempt > 0)
+                if attempt:  # another writer moved the run: read what changed (one round trip when only its
+                    await self.states.refresh(run_id)  # version did), then decide again
+                state = await self._open(run_id)
             except TrackingError as e:
                 for p in waiting:
                     p.future.set_exception(e)

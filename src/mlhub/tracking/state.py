@@ -47,6 +47,20 @@ async def load_run_state(event_log: EventLog, run_id: str) -> RunState:
     return RunState(run_lifecycle(r.envelope.event for r in found), version)
 
 
+async def moved_state(event_log: EventLog, run_id: str, known: RunState) -> RunState:
+    """A run's state after another writer moved it past `known`, in one round trip when only metric batches
+    and heartbeats came in between (the common case of two API processes writing one run: the version moves,
+    nothing else): the last sequence of each lifecycle subject and of params is compared with the version
+    known; any that moved means a full read (load_run_state)."""
+    base = f"{SUBJECT_PREFIX}.run.{run_id}"
+    version, *lasts = await asyncio.gather(
+        event_log.last_sequence(aggregate_subject_filter("run", run_id)),
+        *(event_log.last_sequence(f"{base}.{name}") for name in (*LIFECYCLE_EVENTS, "params_logged")))
+    if not known.version or any(seq > known.version for seq in lasts):
+        return await load_run_state(event_log, run_id)
+    return RunState(known.lifecycle, version)
+
+
 class RunStates:
     """An LRU of run states with one lock per run (a run's writes in this process are decided one at a time)."""
 
@@ -75,6 +89,15 @@ class RunStates:
                 self.put(run_id, state)
         else:
             self._states.move_to_end(run_id)
+        return state
+
+    async def refresh(self, run_id: str) -> RunState:
+        """The run's state after a conflict: the cached one moved on cheaply when possible (moved_state)."""
+        known = self._states.get(run_id)
+        state = await (moved_state(self.event_log, run_id, known) if known is not None
+                       else load_run_state(self.event_log, run_id))
+        if state.version:
+            self.put(run_id, state)
         return state
 
     def peek_attempt(self, run_id: str) -> int:
