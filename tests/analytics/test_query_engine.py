@@ -62,6 +62,11 @@ def test_metric_summary_and_nan(metrics_dir: Path) -> None:
         assert math.isnan(s["last_value"]) and s["experiment_id"] == "expA"
         (nan,) = q.query("SELECT value FROM metrics WHERE run_id = 'r2' AND key = 'acc' AND step = 2").to_pylist()
         assert math.isnan(nan["value"])
+        # A WHERE on value: the data files carry no statistics on it, so no row group is pruned by a NaN-less
+        # min/max and the optimizer (left on) cannot prove isnan false.
+        assert q.query("SELECT count(*) AS n FROM metrics WHERE isnan(value)").to_pylist() == [{"n": 1}]
+        assert q.query("SELECT count(*) AS n FROM metrics WHERE run_id = 'r2' AND key = 'acc' "
+                       "AND NOT isnan(value)").to_pylist() == [{"n": 2}]
 
 
 def test_leaderboard_picks_best_by_direction(metrics_dir: Path) -> None:

@@ -179,24 +179,37 @@ async def test_the_metric_table_keeps_every_attempt_and_audit_verify_still_holds
 
 
 async def test_a_points_table_written_before_the_attempt_column_reads_and_gains_it(tmp_path: Path) -> None:
-    """A Delta table of the old layout (no attempt) reads as before (attempt NULL), compacts, and gets the
-    column with the first append after the upgrade (delta-rs schema merge)."""
+    """A Delta table of the old layout (no attempt, min/max statistics on value that leave NaN out) reads as
+    before (attempt NULL, NaN counted), is rewritten by compaction even as a single file, and gets the column
+    with the first append after the upgrade (delta-rs schema merge)."""
     from deltalake import DeltaTable, write_deltalake
 
     from mlhub.analytics import POINTS_SCHEMA, MetricTables
-    from mlhub.analytics.layout import PARTITION_COLUMN, points_path, run_bucket
+    from mlhub.analytics.layout import PARTITION_COLUMN, points_path, run_bucket, with_points_schema
 
     old_schema = pa.schema([f for f in POINTS_SCHEMA if f.name != "attempt"])
     metrics_dir = tmp_path / "metrics"
     bucket = run_bucket("old")
     old_rows = pa.table({"bucket": pa.array([bucket] * 2, pa.int32()), "run_id": ["old", "old"],
                          "experiment_id": ["e", "e"], "key": ["loss", "loss"], "step": [0, 1], "epoch": [0, 0],
-                         "value": [1.0, 0.5], "timestamp": [1, 2], "seq": [1, 1]}, schema=old_schema)
-    for _ in range(2):  # two files, so compaction has something to do
+                         "value": [1.0, float("nan")], "timestamp": [1, 2], "seq": [1, 1]}, schema=old_schema)
+    for _ in range(2):
         write_deltalake(str(points_path(metrics_dir)), old_rows, mode="append", partition_by=[PARTITION_COLUMN])
+    assert MetricTables(metrics_dir).snapshot().legacy_points
     with QueryEngine(metrics_dir) as q:
         assert q.query("SELECT count(*) AS n, count(attempt) AS a FROM metrics").to_pylist() == [{"n": 4, "a": 0}]
+        (s,) = q.query("SELECT count, nan_count, max_value FROM metric_summary").to_pylist()
+        assert s == {"count": 4, "nan_count": 2, "max_value": 1.0}
     assert MetricTables(metrics_dir).compact().partitions == [bucket]  # rewrites old files with the column
+    assert not MetricTables(metrics_dir).snapshot().legacy_points
+    with QueryEngine(metrics_dir) as q:
+        assert q.query("SELECT count(*) AS n FROM metrics WHERE isnan(value)").to_pylist() == [{"n": 2}]
+    # A bucket with one file of the old layout is rewritten too (however few its files).
+    write_deltalake(str(points_path(metrics_dir)), with_points_schema(old_rows), mode="append",
+                    partition_by=[PARTITION_COLUMN], schema_mode="merge")
+    assert MetricTables(metrics_dir).snapshot().legacy_points  # value statistics (delta-rs default writer)
+    assert MetricTables(metrics_dir).compact().partitions == [bucket]
+    assert not MetricTables(metrics_dir).snapshot().legacy_points
 
     writer = MetricTableWriter(metrics_dir)
     created = RunCreated(run_id="new", experiment_id="e", name="new")
@@ -206,4 +219,4 @@ async def test_a_points_table_written_before_the_attempt_column_reads_and_gains_
     assert "attempt" in [f.name for f in DeltaTable(str(points_path(metrics_dir))).schema().fields]
     with QueryEngine(metrics_dir) as q:
         got = q.query("SELECT run_id, attempt, count(*) AS n FROM metrics GROUP BY ALL ORDER BY run_id").to_pylist()
-    assert got == [{"run_id": "new", "attempt": 3, "n": 1}, {"run_id": "old", "attempt": None, "n": 4}]
+    assert got == [{"run_id": "new", "attempt": 3, "n": 1}, {"run_id": "old", "attempt": None, "n": 6}]

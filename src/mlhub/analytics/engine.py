@@ -107,12 +107,17 @@ class QueryEngine:
             if self.threads:
                 con.execute(f"SET threads = {int(self.threads)}")
             con.execute("SET parquet_metadata_cache = true")
-            # Parquet min/max statistics leave NaN out (as the format says), and DuckDB's statistics propagation
-            # then folds isnan(value) to false: NaN points would count as numbers (nan_count 0, max NaN).
-            con.execute("SET disabled_optimizers = 'statistics_propagation'")
+            legacy = self.snapshot.legacy_points
+            if legacy:
+                # Files of an earlier layout carry min/max statistics on value, which leave NaN out (as Parquet
+                # says): DuckDB's statistics propagation would fold isnan(value) to false (nan_count 0, max NaN).
+                # Until compaction rewrites them (layout.writer_properties), that optimizer stays off.
+                con.execute("SET disabled_optimizers = 'statistics_propagation'")
             con.execute("CREATE SCHEMA mlhub; CREATE SCHEMA readmodel")
-            _create_files_view(con, "mlhub.points", self.snapshot.points_files, POINTS_SCHEMA, hive=True)
-            _create_files_view(con, "mlhub.run_experiments", self.snapshot.runs_files, RUNS_SCHEMA, hive=False)
+            _create_files_view(con, "mlhub.points", self.snapshot.points_files, POINTS_SCHEMA, hive=True,
+                               by_name=legacy)
+            _create_files_view(con, "mlhub.run_experiments", self.snapshot.runs_files, RUNS_SCHEMA, hive=False,
+                               by_name=False)
             for name, schema in READMODEL_TABLES.items():
                 _load_table(con, name, _with_columns(self.tables.get(name, schema.empty_table()), schema))
             for name, table in self.tables.items():
@@ -206,14 +211,19 @@ def _sql_list(values: Sequence[str]) -> str:
 _DUCKDB_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR"}
 
 
-def parquet_select(con: duckdb.DuckDBPyConnection, files: Sequence[str], schema: pa.Schema, *, hive: bool) -> str:
+def parquet_select(con: duckdb.DuckDBPyConnection, files: Sequence[str], schema: pa.Schema, *, hive: bool,
+                   by_name: bool = True) -> str:
     """A SELECT of the schema's columns over exactly these Parquet files (at least one).
 
-    Files are matched by column name (union_by_name): a table's older data files may lack a column added to its
-    layout later (``attempt`` of the points table); such a column reads as NULL, even when no file has it yet.
+    With by_name, files are matched by column name (union_by_name, which reads every file's schema): a table's
+    older data files may lack a column added to its layout later (``attempt`` of the points table); such a column
+    reads as NULL, even when no file has it yet. Without it (a snapshot with no legacy files,
+    Snapshot.legacy_points), the first file's columns stand for all (the partition column, when not hive, is NULL).
     """
     options = ", hive_partitioning = true, hive_types = {'bucket': INTEGER}" if hive else ""
-    source = f"read_parquet({_sql_list(list(files))}, union_by_name = true{options})"
+    if by_name:
+        options += ", union_by_name = true"
+    source = f"read_parquet({_sql_list(list(files))}{options})"
     present = {str(row[0]) for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
     columns = ", ".join(f'"{f.name}"' if f.name in present else f'CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS "{f.name}"'
                         for f in schema)
@@ -221,13 +231,13 @@ def parquet_select(con: duckdb.DuckDBPyConnection, files: Sequence[str], schema:
 
 
 def _create_files_view(
-    con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema, *, hive: bool
+    con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema, *, hive: bool, by_name: bool
 ) -> None:
     """A view over exactly these Parquet files, or an empty table of the schema when there are none."""
     if not files:
         _load_arrow(con, name, schema.empty_table())
         return
-    con.execute(f"CREATE VIEW {name} AS {parquet_select(con, files, schema, hive=hive)}")
+    con.execute(f"CREATE VIEW {name} AS {parquet_select(con, files, schema, hive=hive, by_name=by_name)}")
 
 
 def _load_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:

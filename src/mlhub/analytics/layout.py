@@ -19,7 +19,7 @@ import hashlib
 from pathlib import Path
 
 import pyarrow as pa
-from deltalake import WriterProperties
+from deltalake import ColumnProperties, WriterProperties
 
 #: Number of hash buckets (partitions) of the points table. Changing it needs a rebuild (``mlhub replay``).
 NUM_BUCKETS = 64
@@ -85,5 +85,24 @@ def runs_path(metrics_dir: Path) -> Path:
 
 
 def writer_properties() -> WriterProperties:
-    """Parquet settings: snappy pages, row groups small enough that row-group statistics prune well."""
-    return WriterProperties(compression="SNAPPY", max_row_group_size=128 * 1024)
+    """Parquet settings: snappy pages, row groups small enough that row-group statistics prune well.
+
+    ``value`` is written without statistics: Parquet's min/max leave NaN out (as the format says), and a reader
+    that trusts them (DuckDB's zone maps and statistics propagation) then proves ``isnan(value)`` false for a
+    row group that holds NaN points: `count(*) ... WHERE isnan(value)` would answer 0. Nothing prunes on value;
+    run_id, key, step and seq keep their statistics.
+    """
+    return WriterProperties(compression="SNAPPY", max_row_group_size=128 * 1024,
+                            column_properties={"value": ColumnProperties(statistics_enabled="NONE")})
+
+
+def legacy_points_files(add_actions: pa.Table) -> list[bool]:
+    """Per data file (a Delta snapshot's flattened add actions): True when it was written in an earlier layout,
+    with statistics on ``value`` or without the ``attempt`` column. Compaction rewrites such files; readers
+    of a snapshot that still has one read with the older, slower settings (see QueryEngine)."""
+    names = add_actions.column_names
+    n = add_actions.num_rows
+    with_value_stats = (add_actions.column("min.value").to_pylist() if "min.value" in names else [None] * n)
+    attempt_stats = (add_actions.column("null_count.attempt").to_pylist() if "null_count.attempt" in names
+                     else [None] * n)
+    return [v is not None or a is None for v, a in zip(with_value_stats, attempt_stats, strict=True)]

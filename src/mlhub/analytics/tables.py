@@ -21,6 +21,7 @@ from mlhub.analytics.layout import (
     DEFAULT_APP_ID,
     PARTITION_COLUMN,
     SORT_KEYS,
+    legacy_points_files,
     points_path,
     runs_path,
     with_points_schema,
@@ -42,6 +43,8 @@ class Snapshot:
     runs_files: list[str]
     points_version: int | None
     checkpoint: int
+    #: Some points file is in an earlier layout (value statistics, no ``attempt``) until compaction rewrites it.
+    legacy_points: bool = False
 
 
 @dataclass
@@ -73,6 +76,8 @@ class MetricTables:
                 runs_files=[_local_path(u) for u in runs.file_uris()] if runs is not None else [],
                 points_version=points.version() if points is not None else None,
                 checkpoint=int((points.transaction_version(self.app_id) or 0) if points is not None else 0),
+                legacy_points=points is not None and any(
+                    legacy_points_files(pa.table(points.get_add_actions(flatten=True)))),
             )
         except (DeltaError, OSError) as e:
             raise MetricTableError(f"cannot read the metric tables at {self.metrics_dir}: {e}") from e
@@ -85,7 +90,8 @@ class MetricTables:
         return [_local_path(u) for u in points.file_uris(file_pruning_predicate=[(PARTITION_COLUMN, "=", str(bucket))])]
 
     def compact(self, *, min_files: int = 2, max_rows: int = 50_000_000) -> CompactionResult:
-        """Rewrite every bucket holding at least min_files files as one file sorted by (run_id, key, step).
+        """Rewrite every bucket holding at least min_files files as one file sorted by (run_id, key, step), and
+        every bucket with a file in an earlier layout (value statistics, no ``attempt`` column) however many.
 
         Each bucket is replaced by one Delta commit (an overwrite with the predicate ``bucket = b``): a reader
         sees the old files or the new one, never a mix, and the content is the same rows. The writer's
@@ -99,11 +105,12 @@ class MetricTables:
             return result
         try:
             counts = _files_per_bucket(points)
-            for bucket, (files, rows) in sorted(counts.items()):
-                if files < min_files:
+            for bucket, (files, rows, legacy) in sorted(counts.items()):
+                if files < min_files and not legacy:
                     continue
                 if rows > max_rows:
-                    metrics = points.optimize.compact(partition_filters=[(PARTITION_COLUMN, "=", str(bucket))])
+                    metrics = points.optimize.compact(partition_filters=[(PARTITION_COLUMN, "=", str(bucket))],
+                                                      writer_properties=writer_properties())
                     result.files_removed += int(metrics.get("numFilesRemoved", 0))
                     result.files_added += int(metrics.get("numFilesAdded", 0))
                 else:
@@ -158,18 +165,19 @@ class MetricTables:
     def count_points(self) -> int:
         """Number of points in the current version (from the Delta log's statistics)."""
         points = open_table(points_path(self.metrics_dir))
-        return 0 if points is None else sum(rows for _, rows in _files_per_bucket(points).values())
+        return 0 if points is None else sum(rows for _, rows, _ in _files_per_bucket(points).values())
 
 
-def _files_per_bucket(points: DeltaTable) -> dict[int, tuple[int, int]]:
-    """bucket -> (number of files, number of rows), from the add actions of the current version."""
+def _files_per_bucket(points: DeltaTable) -> dict[int, tuple[int, int, bool]]:
+    """bucket -> (number of files, number of rows, whether a file is in an earlier layout), from the add actions
+    of the current version."""
     actions = pa.table(points.get_add_actions(flatten=True))
     buckets = actions.column(f"partition.{PARTITION_COLUMN}").to_pylist()
     rows = actions.column("num_records").to_pylist()
-    result: dict[int, tuple[int, int]] = {}
-    for bucket, n in zip(buckets, rows, strict=True):
-        files, total = result.get(int(bucket), (0, 0))
-        result[int(bucket)] = (files + 1, total + int(n or 0))
+    result: dict[int, tuple[int, int, bool]] = {}
+    for bucket, n, legacy in zip(buckets, rows, legacy_points_files(actions), strict=True):
+        files, total, old = result.get(int(bucket), (0, 0, False))
+        result[int(bucket)] = (files + 1, total + int(n or 0), old or legacy)
     return result
 
 

@@ -137,7 +137,7 @@ def metric_digest(metrics_dir: Path) -> tuple[int, dict[str, tuple[int, int]]]:
         return snap.checkpoint, {}
     con = duckdb.connect()
     try:
-        points = parquet_select(con, snap.points_files, POINTS_SCHEMA, hive=False)
+        points = parquet_select(con, snap.points_files, POINTS_SCHEMA, hive=False, by_name=snap.legacy_points)
         rows = con.execute(
             "SELECT run_id, count(*), sum(hash(key, step, epoch, value, timestamp, experiment_id, seq, attempt)) "
             f"FROM ({points}) GROUP BY run_id"
