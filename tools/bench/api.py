@@ -13,6 +13,7 @@ Baselines from the same invocation: the same SQL search and the same DuckDB down
 in-process (no HTTP), so the ratio shows what the HTTP layer costs.
 
     uv run python tools/bench/api.py [--clients 32] [--seconds 5] [--workers 1] [--sync always]
+                                     [--only ingest --ingest-rounds 5]
 """
 
 from __future__ import annotations
@@ -231,6 +232,10 @@ def main() -> None:
     parser.add_argument("--ingest-clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (one a core)")
     parser.add_argument("--sync", default="always", help="fsync policy of the embedded nats-server")
+    parser.add_argument("--only", choices=("all", "ingest"), default="all",
+                        help="ingest: skip the read loads (an A/B of the write path)")
+    parser.add_argument("--ingest-rounds", type=int, default=1,
+                        help="ingests in a row (a new run each); the median is reported, every round printed")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="mlhub-bench-api-") as tmp:
@@ -262,12 +267,19 @@ def main() -> None:
             _wait_http(f"{base}/healthz", procs[-1])
             _wait_caught_up(base)
             time.sleep(3)  # let the projector compact the freshly written metric files once
-            base_line = baselines(data_dir, long_id)
-            floor = load(f"{base}/healthz", args.clients, args.seconds)
-            runs = load(f"{base}/api/v1/runs", args.clients, args.seconds)
-            series = load(f"{base}/api/v1/runs/{long_id}/metrics/loss", args.clients, args.seconds,
-                          {"max_points": 1000})
-            ingested = asyncio.run(ingest(base, args.ingest_points, args.ingest_per_request, args.ingest_clients))
+            if args.only == "all":
+                base_line = baselines(data_dir, long_id)
+                floor = load(f"{base}/healthz", args.clients, args.seconds)
+                runs = load(f"{base}/api/v1/runs", args.clients, args.seconds)
+                series = load(f"{base}/api/v1/runs/{long_id}/metrics/loss", args.clients, args.seconds,
+                              {"max_points": 1000})
+            rounds = []
+            for i in range(args.ingest_rounds):
+                rounds.append(asyncio.run(ingest(base, args.ingest_points, args.ingest_per_request,
+                                                 args.ingest_clients)))
+                print(f"ingest round {i + 1}: {rounds[-1]['points_s']:,.0f} points/s until queryable, appended at "
+                      f"{rounds[-1]['append_points_s']:,.0f} points/s")
+            ingested = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         finally:
             for proc in procs:
                 proc.terminate()
@@ -283,6 +295,10 @@ def main() -> None:
               f"(in-process baseline {base_ms:.2f} ms: x{r['p50_ms'] / base_ms:.1f})  errors {int(r['errors'])}  "
               f"target {target}")
 
+    if args.only == "ingest":
+        print(f"{'tracking ingest, end to end':<34} median of {args.ingest_rounds}: {ingested['points_s']:,.0f} "
+              f"points/s until queryable, appended at {ingested['append_points_s']:,.0f} points/s")
+        return
     print(f"\n{args.clients} concurrent clients, {args.seconds:g}s each, {args.workers} uvicorn worker(s), "
           f"{os.cpu_count()} CPUs (clients share the machine)")
     print(f"{'GET /healthz (HTTP stack floor)':<34} p50 {floor['p50_ms']:7.2f} ms  p99 {floor['p99_ms']:7.2f} ms  "
