@@ -96,20 +96,20 @@ def metric_summaries_of(conn: sa.Connection, run_ids: Sequence[str]) -> dict[str
 
 def inputs_of(conn: sa.Connection, run_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The datasets several runs recorded, by run."""
-    ri = t.run_inputs
-    found: dict[str, list[dict[str, Any]]] = {i: [] for i in run_ids}
-    if run_ids:
-        for r in conn.execute(sa.select(ri).where(ri.c.run_id.in_(list(run_ids))).order_by(ri.c.last_seq)):
-            found[r.run_id].append(row_dict(r))
-    return found
+    return _rows_by_run(conn, t.run_inputs, run_ids, t.run_inputs.c.last_seq)
 
 
 def logged_models_of(conn: sa.Connection, run_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """The models several runs logged, by run (oldest first)."""
-    lm = t.logged_models
+    return _rows_by_run(conn, t.logged_models, run_ids, t.logged_models.c.created_at)
+
+
+def _rows_by_run(conn: sa.Connection, table: sa.Table, run_ids: Sequence[str],
+                 order: sa.ColumnElement[Any]) -> dict[str, list[dict[str, Any]]]:
+    """The rows of a table with a run_id column for several runs, by run, in `order`."""
     found: dict[str, list[dict[str, Any]]] = {i: [] for i in run_ids}
     if run_ids:
-        for r in conn.execute(sa.select(lm).where(lm.c.run_id.in_(list(run_ids))).order_by(lm.c.created_at)):
+        for r in conn.execute(sa.select(table).where(table.c.run_id.in_(list(run_ids))).order_by(order)):
             found[r.run_id].append(row_dict(r))
     return found
 

@@ -73,6 +73,30 @@ def integer(fields: dict[str, Any], name: str, *, required: bool = False, defaul
         raise MlflowApiError(f"Invalid value {value!r} for parameter '{name}': expected an integer") from None
 
 
+#: MLflow's view types (by name or number) -> the lifecycle stages of mlhub's experiments and runs they show.
+_VIEW_TYPES = {"ACTIVE_ONLY": ("active",), "DELETED_ONLY": ("deleted",), "ALL": ("active", "deleted"),
+               "1": ("active",), "2": ("deleted",), "3": ("active", "deleted")}
+
+
+def search_paging(fields: dict[str, Any], view_field: str) -> tuple[tuple[str, ...], int]:
+    """(lifecycle stages, max_results) of a search request, as MLflow checks them (1,000 results by default)."""
+    view = str(fields.get(view_field) or "ACTIVE_ONLY")
+    if view not in _VIEW_TYPES:
+        raise MlflowApiError(f"Invalid {view_field} {view!r}: ACTIVE_ONLY, DELETED_ONLY or ALL")
+    max_results = integer(fields, "max_results", default=1000) or 1000
+    if not 1 <= max_results <= 50_000:
+        raise MlflowApiError(f"Invalid value {max_results} for parameter 'max_results': 1 to 50000")
+    return _VIEW_TYPES[view], max_results
+
+
+def key_and_value(fields: dict[str, Any]) -> tuple[str, str]:
+    """The `key` (required) and `value` (a string; "" when absent) of a one-param or one-tag request."""
+    key = text(fields, "key", required=True)
+    assert key is not None
+    value = fields.get("value")
+    return key, "" if value is None else str(value)
+
+
 def strings(fields: dict[str, Any], name: str) -> list[str]:
     """A list-of-strings field (absent: empty)."""
     value = fields.get(name)

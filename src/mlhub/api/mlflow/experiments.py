@@ -14,20 +14,19 @@ from mlhub.api.mlflow import convert
 from mlhub.api.mlflow.common import (
     DEFAULT_EXPERIMENT,
     body,
-    integer,
+    key_and_value,
     key_values,
     mlflow_experiment_id,
     mlhub_experiment_id,
     read,
+    search_paging,
     strings,
     text,
 )
-from mlhub.api.mlflow.errors import MlflowApiError, MlflowRoute
+from mlhub.api.mlflow.errors import MlflowRoute
 from mlhub.api.mlflow.filters import experiments_filter, experiments_order_by
 
 router = APIRouter(route_class=MlflowRoute)
-_VIEW_TYPES = {"ACTIVE_ONLY": ("active",), "DELETED_ONLY": ("deleted",), "ALL": ("active", "deleted"),
-               "1": ("active",), "2": ("deleted",), "3": ("active", "deleted")}
 
 
 async def _experiment(state: Any, experiment_id: str) -> dict[str, Any]:
@@ -76,14 +75,9 @@ async def get_experiment_by_name(request: Request, state: StateDep, _: ReaderDep
 async def search_experiments(request: Request, state: StateDep, _: ReaderDep) -> Any:
     """Experiments by MLflow's filter (name, tags.<key>) and order_by, a page at a time."""
     fields = await body(request)
-    view = str(fields.get("view_type") or "ACTIVE_ONLY")
-    if view not in _VIEW_TYPES:
-        raise MlflowApiError(f"Invalid view_type {view!r}: ACTIVE_ONLY, DELETED_ONLY or ALL")
-    max_results = integer(fields, "max_results", default=1000) or 1000
-    if not 1 <= max_results <= 50_000:
-        raise MlflowApiError(f"Invalid value {max_results} for parameter 'max_results': 1 to 50000")
+    stages, max_results = search_paging(fields, "view_type")
     found = await read(state, reads.search_experiments, clauses=experiments_filter(text(fields, "filter")),
-                       stages=_VIEW_TYPES[view], order_by=experiments_order_by(strings(fields, "order_by")),
+                       stages=stages, order_by=experiments_order_by(strings(fields, "order_by")),
                        max_results=max_results, page_token=text(fields, "page_token"))
     answer: dict[str, Any] = {"experiments": [convert.experiment(r) for r in found["data"]]}
     if found["next_page_token"]:
@@ -128,10 +122,8 @@ async def restore_experiment(request: Request, state: StateDep, _: WriterDep) ->
 async def set_experiment_tag(request: Request, state: StateDep, _: WriterDep) -> Any:
     """Set one tag of an experiment."""
     fields, experiment_id = await _id(request)
-    key = text(fields, "key", required=True)
-    assert key is not None
-    value = fields.get("value")
-    await state.tracking.set_experiment_tags(experiment_id, {key: "" if value is None else str(value)})
+    key, value = key_and_value(fields)
+    await state.tracking.set_experiment_tags(experiment_id, {key: value})
     return {}
 
 

@@ -14,7 +14,7 @@ from mlhub.api.auth import Principal, Role
 from mlhub.api.deps import ReaderDep, StateDep, WriterDep
 from mlhub.api.errors import NotFound, PermissionDenied
 from mlhub.api.mlflow import convert
-from mlhub.api.mlflow.common import body, integer, key_values, read, text
+from mlhub.api.mlflow.common import body, integer, key_and_value, key_values, read, text
 from mlhub.api.mlflow.errors import MlflowApiError, MlflowRoute
 from mlhub.api.state import AppState
 
@@ -130,25 +130,24 @@ async def rename_registered_model(_: WriterDep) -> Any:
 @router.post("/registered-models/set-tag")
 async def set_registered_model_tag(request: Request, state: StateDep, _: WriterDep) -> Any:
     """Set a tag of a registered model."""
-    from mlhub.registry import update_model
-
-    fields = await body(request)
-    key = text(fields, "key", required=True)
-    assert key is not None
-    await update_model(state.event_log, _name(fields), tags={key: str(fields.get("value") or "")},
-                       producer=state.settings.producer)
-    return {}
+    return await _change_tag(request, state, of_version=False, remove=False)
 
 
 @router.delete("/registered-models/delete-tag")
 async def delete_registered_model_tag(request: Request, state: StateDep, _: WriterDep) -> Any:
     """Remove a tag of a registered model."""
+    return await _change_tag(request, state, of_version=False, remove=True)
+
+
+async def _change_tag(request: Request, state: AppState, *, of_version: bool, remove: bool) -> dict[str, Any]:
+    """Set (or remove) one tag of a registered model or, of_version, of one of its versions."""
     from mlhub.registry import update_model
 
     fields = await body(request)
-    key = text(fields, "key", required=True)
-    assert key is not None
-    await update_model(state.event_log, _name(fields), removed=[key], producer=state.settings.producer)
+    key, value = key_and_value(fields)
+    await update_model(state.event_log, _name(fields), version=_version(fields) if of_version else None,
+                       tags=None if remove else {key: value}, removed=[key] if remove else (),
+                       producer=state.settings.producer)
     return {}
 
 
@@ -256,27 +255,13 @@ async def get_download_uri(request: Request, state: StateDep, _: ReaderDep) -> A
 @router.post("/model-versions/set-tag")
 async def set_model_version_tag(request: Request, state: StateDep, _: WriterDep) -> Any:
     """Set a tag of a version."""
-    from mlhub.registry import update_model
-
-    fields = await body(request)
-    key = text(fields, "key", required=True)
-    assert key is not None
-    await update_model(state.event_log, _name(fields), version=_version(fields),
-                       tags={key: str(fields.get("value") or "")}, producer=state.settings.producer)
-    return {}
+    return await _change_tag(request, state, of_version=True, remove=False)
 
 
 @router.delete("/model-versions/delete-tag")
 async def delete_model_version_tag(request: Request, state: StateDep, _: WriterDep) -> Any:
     """Remove a tag of a version."""
-    from mlhub.registry import update_model
-
-    fields = await body(request)
-    key = text(fields, "key", required=True)
-    assert key is not None
-    await update_model(state.event_log, _name(fields), version=_version(fields), removed=[key],
-                       producer=state.settings.producer)
-    return {}
+    return await _change_tag(request, state, of_version=True, remove=True)
 
 
 @router.post("/registered-models/alias")

@@ -23,9 +23,11 @@ from mlhub.api.mlflow.common import (
     caller_tag,
     consistent,
     integer,
+    key_and_value,
     key_values,
     mlhub_experiment_id,
     read,
+    search_paging,
     strings,
     text,
 )
@@ -38,8 +40,6 @@ from mlhub.tracking import RunEnded, SeriesInput, Written
 
 router = APIRouter(route_class=MlflowRoute)
 T = TypeVar("T")
-_VIEW_TYPES = {"ACTIVE_ONLY": ("active",), "DELETED_ONLY": ("deleted",), "ALL": ("active", "deleted"),
-               "1": ("active",), "2": ("deleted",), "3": ("active", "deleted")}
 #: mlhub keeps one page of at most this many runs; the client follows next_page_token for more.
 _MAX_PAGE = 1000
 _ALL_POINTS = 10_000_000
@@ -195,25 +195,24 @@ async def log_metric(request: Request, state: StateDep, _: WriterDep) -> Any:
 @router.post("/runs/log-parameter")
 async def log_parameter(request: Request, state: StateDep, _: WriterDep) -> Any:
     """One param (a param keeps its first value: another value is INVALID_PARAMETER_VALUE, as in MLflow)."""
-    fields = await body(request)
-    run_id = await _run_id(fields)
-    key = text(fields, "key", required=True)
-    assert key is not None
-    value = fields.get("value")
-    await _log(state, run_id, params={key: "" if value is None else str(value)})
+    run_id, key, value = await _key_value(request)
+    await _log(state, run_id, params={key: value})
     return {}
 
 
 @router.post("/runs/set-tag")
 async def set_tag(request: Request, state: StateDep, _: WriterDep) -> Any:
     """One tag (mlflow.runName renames the run too)."""
+    run_id, key, value = await _key_value(request)
+    await _log(state, run_id, tags={key: value})
+    return {}
+
+
+async def _key_value(request: Request) -> tuple[str, str, str]:
+    """(run id, key, value as a string; "" for none) of a one-param or one-tag request."""
     fields = await body(request)
     run_id = await _run_id(fields)
-    key = text(fields, "key", required=True)
-    assert key is not None
-    value = fields.get("value")
-    await _log(state, run_id, tags={key: "" if value is None else str(value)})
-    return {}
+    return (run_id, *key_and_value(fields))
 
 
 @router.post("/runs/delete-tag")
@@ -287,13 +286,7 @@ async def log_outputs(request: Request, state: StateDep, _: WriterDep) -> Any:
 async def search_runs(request: Request, state: StateDep, _: ReaderDep) -> Any:
     """Runs by MLflow's filter and order_by (translated onto mlhub's runs search), a page at a time."""
     fields = await body(request)
-    view = str(fields.get("run_view_type") or "ACTIVE_ONLY")
-    if view not in _VIEW_TYPES:
-        raise MlflowApiError(f"Invalid run_view_type {view!r}: ACTIVE_ONLY, DELETED_ONLY or ALL")
-    max_results = integer(fields, "max_results", default=1000) or 1000
-    if not 1 <= max_results <= 50_000:
-        raise MlflowApiError(f"Invalid value {max_results} for parameter 'max_results': 1 to 50000")
-    stages = _VIEW_TYPES[view]
+    stages, max_results = search_paging(fields, "run_view_type")
     filter_text = runs_filter(text(fields, "filter"))
     if len(stages) == 1:
         filter_text = " and ".join(p for p in (filter_text, f"lifecycle_stage = '{stages[0]}'") if p)
