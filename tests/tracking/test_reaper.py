@@ -98,3 +98,24 @@ async def test_a_job_run_lives_on_its_jobs_heartbeats_and_a_moved_run_is_left_al
     # A job's run cannot be ended by hand while the job is running: cancel the job.
     with pytest.raises(InvalidRunState, match="mlhub cancel job1"):
         await service.end_by_hand("run1", RunStatus.KILLED, actor="ana")
+
+
+async def test_the_log_is_asked_only_about_runs_that_may_be_silent(event_log: EventLog, database: Engine) -> None:
+    """A lookup fetches a run's last message (a metric batch of up to a few hundred KB for a logging run): a
+    run the read model shows getting further is skipped, an idle one is looked up again only once it may be
+    dead; the verdict is still the log's."""
+    service = TrackingService(event_log, producer="test")
+    busy = await service.create_run("reaped")
+    idle = await service.create_run("reaped")
+    await _project(event_log, database)
+    reaper = Reaper(event_log, database, service, dead_after_s=30, interval_s=1)
+    assert await reaper.sweep() == [] and reaper.lookups == 2  # a new reaper asks about every run once
+    await service.log_batch(busy.run_id, series=[SeriesInput("loss", [1.0] * 1000, steps=list(range(1000)))])
+    await _project(event_log, database)
+    assert await reaper.sweep() == [] and reaper.lookups == 2  # busy got further, idle is not 30 s silent yet
+    later = datetime.now(UTC) + timedelta(seconds=31)
+    crashed = await reaper.sweep(later)
+    # Both are looked up once they may be dead (busy's move is 31 s old by then); both are, by the log.
+    assert reaper.lookups == 4 and {c.run_id for c in crashed} == {busy.run_id, idle.run_id}
+    await _project(event_log, database)
+    assert await reaper.sweep(later) == [] and reaper.lookups == 4  # ended runs are no candidates
