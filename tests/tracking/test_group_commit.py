@@ -76,3 +76,38 @@ async def test_two_api_processes_on_one_run_move_on_from_each_others_writes(even
         await second.log_batch(run.run_id, series=[SeriesInput("loss", [1.0], [100])])
     events = [r.envelope.event for r in (await event_log.read_aggregate("run", run.run_id)).events]
     assert sorted(p.step for e in events if isinstance(e, MetricsLogged) for p in e.points()) == list(range(10))
+
+
+async def test_metric_batches_of_two_processes_on_one_run_do_not_refuse_each_other(event_log: EventLog) -> None:
+    """Metric-only batches of five or more events are guarded by the run's lifecycle subjects, not its version:
+    two writers' batches go through side by side; an end, or a new attempt, by another writer still refuses a
+    batch decided on the older state (and the batch is then decided again)."""
+    from mlhub.events import Envelope, RunStarted
+    from mlhub.tracking.limits import POINTS_PER_EVENT
+
+    first, second = TrackingService(event_log, producer="a"), TrackingService(event_log, producer="b")
+    run = await first.create_run("two")
+    await first.log_batch(run.run_id, series=[SeriesInput("loss", [0.0], [0])])
+    await second.log_batch(run.run_id, series=[SeriesInput("loss", [0.0], [1])])  # both know the run now
+    conflicts = first.conflicts + second.conflicts
+    per = 5 * POINTS_PER_EVENT  # five events a request
+
+    def big(writer: TrackingService, i: int) -> object:
+        steps = list(range(10 + i * per, 10 + (i + 1) * per))
+        return writer.log_batch(run.run_id, series=[SeriesInput("loss", [1.0] * per, steps)])
+
+    await asyncio.gather(*(big((first, second)[i % 2], i) for i in range(8)))
+    assert first.conflicts + second.conflicts == conflicts, "metric batches of two writers refused each other"
+    # A new attempt by a third writer: a batch decided on attempt 1 is refused, decided again, stored as 2.
+    await event_log.append(Envelope(event=RunStarted(run_id=run.run_id, attempt=2, worker_id="w"), producer="w"))
+    await big(first, 8)
+    events = [r.envelope.event for r in (await event_log.read_aggregate("run", run.run_id)).events]
+    assert {e.attempt for e in events[-5:] if isinstance(e, MetricsLogged)} == {2}
+    assert first.conflicts == conflicts + 1
+    # An end by the other writer: the stale writer's batch is refused for good, nothing of it stored.
+    await second.finish(run.run_id, RunStatus.FINISHED)
+    with pytest.raises(RunEnded, match="finished"):
+        await big(first, 9)
+    events = [r.envelope.event for r in (await event_log.read_aggregate("run", run.run_id)).events]
+    steps = sorted(p.step for e in events if isinstance(e, MetricsLogged) for p in e.points())
+    assert steps == [0, 1, *range(10, 10 + 9 * per)], "every point of the stored batches once, none of the last"

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections import deque
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: JetStream error code for "wrong last sequence" (an expected-sequence check failed).
 ERR_WRONG_LAST_SEQUENCE = 10071
+#: Its description, which names the subject filter's last sequence as the server found it.
+_WRONG_LAST = re.compile(r"wrong last sequence: (\d+)")
 #: JetStream error code for "atomic publish batch contains duplicate message id" (the batch was stored before).
 ERR_BATCH_DUPLICATE = 10201
 #: Oldest server that supports atomic batches (all of a request's events or none); per-aggregate concurrency
@@ -350,9 +353,13 @@ class EventLog:
             seq = await self.last_sequence(envelopes[-1].subject)
             return [AppendResult(seq=seq, duplicate=True) for _ in envelopes]
         if error.get("err_code") == ERR_WRONG_LAST_SEQUENCE and guards:
+            # With one guard the server's "wrong last sequence: N" is that filter's last sequence now.
+            found = _WRONG_LAST.search(str(error.get("description", ""))) if len(guards) == 1 else None
             raise ConcurrencyError(
                 f"an atomic batch of {len(envelopes)} events ({envelopes[0].type} ...) was refused: "
-                f"{error.get('description')}; another writer appended first: read again and retry")
+                f"{error.get('description')}; another writer appended first: read again and retry",
+                expected=next(iter(guards.values()))[1] if len(guards) == 1 else None,
+                actual=int(found.group(1)) if found else None)
         raise AppendRejected(f"an atomic batch of {len(envelopes)} events ({envelopes[0].type} ...) was rejected "
                              f"by the event log: {error}")
 

@@ -16,7 +16,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mlhub.errors import ConcurrencyError, MlhubError
 from mlhub.eventlog import AppendResult, EventLog
@@ -57,7 +57,7 @@ from mlhub.tracking.errors import (
     TrackingError,
 )
 from mlhub.tracking.limits import POINTS_PER_EVENT, TrackingLimits
-from mlhub.tracking.state import RunState, RunStates
+from mlhub.tracking.state import MARK_EVENTS, RunState, RunStates
 from mlhub.tracking.validation import SeriesInput, check_request
 
 #: A run's params or tags are cut into events of at most this many bytes (the log takes 1 MiB a message).
@@ -142,6 +142,20 @@ def _chunks(values: Mapping[str, str]) -> list[dict[str, str]]:
     return chunks
 
 
+def _batch_guards(run_id: str, envelopes: Sequence[Envelope], version: int,
+                  marks: tuple[int, ...] | None) -> dict[int, tuple[str, int]]:
+    """The guards of an atomic batch of a run's events: the run's version on the first, or, for a batch of
+    metric events only with one event for each of MARK_EVENTS, the last sequence of each of those lifecycle
+    subjects on one event each. The first refuses any other writer's event in between; the second only an end
+    or a new attempt, so metric batches of two writers of one run (two API processes) do not refuse each other
+    (nothing else of the run's state decides a metric batch)."""
+    if marks is None or len(envelopes) < len(MARK_EVENTS) or not all(
+            isinstance(e.event, MetricsLogged) for e in envelopes):
+        return {0: (aggregate_subject_filter("run", run_id), version)}
+    base = f"{SUBJECT_PREFIX}.run.{run_id}"
+    return {i: (f"{base}.{name}", seq) for i, (name, seq) in enumerate(zip(MARK_EVENTS, marks, strict=True))}
+
+
 def metric_events(run_id: str, series: Sequence[SeriesInput], attempt: int, now_ms: int) -> list[MetricsLogged]:
     """Cut checked series into run.metrics_logged events of at most POINTS_PER_EVENT points (a key once per
     event); the columns are not validated again (check_request did)."""
@@ -184,6 +198,8 @@ class TrackingService(RunEdits):
         self.states = RunStates(event_log)
         #: log-batch requests per run waiting for the run's next group commit
         self._queued: dict[str, list[PendingBatch]] = {}
+        #: Atomic batches of log-batch requests refused because another writer moved the run first.
+        self.conflicts = 0
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
@@ -249,7 +265,8 @@ class TrackingService(RunEdits):
         return await self._checked(run_id, lambda s: self._must_be_open(s, run_id), reload=reload)
 
     def _remember(self, run_id: str, state: RunState, events: Sequence[DomainEvent], seqs: Sequence[int]) -> None:
-        self.states.put(run_id, RunState(run_lifecycle(events, state.lifecycle), max([state.version, *seqs])))
+        self.states.put(run_id, RunState(run_lifecycle(events, state.lifecycle), max([state.version, *seqs]),
+                                         state.marked(events, seqs)))
 
     # -- commands ---------------------------------------------------------------------------------------------
 
@@ -303,7 +320,9 @@ class TrackingService(RunEdits):
                         raise
                     continue  # the experiment was created meanwhile: create the run without it
                 seqs = await self._verify_duplicates(run_id, head + run_envelopes, results, request_id, "request_id")
-                self.states.put(run_id, RunState(run_lifecycle(run_events), max(seqs)))
+                # (Marks from the run's own events: should others have come since, a guard on them refuses.)
+                fresh = RunState(run_lifecycle(run_events), max(seqs), (0,) * len(MARK_EVENTS))
+                self.states.put(run_id, replace(fresh, marks=fresh.marked(run_events, seqs[len(head):])))
                 duplicate = all(r.duplicate for r in results)
                 if duplicate and request_id is not None and not head:
                     seqs = await self._experiment_made_by(request_id, experiment_id) + seqs
@@ -391,13 +410,15 @@ class TrackingService(RunEdits):
         """Append the queued requests of a run, as few atomic batches as they fit in, each guarded by the
         version the one before left; every request's future gets its answer."""
         one_by_one = False
+        moved_to: int | None = None  # the run's version a refusal named
         for attempt in range(_RETRIES):
             waiting = [p for p in group if not p.future.done()]
             if not waiting:
                 return
             try:
                 if attempt:  # another writer moved the run: read what changed (one round trip when only its
-                    await self.states.refresh(run_id)  # version did), then decide again
+                    await self.states.refresh(run_id, moved_to)  # version did), then decide again
+                    moved_to = None
                 state = await self._open(run_id)
             except TrackingError as e:
                 for p in waiting:
@@ -411,10 +432,12 @@ class TrackingService(RunEdits):
                 envelopes = [e for p in chunk for e in p.envelopes]
                 try:
                     results = await self.event_log.append_atomic(
-                        envelopes, guards={0: (aggregate_subject_filter("run", run_id), version)},
+                        envelopes, guards=_batch_guards(run_id, envelopes, version, state.marks),
                         encoded=[b for p in chunk for b in p.encoded])
-                except ConcurrencyError:
+                except ConcurrencyError as e:
                     conflict = True  # another writer moved the run: read it again and decide again
+                    moved_to = e.actual
+                    self.conflicts += 1
                     break
                 except MlhubError as e:  # nothing of this chunk is stored (one atomic batch)
                     for p in chunk:
@@ -438,7 +461,7 @@ class TrackingService(RunEdits):
                     lifecycle = run_lifecycle((e.event for e in p.envelopes), lifecycle)
                     p.future.set_result(Written(run_id, seqs, duplicate=all(r.duplicate for r in mine),
                                                 points=p.points))
-            self.states.put(run_id, RunState(lifecycle, version))
+            self.states.put(run_id, RunState(lifecycle, version, state.marks))  # params, tags, metrics: no marks
             if not conflict:
                 return
         for p in group:

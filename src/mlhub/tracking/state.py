@@ -2,17 +2,21 @@
 and its version (the stream sequence of its last event), cached per process and kept exact by the guard on
 every append: an append names the version it decided on, and a conflict (another writer appended since)
 makes the service read the run again and decide again. No request reads the log for state it holds.
+Metric-only batches are guarded by the run's lifecycle subjects instead (RunState.marks): batches of two writers
+of one run (two API processes) do not refuse each other, an end or a new attempt still refuses them.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mlhub.eventlog import EventLog, Recorded
 from mlhub.events import (
     SUBJECT_PREFIX,
+    DomainEvent,
     RunLifecycle,
     aggregate_subject_filter,
     run_lifecycle,
@@ -20,14 +24,31 @@ from mlhub.events import (
 
 #: The run events that change its lifecycle (besides params), read by a (re)load.
 LIFECYCLE_EVENTS = ("created", "started", "finished", "failed", "cancelled", "crashed", "resumed")
+#: The lifecycle events that decide whether an open run takes metric points and under which attempt: an end,
+#: a new attempt (a resume follows a crash, so it is covered by the crash). Metric-only batches are guarded by
+#: the last sequence of each of these subjects instead of the run's version (see TrackingService).
+MARK_EVENTS = ("started", "finished", "failed", "cancelled", "crashed")
 
 
 @dataclass(frozen=True)
 class RunState:
-    """A run's lifecycle and the version it was read (or last written) at."""
+    """A run's lifecycle and the version it was read (or last written) at; `marks`, when known, the last
+    sequence of each MARK_EVENTS subject of the run at that version (0: none yet)."""
 
     lifecycle: RunLifecycle
     version: int
+    marks: tuple[int, ...] | None = None
+
+    def marked(self, events: Sequence[DomainEvent], seqs: Sequence[int]) -> tuple[int, ...] | None:
+        """The marks after this process appended events at seqs (unknown stays unknown)."""
+        if self.marks is None:
+            return None
+        marks = dict(zip(MARK_EVENTS, self.marks, strict=True))
+        for event, seq in zip(events, seqs, strict=False):
+            name = event.event_name()
+            if name in marks:
+                marks[name] = max(marks[name], seq)
+        return tuple(marks[name] for name in MARK_EVENTS)
 
 
 async def load_run_state(event_log: EventLog, run_id: str) -> RunState:
@@ -39,26 +60,34 @@ async def load_run_state(event_log: EventLog, run_id: str) -> RunState:
     lasts = await asyncio.gather(*(event_log.last_event(f"{base}.{name}") for name in LIFECYCLE_EVENTS))
     if not version:
         return RunState(RunLifecycle(), 0)
+    by_name = {name: r.seq if r is not None else 0 for name, r in zip(LIFECYCLE_EVENTS, lasts, strict=True)}
     found: list[Recorded] = sorted((r for r in lasts if r is not None), key=lambda r: r.seq)
     if params_seq:
         found += [r async for r in event_log.replay(subject_filter=f"{base}.params_logged", until_seq=params_seq)]
     # Created first; the last lifecycle event of each type in stream order decides the status; params in order.
     found.sort(key=lambda r: r.seq)
-    return RunState(run_lifecycle(r.envelope.event for r in found), version)
+    return RunState(run_lifecycle(r.envelope.event for r in found), version,
+                    tuple(by_name[name] for name in MARK_EVENTS))
 
 
-async def moved_state(event_log: EventLog, run_id: str, known: RunState) -> RunState:
+async def moved_state(event_log: EventLog, run_id: str, known: RunState, version: int | None = None) -> RunState:
     """A run's state after another writer moved it past `known`, in one round trip when only metric batches
     and heartbeats came in between (the common case of two API processes writing one run: the version moves,
     nothing else): the last sequence of each lifecycle subject and of params is compared with the version
-    known; any that moved means a full read (load_run_state)."""
+    known; any that moved means a full read (load_run_state). `version`: the run's version now, when the
+    refusal said it (then the run's last message, often a large metric batch, is not fetched for it)."""
     base = f"{SUBJECT_PREFIX}.run.{run_id}"
-    version, *lasts = await asyncio.gather(
-        event_log.last_sequence(aggregate_subject_filter("run", run_id)),
-        *(event_log.last_sequence(f"{base}.{name}") for name in (*LIFECYCLE_EVENTS, "params_logged")))
+    names = (*LIFECYCLE_EVENTS, "params_logged")
+    subjects = [f"{base}.{name}" for name in names]
+    if version is None:
+        subjects.append(aggregate_subject_filter("run", run_id))
+    lasts = await asyncio.gather(*(event_log.last_sequence(subject) for subject in subjects))
+    if version is None:
+        version = lasts.pop()
     if not known.version or any(seq > known.version for seq in lasts):
         return await load_run_state(event_log, run_id)
-    return RunState(known.lifecycle, version)
+    by_name = dict(zip(names, lasts, strict=True))
+    return RunState(known.lifecycle, version, tuple(by_name[name] for name in MARK_EVENTS))
 
 
 class RunStates:
@@ -91,10 +120,11 @@ class RunStates:
             self._states.move_to_end(run_id)
         return state
 
-    async def refresh(self, run_id: str) -> RunState:
-        """The run's state after a conflict: the cached one moved on cheaply when possible (moved_state)."""
+    async def refresh(self, run_id: str, version: int | None = None) -> RunState:
+        """The run's state after a conflict: the cached one moved on cheaply when possible (moved_state);
+        `version`, the run's version now when the refusal said it."""
         known = self._states.get(run_id)
-        state = await (moved_state(self.event_log, run_id, known) if known is not None
+        state = await (moved_state(self.event_log, run_id, known, version) if known is not None
                        else load_run_state(self.event_log, run_id))
         if state.version:
             self.put(run_id, state)
