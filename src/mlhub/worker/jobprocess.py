@@ -23,7 +23,9 @@ JOB_OUT_OF_MEMORY; the worker goes on with its next job. CUDA maps very large vi
 on the gpu pool leave MLHUB_JOB_MEMORY_MB unset and bound the worker with a cgroup (docs/worker.md).
 
 Process tree: the child ignores SIGINT and SIGTERM (the worker decides when it stops) and has
-PR_SET_PDEATHSIG=SIGKILL towards the fork server, which exits when the worker does: no job outlives its worker.
+PR_SET_PDEATHSIG=SIGKILL towards the fork server, which has the same towards the worker
+(mlhub.worker._jobserver_init): no job outlives its worker, even a SIGKILLed one. `mlhub worker` stops the
+server when it stops (`stop_job_server`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ EXIT_WAIT_S = 10.0
 #: Imported once by the fork server, so a job's process starts with them loaded; their mappings (shared
 #: libraries: ~3.6 GB of address space for torch and lightning) are outside the job's memory budget. onnx and
 #: onnxruntime too: mapped later, at the ONNX export, they would not fit in a small budget.
-PRELOAD = ["mlhub.worker.jobprocess", "torch", "lightning", "onnx", "onnxruntime"]
+FRAMEWORK = ["torch", "lightning", "onnx", "onnxruntime"]
+#: What the fork server imports: first the module that ties its life to the worker's, then this one.
+PRELOAD = ["mlhub.worker._jobserver_init", __name__, *FRAMEWORK]
 #: How a process dies when an allocation past RLIMIT_AS fails in native code that does not raise.
 _NATIVE_OOM_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS}
 
@@ -127,11 +131,27 @@ def _context() -> Any:
 
 
 def warm_up() -> None:
-    """Start the fork server now (it imports torch and lightning), so the first job does not wait for it."""
+    """Start the fork server now (it imports torch and lightning while the worker waits for a job), so the first
+    job does not wait for it. Returns at once. Call it from the thread that lives as long as the worker (its
+    main thread): the server's parent-death signal fires when the thread that started it ends."""
     from multiprocessing import forkserver
 
     _context()
     forkserver.ensure_running()
+
+
+def stop_job_server() -> None:
+    """Stop the fork server (call it when the worker stops, after its last job): nothing is left behind."""
+    from multiprocessing import forkserver
+
+    server: Any = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is None or not hasattr(server, "_stop"):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)  # it may still be importing torch; it holds no state
+    with contextlib.suppress(OSError):
+        server._stop()
 
 
 def run_job_process(ctx: TrainingContext, limits: JobLimits) -> TrainingResult:
@@ -287,7 +307,7 @@ def _child_main(spec: _ChildSpec, conn: Connection, stop: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = _Channel(conn)
     try:
-        for name in PRELOAD:  # loaded by the fork server already (else now): the limit excludes their mappings
+        for name in FRAMEWORK:  # loaded by the fork server already (else now): the limit excludes their mappings
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
         if spec.memory_mb is not None:

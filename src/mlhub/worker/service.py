@@ -138,7 +138,7 @@ class Worker:
         """Take and run jobs until `stop` is set; then the running job is abandoned (nak: another worker takes
         it), or finished first when finish_current."""
         await self.ensure_consumer()
-        self._executor.submit(_warm_up)  # the fork server imports torch while the worker waits for a job
+        _warm_up()  # from this (the loop's) thread: the fork server imports torch while the worker waits for a job
         sub = await self.log.js.pull_subscribe_bind(durable=consumer_name(self.config.pool), stream=STREAM_NAME)
         try:
             while not stop.is_set():
