@@ -184,13 +184,17 @@ def run_job_process(ctx: TrainingContext, limits: JobLimits) -> TrainingResult:
                         return _died(ctx, process, limits)
                     continue
                 kind, payload = ours.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError):  # the child died mid-message
                 return _died(ctx, process, limits)
             if kind == "done":
                 return payload  # type: ignore[no-any-return]
             if kind == "error":
                 raise payload
-            ours.send(_serve(ctx, kind, payload))
+            answer = _serve(ctx, kind, payload)
+            try:
+                ours.send(answer)
+            except OSError:  # the child died before it read its answer (the request itself was served)
+                return _died(ctx, process, limits)
     finally:
         process.join(EXIT_WAIT_S)  # it exits right after its last message; a hung exit is killed
         if process.is_alive():
