@@ -119,3 +119,64 @@ def test_a_killed_part_heals_while_a_script_streams_and_every_point_is_stored_on
     status = httpx.get(f"{hub.url}/api/v1/runs/{run.run_id}", headers=headers, timeout=30,
                        params={"min_seq": answer["last_seq"]}).json()["run"]["status"]
     assert status == "finished"
+
+
+def test_through_the_api_a_job_past_its_memory_fails_a_cancel_kills_and_the_worker_lives_on(
+        tmp_path: Path) -> None:
+    """The issue's probe, as a user meets it: POST /jobs with a model too big for MLHUB_JOB_MEMORY_MB fails with
+    JOB_OUT_OF_MEMORY, a cancel of a job that Lightning cannot stop ends it killed within 5 s, and the same
+    worker process (never restarted) then trains a tiny job."""
+    import yaml
+    from tests.hub.helpers import ROOT
+
+    data_dir = tmp_path / "hub"
+    running = start(["up", "--workers", "1"], data_dir, free_port(), MLHUB_JOB_MEMORY_MB="1024")
+    try:
+        token = running.wait_for(r"admin token of this session: (\S+)").group(1)
+        running.wait_for(r"press Ctrl-C to stop")
+        headers = {"Authorization": f"Bearer {token}"}
+        config = yaml.safe_load((ROOT / "configs" / "digits-mlp.yaml").read_text())
+        tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+        worker_pid = parts(running)["worker-1"]["pid"]
+
+        def submit(*overrides: str) -> dict[str, Any]:
+            answer = httpx.post(f"{running.url}/api/v1/jobs", headers=headers, timeout=30,
+                                json={"config": config, "overrides": [*tiny, *overrides]})
+            assert answer.status_code == 201, answer.text
+            return answer.json()  # type: ignore[no-any-return]
+
+        def job(submitted: dict[str, Any]) -> dict[str, Any]:
+            return httpx.get(f"{running.url}/api/v1/jobs/{submitted['job_id']}", headers=headers, timeout=30,
+                             params={"min_seq": submitted["seq"]}).json()  # type: ignore[no-any-return]
+
+        def until(submitted: dict[str, Any], statuses: set[str], timeout_s: float = 180) -> dict[str, Any]:
+            deadline = time.monotonic() + timeout_s
+            while (state := job(submitted))["status"] not in statuses:
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+            return state
+
+        big = until(submit("model.hidden_sizes=[8192,8192,8192,8192,8192]"), {"succeeded", "failed", "cancelled"})
+        assert (big["status"], big["error_type"]) == ("failed", "JOB_OUT_OF_MEMORY"), big
+        slow = submit("model.hidden_sizes=[" + ",".join(["64"] * 60_000) + "]")
+        until(slow, {"running"})
+        time.sleep(1.5)  # building its 60,000 layers: no batch boundary where Lightning could stop
+        cancelled_at = time.monotonic()
+        answer = httpx.post(f"{running.url}/api/v1/jobs/{slow['job_id']}/cancel", headers=headers, timeout=30,
+                            json={"reason": "too slow"})
+        assert answer.status_code == 200, answer.text
+        run_id = slow["run_id"]
+        while (run := httpx.get(f"{running.url}/api/v1/runs/{run_id}", headers=headers,
+                                timeout=30).json()["run"])["status"] == "running":
+            assert time.monotonic() - cancelled_at < 30, run
+            time.sleep(0.05)
+        ended_after = time.monotonic() - cancelled_at
+        print(f"\ncancel through the API: the run was {run['status']} {ended_after:.2f} s after the cancel")
+        assert run["status"] == "killed" and ended_after < 5.0
+        done = until(submit(), {"succeeded", "failed", "cancelled"})
+        assert done["status"] == "succeeded", done
+        assert parts(running)["worker-1"] == {**parts(running)["worker-1"], "pid": worker_pid, "restarts": 0}
+        assert "exited with code" not in running.output
+    finally:
+        stop(running)
+    assert wait_until_none_left(data_dir, timeout=5) == []
