@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from mlhub.commands.parts import PartState, write_parts
 from mlhub.errors import MlhubError
 from mlhub.settings import Settings
 
@@ -71,27 +72,6 @@ class HubError(MlhubError):
     """The local hub could not start, or one of its parts died."""
 
     code = "HUB_ERROR"
-
-
-@dataclass
-class PartState:
-    """What the supervisor knows of one part: running, restarting (dead, waiting out its backoff) or failed."""
-
-    name: str
-    state: str = "running"
-    pid: int | None = None
-    restarts: int = 0
-    last_exit_code: int | None = None
-    since: float = field(default_factory=time.time)
-    #: Monotonic times of the restarts within the last RESTART_WINDOW_S.
-    recent: list[float] = field(default_factory=list)
-    restart_at: float = 0.0
-
-    def public(self) -> dict[str, object]:
-        """The part as the parts file (and /readyz) shows it."""
-        return {"name": self.name, "state": self.state, "pid": self.pid, "restarts": self.restarts,
-                "last_exit_code": self.last_exit_code,
-                "since": datetime.fromtimestamp(self.since, UTC).isoformat()}
 
 
 @dataclass
@@ -358,12 +338,7 @@ class Hub:
         server.restart()
 
     def _write_parts(self) -> None:
-        """The parts file: replaced atomically, so the API never reads half of it."""
-        path = self.settings.hub_parts_file.resolve()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"hub_pid": os.getpid(), "updated_at": datetime.now(UTC).isoformat(),
-                                   "parts": [p.public() for p in self.parts()]}) + "\n")
-        os.replace(tmp, path)
+        write_parts(self.settings.hub_parts_file.resolve(), self.parts())
 
     def stop(self) -> None:
         """Stop every part: SIGTERM to the children, SIGKILL after STOP_GRACE_S, then the event log."""
