@@ -78,3 +78,35 @@ async def test_cancel_kills_a_job_busy_where_lightning_cannot_stop_it_within_5_s
     run = await events_of(event_log, "run", job.run_id)
     assert isinstance(run[-1], RunCancelled)
     assert not any(isinstance(e, RunFinished | MetricsLogged | ArtifactStored) for e in run)
+
+
+async def test_a_job_process_killed_from_outside_fails_the_job_and_the_worker_goes_on(
+        event_log: EventLog, tmp_path: Path) -> None:
+    """What a cgroup's OOM killer (or an operator) does: SIGKILL of the job's process alone. The job fails with
+    JobProcessDied, not retried; the worker records it and takes the next job."""
+    import multiprocessing.forkserver
+    import os
+    import signal
+
+    import psutil
+
+    job = await submit_digits(event_log, "trainer.max_epochs=200", "trainer.limit_train_batches=2",
+                              "trainer.limit_val_batches=1")
+    after = await submit_digits(event_log)
+    async with RunningWorker(event_log, tmp_path) as worker:
+        deadline = time.monotonic() + 120
+        while not any(isinstance(e, MetricsLogged) for e in await events_of(event_log, "run", job.run_id)):
+            assert time.monotonic() < deadline, "the job did not start training"
+            await asyncio.sleep(0.05)
+        server_pid = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+        (job_process,) = psutil.Process(server_pid).children()
+        os.kill(job_process.pid, signal.SIGKILL)
+        await wait_for(event_log, [job.job_id, after.job_id], timeout_s=120)
+        while len(worker.jobs_handled) < 2:
+            await asyncio.sleep(0.05)
+    assert worker.jobs_handled == [(job.job_id, "failed"), (after.job_id, "succeeded")]
+    (failed,) = [e for e in await events_of(event_log, "job", job.job_id) if isinstance(e, JobFailed)]
+    assert (failed.error_type, failed.retryable) == ("JobProcessDied", False)
+    assert "killed by SIGKILL" in failed.error, failed.error
+    run = await events_of(event_log, "run", job.run_id)
+    assert isinstance(run[-1], RunFailed) and run[-1].error_type == "JobProcessDied"
