@@ -95,7 +95,7 @@ def _wait(client: HubClient, hub: Hub, runs: list[DemoRun], stop: threading.Even
     while pending:
         if stop.is_set():
             raise KeyboardInterrupt
-        dead = hub.dead_child()
+        dead = hub.supervise()
         if dead is not None:
             raise HubError(dead)
         if time.monotonic() > deadline:
@@ -178,7 +178,7 @@ def run_demo(settings: Settings, *, port: int, workers: int, exit_after: bool, s
         on_ready(info)
         if not exit_after:
             while not stop.is_set():
-                dead = hub.dead_child()
+                dead = hub.supervise()
                 if dead is not None:
                     raise HubError(dead)
                 stop.wait(0.5)

@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     reaper_interval_s: Annotated[float, Field(gt=0)] = 30.0
     #: How often the API looks for new metric-table commits (seconds); a read with min_seq looks at once.
     api_metrics_refresh_s: Annotated[float, Field(ge=0)] = 1.0
+    #: `mlhub up` restarts a part that died (with backoff); more than this many restarts of one part within
+    #: 60 s and it stops the whole hub, naming the part (0: never restart, the first death stops the hub).
+    hub_max_restarts_per_min: Annotated[int, Field(ge=0, le=1000)] = 5
+    #: A worker runs each job in a child process with this address-space limit (MiB, RLIMIT_AS); a job that
+    #: needs more fails with JOB_OUT_OF_MEMORY and the worker goes on. Unset: no limit.
+    job_memory_mb: Annotated[int, Field(ge=64)] | None = None
+    #: After a cancel, timeout or worker shutdown, how long a job's process may take to stop after its current
+    #: batch before it is killed (seconds).
+    job_kill_grace_s: Annotated[float, Field(ge=0, le=600)] = 2.0
     #: The hub the CLI's client commands (submit, runs, show, query, ...) talk to, unless MLHUB_NATS_URL is set
     #: or --direct is given (then they use the event log and read model directly).
     url: str = "http://127.0.0.1:8000"
@@ -133,6 +142,11 @@ class Settings(BaseSettings):
     def metrics_dir(self) -> Path:
         """Where the metric tables (Delta Lake / Parquet) live."""
         return self.data_dir / "metrics"
+
+    @property
+    def hub_parts_file(self) -> Path:
+        """Where `mlhub up` keeps the state of each of its parts (JSON, replaced atomically); /readyz reads it."""
+        return self.data_dir / "hub-parts.json"
 
     @property
     def nats_dir(self) -> Path:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
 
 from tests.api.conftest import ADMIN, READER, Api, create_run
 
@@ -12,6 +15,34 @@ async def test_health_and_readiness(api: Api) -> None:
     ready = await api.client.get("/api/v1/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["status"] == "ready"
+    assert ready.json()["parts"] is None  # no `mlhub up` around this API
+
+
+async def test_readiness_reports_the_parts_of_the_hub_and_is_degraded_while_one_restarts(api: Api) -> None:
+    """The parts file `mlhub up` writes: every part running is ready; one restarting answers 503 "degraded";
+    a file whose hub process is gone is ignored."""
+    parts_file = api.settings.hub_parts_file
+    parts_file.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(hub_pid: int, worker_state: str) -> None:
+        parts_file.write_text(json.dumps({"hub_pid": hub_pid, "updated_at": "2026-01-01T00:00:00+00:00", "parts": [
+            {"name": "projector-sql", "state": "running", "pid": 11, "restarts": 0, "last_exit_code": None},
+            {"name": "worker-1", "state": worker_state, "pid": 12, "restarts": 2, "last_exit_code": -9}]}))
+
+    write(os.getpid(), "running")
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert [(p["name"], p["state"], p["restarts"]) for p in ready.json()["parts"]] == [
+        ("projector-sql", "running", 0), ("worker-1", "running", 2)]
+    write(os.getpid(), "restarting")
+    degraded = await api.client.get("/readyz")
+    assert degraded.status_code == 503 and degraded.json()["status"] == "degraded"
+    assert degraded.json()["parts"][1]["last_exit_code"] == -9
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    write(gone.pid, "restarting")  # a stale file of a hub that was killed
+    stale = await api.client.get("/readyz")
+    assert stale.status_code == 200 and stale.json()["parts"] is None
 
 
 async def test_a_script_run_round_trip(api: Api) -> None:

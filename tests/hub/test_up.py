@@ -39,7 +39,11 @@ def test_up_serves_everything_and_sigterm_leaves_no_process(tmp_path: Path) -> N
         assert ok.status_code == 200 and ok.json()["count"] == 0
         assert httpx.get(f"{hub.url}/api/v1/runs", headers={"Authorization": "Bearer wrong-token"},
                          timeout=30).status_code == 401
-        assert httpx.get(f"{hub.url}/readyz", timeout=30).status_code == 200
+        ready = httpx.get(f"{hub.url}/readyz", timeout=30)
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        assert {p["name"]: (p["state"], p["pid"] in tree, p["restarts"]) for p in ready.json()["parts"]} == {
+            name: ("running", True, 0) for name in ("nats-server", "projector-sql", "projector-metrics", "worker-1",
+                                                    "worker-2", "api")}
 
         hub.proc.send_signal(signal.SIGTERM)
         assert hub.proc.wait(60) == 0, hub.output
@@ -71,8 +75,8 @@ def test_sigkill_of_up_leaves_no_orphan(tmp_path: Path) -> None:
     hub = start(["up", "--workers", "2"], data_dir, free_port())
     try:
         hub.wait_for(r"press Ctrl-C to stop")
-        children = psutil.Process(hub.proc.pid).children(recursive=True)
-        assert len(children) == 6  # nats-server, 2 projectors, 2 workers, api
+        children = psutil.Process(hub.proc.pid).children()
+        assert len(children) == 6  # nats-server, 2 projectors, 2 workers (each with its job fork server), api
         hub.proc.kill()  # no chance to clean up
         hub.proc.wait()
         left = wait_until_none_left(data_dir, timeout=15)
@@ -96,18 +100,30 @@ def test_a_busy_port_is_named_and_nothing_is_left(tmp_path: Path) -> None:
     assert wait_until_none_left(data_dir, timeout=5) == []
 
 
-def test_a_dying_part_stops_the_whole_hub(tmp_path: Path) -> None:
+def test_a_part_that_keeps_dying_stops_the_whole_hub_after_the_restart_bound(tmp_path: Path) -> None:
     data_dir = tmp_path / "hub"
-    hub = start(["up", "--workers", "1"], data_dir, free_port())
+    hub = start(["up", "--workers", "1"], data_dir, free_port(), MLHUB_HUB_MAX_RESTARTS_PER_MIN="1")
     try:
         hub.wait_for(r"press Ctrl-C to stop")
-        projector = next(p for p in psutil.Process(hub.proc.pid).children()
-                         if p.cmdline()[-3:] == ["projector", "--only", "sql"])
-        projector.kill()
+
+        def sql_projector() -> psutil.Process:
+            return next(p for p in psutil.Process(hub.proc.pid).children()
+                        if p.cmdline()[-3:] == ["projector", "--only", "sql"])
+
+        first = sql_projector()
+        first.kill()
+        hub.wait_for(r"restarted the projector-sql process \(pid \d+, restart 1 of this session\)", timeout=30)
+        assert hub.proc.poll() is None
+        second = sql_projector()
+        assert second.pid != first.pid
+        second.kill()  # the second death within a minute: over the bound of 1 restart
         assert hub.proc.wait(60) == 1
-        assert re.search(r"the projector-sql process exited with code -9; its log: \S+projector-sql\.log",
-                         hub.output)
+        assert re.search(r"the projector-sql process exited with code -9 after 1 restart\(s\) within 60 s "
+                         r"\(MLHUB_HUB_MAX_RESTARTS_PER_MIN=1\): not restarting it again; its log: "
+                         r"\S+projector-sql\.log",
+                         hub.output), hub.output
         assert wait_until_none_left(data_dir, timeout=5) == []
+        assert not (data_dir / "hub-parts.json").exists()
     finally:
         stop(hub)
 
@@ -151,7 +167,7 @@ def test_up_against_an_external_event_log_and_postgresql_starts_no_server(tmp_pa
         try:
             hub.wait_for(r"press Ctrl-C to stop")
             assert f"event log: {nats_url}" in hub.output and "tokens: from MLHUB_API_TOKENS" in hub.output
-            names = [" ".join(c.cmdline()) for c in psutil.Process(hub.proc.pid).children(recursive=True)]
+            names = [" ".join(c.cmdline()) for c in psutil.Process(hub.proc.pid).children()]
             assert len(names) == 4 and not any("nats-server" in n for n in names)
             assert not (data_dir / "api-token").exists()
             runs = httpx.get(f"{hub.url}/api/v1/runs", headers={"Authorization": "Bearer an-admin-token"},
@@ -159,6 +175,7 @@ def test_up_against_an_external_event_log_and_postgresql_starts_no_server(tmp_pa
             assert runs.status_code == 200, runs.text
             ready = httpx.get(f"{hub.url}/readyz", timeout=30).json()
             assert ready["status"] == "ready" and ready["last_seq"] >= 0
+            assert [p["name"] for p in ready["parts"]] == ["projector-sql", "projector-metrics", "worker-1", "api"]
             hub.proc.send_signal(signal.SIGTERM)
             assert hub.proc.wait(60) == 0, hub.output
             assert wait_until_none_left(data_dir, timeout=5) == []

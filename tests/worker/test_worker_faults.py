@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from tests.worker.helpers import RunningWorker, events_of, submit_digits, wait_for
 
@@ -46,8 +47,18 @@ async def test_killed_worker_job_is_redelivered_and_completes_as_attempt_2(
             return any(isinstance(e, MetricsLogged) for e in await events_of(event_log, "run", job.run_id))
 
         await wait_until(training, 60, "the subprocess worker to start training")
+        # The job trains in a process of the worker's fork server; the worker itself never maps torch.
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        # The fork server, the job's process, and multiprocessing's resource tracker (of the fork server).
+        training_tree = [p for p in tree if "resource_tracker" not in " ".join(p.cmdline())]
+        assert len(tree) == 3 and len(training_tree) == 2, [p.cmdline() for p in tree]
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libtorch" not in maps
+        assert all("libtorch" in Path(f"/proc/{p.pid}/maps").read_text() for p in training_tree)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        assert alive == [], "the job's processes outlived their SIGKILLed worker"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -7,13 +7,18 @@ already connected EventLog (it is then left open).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from nats.errors import Error as NatsError
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,11 +34,14 @@ from mlhub.api.routes_write import router as write_router
 from mlhub.api.schemas import ErrorBody, Health, LogBatch, QueryRequest, QueryResult, Readiness
 from mlhub.api.series import run_query
 from mlhub.api.state import SQL_PROJECTOR, AppState, MetricEngines
+from mlhub.errors import MlhubError
 from mlhub.eventlog import EventLog
 from mlhub.settings import Settings
 from mlhub.tracking import TrackingService
 
 API_PREFIX = "/api/v1"
+#: Longest /readyz waits for the event log before it answers 503 (an orchestrator's probe must not hang).
+READY_EVENT_LOG_TIMEOUT_S = 2.0
 
 health_router = APIRouter()
 ops_router = APIRouter()
@@ -48,15 +56,35 @@ async def healthz() -> Any:
 @health_router.get("/readyz", response_model=Readiness, operation_id="readyz",
                 responses={503: {"model": Readiness, "description": "not ready: a projection lags too far"}})
 async def readyz(state: StateDep) -> Any:
-    """Ready when the event log answers and every projector lags less than MLHUB_API_READY_MAX_LAG messages."""
-    last = await state.event_log.last_sequence()
+    """Ready when the event log answers, every projector lags less than MLHUB_API_READY_MAX_LAG messages and,
+    under `mlhub up`, every part of the hub runs (`parts`: each one's state, pid and restarts)."""
+    parts = await run_in_threadpool(hub_parts, state.settings.hub_parts_file)
+    down = [p["name"] for p in parts or [] if p.get("state") != "running"]
+    bound = state.settings.api_ready_max_lag
+    try:
+        last = await asyncio.wait_for(state.event_log.last_sequence(), READY_EVENT_LOG_TIMEOUT_S)
+    except (MlhubError, NatsError, TimeoutError) as e:  # the event log is down (or restarting): say so, quickly
+        body = {"status": "event_log_unavailable", "last_seq": -1, "lag": {}, "max_lag": bound, "parts": parts,
+                "error": str(e) or type(e).__name__}
+        return JSONResponse(body, status_code=503)
     sql = await run_in_threadpool(state.sql_checkpoint)
     metrics = await run_in_threadpool(state.metrics_checkpoint)
     lag = {SQL_PROJECTOR: max(0, last - sql), "metrics": max(0, last - metrics)}
-    bound = state.settings.api_ready_max_lag
     ready = all(v <= bound for v in lag.values())
-    body = {"status": "ready" if ready else "lagging", "last_seq": last, "lag": lag, "max_lag": bound}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    status = "degraded" if down else "ready" if ready else "lagging"
+    body = {"status": status, "last_seq": last, "lag": lag, "max_lag": bound, "parts": parts}
+    return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+
+def hub_parts(path: Path) -> list[dict[str, Any]] | None:
+    """The parts of the `mlhub up` this API runs under (its parts file), or None: no hub, or the file is stale
+    (its hub process is gone)."""
+    try:
+        document = json.loads(path.read_text())
+        os.kill(int(document["hub_pid"]), 0)
+        return [dict(p) for p in document["parts"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @ops_router.post("/query", response_model=QueryResult, operation_id="query")

@@ -496,10 +496,30 @@ class Health(BaseModel):
     status: str
 
 
+class HubPart(BaseModel):
+    """One part of the `mlhub up` process tree, as its supervisor last saw it."""
+
+    name: str
+    #: "running", "restarting" (it died; restarted after a backoff) or "failed" (the hub gives up and stops).
+    state: str
+    pid: int | None = None
+    #: Restarts of this part since `mlhub up` started.
+    restarts: int = 0
+    last_exit_code: int | None = None
+    #: When the part entered its state (UTC, ISO 8601).
+    since: str | None = None
+
+
 class Readiness(BaseModel):
-    """Readiness: the event log reachable and each projector's lag within the bound."""
+    """Readiness: the event log reachable, each projector's lag within the bound, every part of the hub up.
+
+    status: "ready" (200), else 503 with "lagging", "degraded" (a part of the hub is not running) or
+    "event_log_unavailable" (then last_seq is -1 and `error` says why)."""
 
     status: str
     last_seq: int
     lag: dict[str, int]
     max_lag: int
+    #: The parts of the `mlhub up` this API runs under; null when it runs on its own.
+    parts: list[HubPart] | None = None
+    error: str | None = None

@@ -12,6 +12,15 @@ Process tree guarantees:
 - every child has PR_SET_PDEATHSIG=SIGKILL (and the nats-server SIGTERM, see mlhub.eventlog.server): when
   the parent dies, even by SIGKILL, no child outlives it. A job a killed worker was running is redelivered
   as a new attempt, as after any worker crash.
+
+Healing: once started, a part that dies (the nats-server, a projector, a worker, the API) is restarted by
+`supervise()` after a backoff (BACKOFF_FIRST_S, doubling with each restart of that part in the last
+RESTART_WINDOW_S, at most BACKOFF_MAX_S), from the main thread (the parent-death signal belongs to the thread
+that started a child). The nats-server comes back on the same port with the same JetStream store, so nothing
+acknowledged is lost and every client reconnects; a restarted projector goes on from its checkpoint. A part
+restarted more than MLHUB_HUB_MAX_RESTARTS_PER_MIN times in RESTART_WINDOW_S stops the hub, which says why.
+Each restart is logged (stderr of `mlhub up` and the part's own log), and the state of every part is written to
+Settings.hub_parts_file (DATA_DIR/hub-parts.json), which the API's /readyz reports.
 """
 
 from __future__ import annotations
@@ -30,9 +39,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from mlhub.commands.parts import PartState, write_parts
 from mlhub.errors import MlhubError
 from mlhub.settings import Settings
 
@@ -48,6 +59,13 @@ READY_TIMEOUT_S = 120.0
 HUB_FILE = "hub.json"
 #: The session's generated admin token (0600), when MLHUB_API_TOKENS/MLHUB_API_TOKENS_FILE are unset.
 TOKEN_FILE = "api-token"
+#: The restart bound counts the restarts of one part within this many seconds.
+RESTART_WINDOW_S = 60.0
+#: Delay before the first restart of a part; it doubles with each restart in the window, up to BACKOFF_MAX_S.
+BACKOFF_FIRST_S = 0.25
+BACKOFF_MAX_S = 8.0
+#: The name of the embedded nats-server among the parts.
+NATS_PART = "nats-server"
 
 
 class HubError(MlhubError):
@@ -65,6 +83,10 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
+    part: PartState = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.part = PartState(self.name)
 
 
 @dataclass
@@ -91,6 +113,8 @@ class Hub:
     children: list[Child] = field(default_factory=list)
     info: HubInfo | None = None
     _nats: EmbeddedNats | None = None
+    _nats_part: PartState | None = None
+    _env: dict[str, str] = field(default_factory=dict)
     _lock_fd: int | None = None
 
     @property
@@ -115,6 +139,7 @@ class Hub:
         token, token_file = self._token()
         url = f"http://{self.host}:{self.port}"
         env = self._child_env(nats_url, token)
+        self._env = env  # kept for restarts
         python = [sys.executable, "-m"]
         # The SQL and metric-table projectors in a process each: they would share one interpreter lock otherwise
         # (measured: ingest until queryable 435,000 -> 592,000 points/s, tools/bench/api.py).
@@ -129,6 +154,7 @@ class Hub:
         self.info = HubInfo(url=url, nats_url=nats_url, data_dir=self.data_dir, token=token, token_file=token_file,
                             logs_dir=logs)
         self._wait_ready(url)
+        self._write_parts()
         (self.data_dir / HUB_FILE).write_text(json.dumps({
             "url": url, "pid": os.getpid(), "nats_url": nats_url,
             "token_file": str(token_file) if token_file else None}) + "\n")
@@ -158,6 +184,7 @@ class Hub:
         server = EmbeddedNats(self.settings.nats_dir, port=self.settings.nats_port, sync=self.settings.nats_sync)
         url = server.start()  # stops what it started when it fails
         self._nats = server
+        self._nats_part = PartState(NATS_PART, pid=server.process.pid if server.process else None)
         return url
 
     async def _prepare_stream(self, url: str) -> None:
@@ -200,6 +227,7 @@ class Hub:
         child.process = subprocess.Popen(
             child.args, env=env, stdin=subprocess.DEVNULL, stdout=child.log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=lambda: _die_with_parent(parent))
+        child.part.pid = child.process.pid
 
     def _wait_ready(self, url: str) -> None:
         import httpx
@@ -228,6 +256,90 @@ class Hub:
                     f"{server.log_file}")
         return None
 
+    def parts(self) -> list[PartState]:
+        """Every part, the event log first."""
+        return ([self._nats_part] if self._nats_part is not None else []) + [c.part for c in self.children]
+
+    def supervise(self) -> str | None:
+        """One look at every part (call it from the main thread, often): a part found dead is restarted after
+        its backoff. Returns a line saying why the hub must stop (a part died more often than the bound allows,
+        or could not be started again), else None."""
+        changed = False
+        now = time.monotonic()
+        server, part = self._nats, self._nats_part
+        if server is not None and part is not None:
+            if part.state == "running" and server.process is not None and server.process.poll() is not None:
+                changed = True
+                fatal = self._died(part, server.process.returncode, server.log_file)
+                if fatal is not None:
+                    return fatal
+            if part.state == "restarting" and now >= part.restart_at:
+                changed = True
+                try:
+                    self._restart_nats(server)
+                except MlhubError as e:
+                    part.state = "failed"
+                    self._write_parts()
+                    return f"the {NATS_PART} could not be restarted: {e}"
+                self._running(part, server.process.pid if server.process else None)
+        for child in self.children:
+            process = child.process
+            if child.part.state == "running" and process is not None and process.poll() is not None:
+                changed = True
+                fatal = self._died(child.part, process.returncode, child.log_path)
+                if fatal is not None:
+                    return fatal
+            if child.part.state == "restarting" and now >= child.part.restart_at:
+                changed = True
+                self._respawn(child)
+        if changed:
+            self._write_parts()
+        return None
+
+    def _died(self, part: PartState, code: int | None, log_path: Path) -> str | None:
+        """Record a death; schedule the restart, or say why not (the bound)."""
+        now = time.monotonic()
+        part.last_exit_code = code
+        part.since = time.time()
+        part.recent = [t for t in part.recent if now - t < RESTART_WINDOW_S]
+        bound = self.settings.hub_max_restarts_per_min
+        if len(part.recent) >= bound:
+            part.state = "failed"
+            self._write_parts()
+            return (f"the {part.name} process exited with code {code} after {len(part.recent)} restart(s) within "
+                    f"{RESTART_WINDOW_S:g} s (MLHUB_HUB_MAX_RESTARTS_PER_MIN={bound}): not restarting it again; "
+                    f"its log: {log_path}\n{_tail(log_path)}")
+        delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** len(part.recent))
+        part.recent.append(now)
+        part.state, part.restart_at = "restarting", now + delay
+        self.echo(f"the {part.name} process exited with code {code}; restarting it in {delay:g} s (restart "
+                  f"{len(part.recent)} of at most {bound} within {RESTART_WINDOW_S:g} s); its log: {log_path}")
+        return None
+
+    def _running(self, part: PartState, pid: int | None) -> None:
+        part.state, part.pid, part.since = "running", pid, time.time()
+        part.restarts += 1
+        self.echo(f"restarted the {part.name} process (pid {pid}, restart {part.restarts} of this session)")
+
+    def _respawn(self, child: Child) -> None:
+        if child.log is not None:
+            child.log.close()
+        with child.log_path.open("ab") as log:
+            log.write(f"--- {datetime.now(UTC).isoformat()} mlhub up: restarting {child.name} (it exited with "
+                      f"code {child.part.last_exit_code}) ---\n".encode())
+        self._spawn(child, self._env)
+        assert child.process is not None
+        self._running(child.part, child.process.pid)
+
+    def _restart_nats(self, server: EmbeddedNats) -> None:
+        """The same port and JetStream store: clients reconnect to the URL they know, nothing stored is lost."""
+        if server.process is not None and server.process.stderr is not None:
+            server.process.stderr.close()
+        server.restart()
+
+    def _write_parts(self) -> None:
+        write_parts(self.settings.hub_parts_file.resolve(), self.parts())
+
     def stop(self) -> None:
         """Stop every part: SIGTERM to the children, SIGKILL after STOP_GRACE_S, then the event log."""
         running = [c for c in self.children if c.process is not None and c.process.poll() is None]
@@ -254,6 +366,7 @@ class Hub:
         if self._lock_fd is not None:  # the files are this hub's only while it holds the lock
             (self.data_dir / HUB_FILE).unlink(missing_ok=True)
             (self.data_dir / TOKEN_FILE).unlink(missing_ok=True)
+            self.settings.hub_parts_file.unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = None
 

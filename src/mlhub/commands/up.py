@@ -66,7 +66,8 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
 
     Without MLHUB_API_TOKENS / MLHUB_API_TOKENS_FILE, an admin token is generated for the session, printed and
     written to DATA_DIR/api-token (mode 0600). Stopping stops every part; no process is left behind, even when
-    `mlhub up` itself is killed.
+    `mlhub up` itself is killed. A part that dies is restarted (with backoff; more than
+    MLHUB_HUB_MAX_RESTARTS_PER_MIN restarts of one part within a minute stop the hub); /readyz shows each part.
     """
     from mlhub.commands.hub import Hub
 
@@ -79,12 +80,12 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
         print_access(info)
         click.echo(f"  {workers} worker(s), projectors running; press Ctrl-C to stop")
         while not stop.is_set():
-            dead = hub.dead_child()
+            dead = hub.supervise()  # restarts a part that died; a line when one died too often
             if dead is not None:
                 click.echo(f"error [HUB_ERROR]: {dead}\nstopping everything", err=True)
                 code = 1
                 break
-            stop.wait(0.5)
+            stop.wait(0.2)
     except MlhubError as e:
         fail(e)  # the finally clause below still stops whatever was started
     finally:

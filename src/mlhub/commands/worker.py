@@ -38,10 +38,12 @@ def worker(pool: str, concurrency: int, ack_wait_s: float, max_deliver: int, fin
         return
     from mlhub.artifacts import store_from_settings
     from mlhub.worker import Worker, WorkerConfig
+    from mlhub.worker.jobprocess import stop_job_server
 
     settings = load_settings()
     config = WorkerConfig(pool=pool, ack_wait_s=ack_wait_s, max_deliver=max_deliver,  # type: ignore[arg-type]
-                          producer=settings.producer, undeclared_metrics=settings.undeclared_metrics)
+                          producer=settings.producer, undeclared_metrics=settings.undeclared_metrics,
+                          job_memory_mb=settings.job_memory_mb, job_kill_grace_s=settings.job_kill_grace_s)
 
     async def main(url: str) -> None:
         stop = asyncio.Event()
@@ -51,7 +53,10 @@ def worker(pool: str, concurrency: int, ack_wait_s: float, max_deliver: int, fin
         async with open_event_log(settings, url, f"mlhub-worker-{config.worker_id}") as log:
             runner = Worker.local(log, settings.data_dir, config, store=store_from_settings(settings))
             click.echo(f"worker {config.worker_id} on pool {pool}: waiting for jobs (Ctrl-C to stop)", err=True)
-            await runner.run(stop, finish_current=finish_current)
+            try:
+                await runner.run(stop, finish_current=finish_current)
+            finally:
+                stop_job_server()  # its job processes have ended: the worker leaves no process behind
         click.echo(f"worker {config.worker_id} stopped after {len(runner.jobs_handled)} job message(s)", err=True)
 
     try:

@@ -1,6 +1,7 @@
 """Job consumption, plugin loading, Lightning runs, metric and artifact publication (torch imported lazily).
 
-`Worker` (service.py) consumes a pool's queued jobs; `train_job` (training.py) runs one attempt in a thread;
+`Worker` (service.py) consumes a pool's queued jobs; `train_job` (training.py) runs one attempt, in a process of
+its own (jobprocess.py: memory limit, hard kill);
 `MetricSender` (metrics.py) and `mlhub_logger_class()` (logger.py) send metrics in the background.
 See docs/worker.md.
 """

@@ -53,13 +53,17 @@ from mlhub.events import (
     RunStarted,
     decode,
 )
+from mlhub.worker.jobprocess import JobLimits, run_job_process, warm_up
 from mlhub.worker.state import JobView, job_view
-from mlhub.worker.training import TrainingContext, TrainingResult, train_job
+from mlhub.worker.training import TrainingContext, TrainingResult
 
 log = logging.getLogger(__name__)
 
 #: The subject of every queued job.
 QUEUED_SUBJECTS = f"{SUBJECT_PREFIX}.job.*.queued"
+#: How often a running job is checked for a cancel and its timeout (seconds): a cancel stops it this soon, plus
+#: the job process's kill grace.
+STOP_CHECK_S = 0.5
 Pool = Literal["cpu", "gpu"]
 Outcome = Literal["succeeded", "failed", "cancelled", "timeout", "abandoned", "skipped", "conflict"]
 
@@ -94,10 +98,16 @@ class WorkerConfig:
     metric_interval_s: float = 0.5
     #: "reject": a run that logs a key no metric.defined event declares fails with UNDECLARED_METRIC.
     undeclared_metrics: Literal["keep", "reject"] = "keep"
+    #: Memory a job's process may use beyond torch's and lightning's own (MiB, RLIMIT_AS; None: no limit);
+    #: past it the job fails with JOB_OUT_OF_MEMORY (MLHUB_JOB_MEMORY_MB, see mlhub.worker.jobprocess).
+    job_memory_mb: int | None = None
+    #: Seconds a job's process gets to stop after a cancel, timeout or shutdown before it is killed.
+    job_kill_grace_s: float = 2.0
 
 
 class Worker:
-    """Consumes queued jobs of one pool and runs them one at a time (training in a thread)."""
+    """Consumes queued jobs of one pool and runs them one at a time, each in a process of its own
+    (mlhub.worker.jobprocess), served by a thread of the worker."""
 
     def __init__(self, event_log: EventLog, store: ArtifactStore, config: WorkerConfig | None = None) -> None:
         self.log = event_log
@@ -128,6 +138,7 @@ class Worker:
         """Take and run jobs until `stop` is set; then the running job is abandoned (nak: another worker takes
         it), or finished first when finish_current."""
         await self.ensure_consumer()
+        _warm_up()  # from this (the loop's) thread: the fork server imports torch while the worker waits for a job
         sub = await self.log.js.pull_subscribe_bind(durable=consumer_name(self.config.pool), stream=STREAM_NAME)
         try:
             while not stop.is_set():
@@ -205,7 +216,8 @@ class Worker:
             ctx.stop.set()
 
         self._current_stop = request_stop
-        training = loop.run_in_executor(self._executor, train_job, ctx)
+        limits = JobLimits(memory_mb=self.config.job_memory_mb, kill_grace_s=self.config.job_kill_grace_s)
+        training = loop.run_in_executor(self._executor, run_job_process, ctx, limits)
         keepalive = asyncio.create_task(self._keep_alive(msg, job, attempt, training, request_stop))
         failure: Exception | None = None
         try:
@@ -237,7 +249,9 @@ class Worker:
     async def _failed(self, msg: Any, job: JobQueued, attempt: int, failure: Exception) -> Outcome:
         """Record a plugin or training error: job.failed (not retryable) while the attempt is still the job's
         open one, then run.failed; a worker that lost the job records nothing."""
-        error_type, error = type(failure).__name__, str(failure)[:19_000] or repr(failure)[:19_000]
+        # A job process's own failures (JOB_OUT_OF_MEMORY, JobProcessDied, an unpicklable error) name their type.
+        error_type = getattr(failure, "job_error_type", None) or type(failure).__name__
+        error = str(failure)[:19_000] or repr(failure)[:19_000]
         log.warning("job %s attempt %d failed: %s: %s", job.job_id, attempt, error_type, error)
         failed = JobFailed(job_id=job.job_id, attempt=attempt, error_type=error_type, error=error, retryable=False)
         lost = await self._close_attempt(job, attempt, failed)
@@ -312,16 +326,19 @@ class Worker:
             await self._append(RunFailed(run_id=job.run_id, attempt=attempt, error_type=error_type, error=error), job)
 
     async def _keep_alive(self, msg: Any, job: JobQueued, attempt: int, training: Any, request_stop: Any) -> None:
-        """While training runs: in_progress every ack_wait/3, job.heartbeat events, cancel and timeout checks."""
+        """While training runs: in_progress every ack_wait/3, job.heartbeat events, cancel and timeout checks
+        every STOP_CHECK_S."""
         started = time.monotonic()
-        last_event = started
+        last_event = last_ack = started
         tick = max(0.1, self.config.ack_wait_s / 3)
         cancelled_subject = f"{SUBJECT_PREFIX}.job.{job.job_id}.cancelled"
         await self._append(JobHeartbeat(job_id=job.job_id, attempt=attempt, worker_id=self.config.worker_id), job)
         while not training.done():
-            await asyncio.sleep(tick)
+            await asyncio.sleep(min(tick, STOP_CHECK_S))
             try:
-                await msg.in_progress()
+                if time.monotonic() - last_ack >= tick:
+                    last_ack = time.monotonic()
+                    await msg.in_progress()
                 if await self.log.last_event(cancelled_subject) is not None:
                     request_stop("cancelled")
                 elif job.timeout_s is not None and time.monotonic() - started > job.timeout_s:
@@ -341,6 +358,13 @@ class Worker:
         self.jobs_handled.append((job_id, outcome))
         log.info("job %s: %s", job_id, outcome)
         return outcome
+
+
+def _warm_up() -> None:
+    try:
+        warm_up()
+    except Exception as e:  # the first job starts it again and reports what fails
+        log.warning("the job fork server did not start: %r", e)
 
 
 async def _quietly(awaitable: Any) -> None:
