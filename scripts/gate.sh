@@ -7,4 +7,12 @@ command -v uv >/dev/null || { echo "uv is missing: python3 -m pip install uv" >&
 uv sync --locked
 echo "== ruff"; uv run --locked ruff check src tests tools scripts
 echo "== mypy"; uv run --locked mypy
-echo "== pytest"; uv run --locked pytest "$@"
+# Two xdist workers, a test file each at a time (loadfile: a file's module fixtures stay in one process): most
+# tests wait on subprocesses and servers, so two overlap well on this 2-core machine kind. MLHUB_TEST_WORKERS=0
+# runs the suite in one process.
+workers="${MLHUB_TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+  echo "== pytest"; uv run --locked pytest "$@"
+else
+  echo "== pytest ($workers workers)"; uv run --locked pytest -n "$workers" --dist loadfile "$@"
+fi
