@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,3 +121,15 @@ def stop(hub: RunningHub) -> None:
             hub.proc.wait()
     for proc in wait_until_none_left(hub.data_dir, timeout=5):
         proc.kill()
+
+
+@contextlib.contextmanager
+def serving_hub(data_dir: Path, workers: int = 1) -> Iterator[RunningHub]:
+    """`mlhub up --workers N` on data_dir until the block ends; afterwards no process of it is left."""
+    running = start(["up", "--workers", str(workers)], data_dir, free_port())
+    try:
+        running.wait_for(r"press Ctrl-C to stop")
+        yield running
+    finally:
+        stop(running)
+        assert wait_until_none_left(data_dir, timeout=5) == []

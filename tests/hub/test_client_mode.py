@@ -14,19 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.hub.helpers import MLHUB, ROOT, RunningHub, free_port, hub_env, start, stop, wait_until_none_left
+from tests.hub.helpers import (
+    MLHUB,
+    ROOT,
+    RunningHub,
+    free_port,
+    hub_env,
+    serving_hub,
+)
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
-    data_dir = tmp_path_factory.mktemp("client-mode") / "hub"
-    running = start(["up", "--workers", "1"], data_dir, free_port())
-    try:
-        running.wait_for(r"press Ctrl-C to stop")
+    with serving_hub(tmp_path_factory.mktemp("client-mode") / "hub") as running:
         yield running
-    finally:
-        stop(running)
-        assert wait_until_none_left(data_dir, timeout=5) == []
 
 
 @pytest.fixture

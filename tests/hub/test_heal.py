@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.hub.helpers import RunningHub, free_port, start, stop, wait_until_none_left
+from tests.hub.helpers import RunningHub, free_port, serving_hub, start, stop, wait_until_none_left
 
 from mlhub.client import Hub
 
@@ -28,14 +28,8 @@ PARTS = ["nats-server", "projector-sql", "projector-metrics", "worker-1", "api"]
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     """One hub for every part: each test kills one part of it, and leaves it healed for the next."""
-    data_dir = tmp_path_factory.mktemp("heal") / "hub"
-    running = start(["up", "--workers", "1"], data_dir, free_port())
-    try:
-        running.wait_for(r"press Ctrl-C to stop")
+    with serving_hub(tmp_path_factory.mktemp("heal") / "hub") as running:
         yield running
-    finally:
-        stop(running)
-        assert wait_until_none_left(data_dir, timeout=5) == []
 
 
 def parts(hub: RunningHub) -> dict[str, dict[str, Any]]:
