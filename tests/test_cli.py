@@ -63,6 +63,35 @@ assert not attempts and not heavy
     assert "Usage: mlhub" in result.stdout and "ATTEMPTS [] LOADED []" in result.stdout
 
 
+def test_help_lists_lazy_commands_without_importing_them() -> None:
+    """`mlhub --help` prints each lazy command's short help from the table in mlhub.cli, importing none of
+    the command modules; the table says exactly what each command's own docstring says."""
+    probe = """
+import sys
+sys.argv = ['mlhub', '--help']
+from mlhub.cli import LAZY_COMMANDS, main
+try:
+    main()
+except SystemExit as e:
+    assert e.code == 0, e.code
+loaded = sorted(m for m in sys.modules if m.startswith('mlhub.') and m.split('.')[1] in
+                ('api', 'client', 'events', 'eventlog', 'projections', 'worker', 'scheduler', 'registry'))
+loaded += sorted({t.split(':')[0] for t, _ in LAZY_COMMANDS.values()} & set(sys.modules))
+print('LOADED', loaded)
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOADED []" in result.stdout, result.stdout
+    from click.testing import CliRunner
+
+    from mlhub.cli import LAZY_COMMANDS, main
+
+    for name, (_target, short_help) in LAZY_COMMANDS.items():
+        command = main.get_command(None, name)  # type: ignore[arg-type]  # the lazy group ignores the context
+        assert command is not None and command.get_short_help_str(limit=1000) == short_help, name
+        assert name in CliRunner().invoke(main, ["--help"]).output
+
+
 @pytest.fixture
 def running_nats(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """`mlhub nats` in the foreground, as a user starts it; yields the process and the URL it printed."""

@@ -29,22 +29,44 @@ def _run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         _fail(e)
 
 
-#: Subcommands that live in mlhub.commands.<module>, loaded only when used (or listed by --help).
-LAZY_COMMANDS: dict[str, str] = {
-    "projector": "mlhub.commands.projector:projector",
-    "query": "mlhub.commands.query:query",
-    "replay": "mlhub.commands.replay:replay",
-    "audit": "mlhub.commands.audit:audit",
-    "submit": "mlhub.commands.jobs:submit",
-    "cancel": "mlhub.commands.jobs:cancel",
-    "reproduce": "mlhub.commands.jobs:reproduce",
-    "worker": "mlhub.commands.worker:worker",
-    "models": "mlhub.commands.models:models",
-    "metrics": "mlhub.commands.metrics:metrics",
-    "up": "mlhub.commands.up:up",
-    "runs": "mlhub.commands.runs:runs",
-    "show": "mlhub.commands.runs:show",
-    "import": "mlhub.commands.import_mlflow:import_group",
+#: Subcommands that live in mlhub.commands.<module>, loaded only when used: name -> (module:attribute, the
+#: command's short help). `mlhub --help` prints the short help from here without importing any of them (the
+#: modules pull in pydantic models, pyarrow, the HTTP client); tests/test_cli.py checks it equals the
+#: command's own docstring, so the two cannot drift.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "projector": ("mlhub.commands.projector:projector",
+        "Build the read models from the event log: the SQL read model and every registered projector."),
+    "query": ("mlhub.commands.query:query",
+        "Run one read-only SELECT over the views metrics, runs, params, tags, experiments, "
+        "metric_definitions, metric_summary, epoch_metrics, leaderboard, undeclared_metrics and "
+        "metric_range_violations (and the table macro run_metrics(run_id, key))."),
+    "replay": ("mlhub.commands.replay:replay",
+        "Rebuild the SQL read model and the metric tables from the whole event log into a fresh target."),
+    "audit": ("mlhub.commands.audit:audit",
+        "Tamper-evidence: seals over the stored events, and rebuild-and-compare of every projection."),
+    "submit": ("mlhub.commands.jobs:submit",
+        "Validate the experiment config CONFIG (a YAML file, e.g. configs/digits-mlp.yaml) and queue a job."),
+    "cancel": ("mlhub.commands.jobs:cancel",
+        "Cancel the queued or running job JOB_ID (an ended job cannot be cancelled)."),
+    "reproduce": ("mlhub.commands.jobs:reproduce",
+        "Resubmit run RUN_ID's recorded config snapshot unchanged (same seed, same sha256) as a new run."),
+    "worker": ("mlhub.commands.worker:worker",
+        "Run a worker of the --pool: train queued jobs until Ctrl-C or SIGTERM."),
+    "models": ("mlhub.commands.models:models",
+        "The model registry: register versions from run artifacts, promote aliases, read lineage."),
+    "metrics": ("mlhub.commands.metrics:metrics",
+        "Metric definitions: declare (apply), migrate, list, check and lock them."),
+    "up": ("mlhub.commands.up:up",
+        "Start everything in one process tree until Ctrl-C or SIGTERM: the embedded nats-server (unless "
+        "MLHUB_NATS_URL is set), read-model migrations, the projectors, N workers and the REST API on "
+        "127.0.0.1:PORT."),
+    "runs": ("mlhub.commands.runs:runs",
+        "Search runs: newest first, with status and last metric values (the filter language of docs/api.md)."),
+    "show": ("mlhub.commands.runs:show",
+        "Everything known about run RUN_ID: status, times, provenance, params, tags, metrics, artifacts, "
+        "lineage."),
+    "import": ("mlhub.commands.import_mlflow:import_group",
+        "Import history from other tools (mlhub import mlflow SOURCE)."),
 }
 
 
@@ -52,25 +74,33 @@ class LazyGroup(click.Group):
     """A click group whose listed subcommands are imported from their module on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        available = [name for name, target in LAZY_COMMANDS.items() if _module_exists(target)]
-        return sorted([*super().list_commands(ctx), *available])
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = LAZY_COMMANDS.get(cmd_name)
-        if target is None or not _module_exists(target):
+        if cmd_name not in LAZY_COMMANDS:
             return super().get_command(ctx, cmd_name)
         import importlib
 
-        module_name, attr = target.split(":")
+        module_name, attr = LAZY_COMMANDS[cmd_name][0].split(":")
         command = getattr(importlib.import_module(module_name), attr)
         assert isinstance(command, click.Command)
         return command
 
-
-def _module_exists(target: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(target.split(":")[0]) is not None
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands table of --help, as click draws it, with the lazy commands' short help from LAZY_COMMANDS."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows: list[tuple[str, str]] = []
+        for name in names:
+            if name in LAZY_COMMANDS:
+                rows.append((name, click.Command(name, help=LAZY_COMMANDS[name][1]).get_short_help_str(limit)))
+                continue
+            command = super().get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
