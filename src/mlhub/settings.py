@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     #: Where artifacts are stored: `file:///abs/path` (or a plain path) or `s3://bucket/prefix` (S3-compatible;
     #: credentials and region from the standard AWS_* variables). Unset: file://<data_dir>/artifacts.
     artifact_uri: str | None = None
-    #: Endpoint of an S3-compatible service (MinIO, Ceph, moto, ...) for s3:// artifact URIs, e.g.
+    #: Where the metric tables (Delta Lake) live: a local path / `file:///abs/path`, or `s3://bucket/prefix` on
+    #: S3-compatible storage (credentials and region from the AWS_* variables, endpoint MLHUB_S3_ENDPOINT_URL),
+    #: which API replicas on other hosts read. Unset: <data_dir>/metrics.
+    metrics_uri: str | None = None
+    #: Endpoint of an S3-compatible service (MinIO, Ceph, moto, ...) for s3:// artifact and metric URIs, e.g.
     #: http://127.0.0.1:9000. Unset: boto3's own resolution (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS S3).
     s3_endpoint_url: str | None = None
     #: Seconds between audit seals written by `mlhub projector` (0: never; `mlhub audit seal` seals at once).
@@ -121,6 +125,13 @@ class Settings(BaseSettings):
             raise ValueError(f"must be an http:// or https:// URL of the S3 endpoint (no path); got {value!r}")
         return value or None
 
+    @field_validator("metrics_uri")
+    @classmethod
+    def _metrics_uri(cls, value: str | None) -> str | None:
+        if value and "://" in value and not re.fullmatch(r"(s3://[^/\s]+/[^\s]*[^/\s][^\s]*|file:///\S*)", value):
+            raise ValueError(f"must be a local path, file:///abs/path or s3://bucket/prefix; got {value!r}")
+        return value or None
+
     @field_validator("url")
     @classmethod
     def _hub_url(cls, value: str) -> str:
@@ -140,7 +151,7 @@ class Settings(BaseSettings):
 
     @property
     def metrics_dir(self) -> Path:
-        """Where the metric tables (Delta Lake / Parquet) live."""
+        """The local folder of the metric tables when MLHUB_METRICS_URI is unset (see analytics.location)."""
         return self.data_dir / "metrics"
 
     @property

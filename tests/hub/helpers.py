@@ -124,9 +124,10 @@ def stop(hub: RunningHub) -> None:
 
 
 @contextlib.contextmanager
-def serving_hub(data_dir: Path, workers: int = 1) -> Iterator[RunningHub]:
-    """`mlhub up --workers N` on data_dir until the block ends; afterwards no process of it is left."""
-    running = start(["up", "--workers", str(workers)], data_dir, free_port())
+def serving_hub(data_dir: Path, workers: int = 1, **env: str) -> Iterator[RunningHub]:
+    """`mlhub up --workers N` on data_dir (with extra MLHUB_* settings in env) until the block ends; afterwards no
+    process of it is left."""
+    running = start(["up", "--workers", str(workers)], data_dir, free_port(), **env)
     try:
         running.wait_for(r"press Ctrl-C to stop")
         yield running

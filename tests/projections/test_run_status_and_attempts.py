@@ -185,7 +185,7 @@ async def test_a_points_table_written_before_the_attempt_column_reads_and_gains_
     from deltalake import DeltaTable, write_deltalake
 
     from mlhub.analytics import POINTS_SCHEMA, MetricTables
-    from mlhub.analytics.layout import PARTITION_COLUMN, points_path, run_bucket, with_points_schema
+    from mlhub.analytics.layout import PARTITION_COLUMN, POINTS_TABLE, run_bucket, with_points_schema
 
     old_schema = pa.schema([f for f in POINTS_SCHEMA if f.name != "attempt"])
     metrics_dir = tmp_path / "metrics"
@@ -194,7 +194,7 @@ async def test_a_points_table_written_before_the_attempt_column_reads_and_gains_
                          "experiment_id": ["e", "e"], "key": ["loss", "loss"], "step": [0, 1], "epoch": [0, 0],
                          "value": [1.0, float("nan")], "timestamp": [1, 2], "seq": [1, 1]}, schema=old_schema)
     for _ in range(2):
-        write_deltalake(str(points_path(metrics_dir)), old_rows, mode="append", partition_by=[PARTITION_COLUMN])
+        write_deltalake(str(metrics_dir / POINTS_TABLE), old_rows, mode="append", partition_by=[PARTITION_COLUMN])
     assert MetricTables(metrics_dir).snapshot().legacy_points
     with QueryEngine(metrics_dir) as q:
         assert q.query("SELECT count(*) AS n, count(attempt) AS a FROM metrics").to_pylist() == [{"n": 4, "a": 0}]
@@ -205,7 +205,7 @@ async def test_a_points_table_written_before_the_attempt_column_reads_and_gains_
     with QueryEngine(metrics_dir) as q:
         assert q.query("SELECT count(*) AS n FROM metrics WHERE isnan(value)").to_pylist() == [{"n": 2}]
     # A bucket with one file of the old layout is rewritten too (however few its files).
-    write_deltalake(str(points_path(metrics_dir)), with_points_schema(old_rows), mode="append",
+    write_deltalake(str(metrics_dir / POINTS_TABLE), with_points_schema(old_rows), mode="append",
                     partition_by=[PARTITION_COLUMN], schema_mode="merge")
     assert MetricTables(metrics_dir).snapshot().legacy_points  # value statistics (delta-rs default writer)
     assert MetricTables(metrics_dir).compact().partitions == [bucket]
@@ -216,7 +216,7 @@ async def test_a_points_table_written_before_the_attempt_column_reads_and_gains_
     writer.apply_records([(10, Envelope(event=created, producer="t")),
                           (11, Envelope(event=points("new", "loss", [0.7], 0, attempt=3), producer="t"))])
     writer.flush()
-    assert "attempt" in [f.name for f in DeltaTable(str(points_path(metrics_dir))).schema().fields]
+    assert "attempt" in [f.name for f in DeltaTable(str(metrics_dir / POINTS_TABLE)).schema().fields]
     with QueryEngine(metrics_dir) as q:
         got = q.query("SELECT run_id, attempt, count(*) AS n FROM metrics GROUP BY ALL ORDER BY run_id").to_pylist()
     assert got == [{"run_id": "new", "attempt": 3, "n": 1}, {"run_id": "old", "attempt": None, "n": 6}]

@@ -2,6 +2,7 @@
 
 - `MetricTableWriter`: the projector that writes metric points exactly once (Delta app transactions).
 - `MetricTables`: snapshots for readers, sorted compaction and vacuum.
+- `MetricsLocation`: where the tables live (a local folder or an S3 prefix, MLHUB_METRICS_URI).
 - `QueryEngine`: read-only DuckDB SQL over the metric tables and the read model's tables (passed as Arrow).
 """
 
@@ -9,6 +10,7 @@ from mlhub.analytics.engine import READMODEL_TABLES, QueryEngine, default_views_
 from mlhub.analytics.errors import MetricTableError, QueryFailed, QueryRefused
 from mlhub.analytics.guard import check_read_only
 from mlhub.analytics.layout import DEFAULT_APP_ID, NUM_BUCKETS, POINTS_SCHEMA, RUNS_SCHEMA, run_bucket
+from mlhub.analytics.location import MetricsLocation, location_from_settings, metrics_location
 from mlhub.analytics.tables import CompactionResult, MetricTables, Snapshot
 from mlhub.analytics.writer import MetricTableWriter, build_points_table
 
@@ -22,6 +24,7 @@ __all__ = [
     "MetricTableError",
     "MetricTableWriter",
     "MetricTables",
+    "MetricsLocation",
     "QueryEngine",
     "QueryFailed",
     "QueryRefused",
@@ -29,6 +32,8 @@ __all__ = [
     "build_points_table",
     "check_read_only",
     "default_views_dir",
+    "location_from_settings",
+    "metrics_location",
     "parquet_select",
     "run_bucket",
 ]

@@ -3,8 +3,9 @@
 What a query sees:
 
 - ``mlhub.points`` / ``mlhub.run_experiments``: the Delta tables' files of one snapshot (taken at open), read by
-  DuckDB's own Parquet reader (hive partition ``bucket`` pruned by filters; files matched by column name, so
-  data files written before a column was added read it as NULL);
+  DuckDB's own Parquet reader from a local folder (hive partition ``bucket`` pruned by filters; files matched by
+  column name, so data files written before a column was added read it as NULL), or from S3 as an Arrow
+  dataset over exactly those files (filters and columns pushed down into the Arrow scan; no DuckDB extension);
 - ``readmodel.<name>``: small tables of the SQL read model (runs, params, metric_definitions, ...) that the
   caller passes as Arrow (DuckDB cannot attach SQLite/PostgreSQL offline); missing ones are empty;
 - the views defined by the SQL files in top-level ``projections/`` (file ``<view>.sql`` holds the view's SELECT):
@@ -12,12 +13,13 @@ What a query sees:
 - macros ``metric_bucket(run_id)`` and the table macro ``run_metrics(run_id, key)`` (one run's history with
   partition pruning).
 
-After setup the connection's external access is disabled (except the metrics folder) and its configuration is
+After setup the connection's external access is disabled (except a local metrics folder) and its configuration is
 locked; user queries also pass ``guard.check_read_only`` first.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -29,7 +31,8 @@ import pyarrow as pa
 
 from mlhub.analytics.errors import MetricTableError, QueryFailed, QueryRefused
 from mlhub.analytics.guard import check_read_only
-from mlhub.analytics.layout import NUM_BUCKETS, POINTS_SCHEMA, RUNS_SCHEMA, run_bucket
+from mlhub.analytics.layout import NUM_BUCKETS, PARTITION_COLUMN, POINTS_SCHEMA, RUNS_SCHEMA, run_bucket
+from mlhub.analytics.location import MetricsLocation, metrics_location
 from mlhub.analytics.tables import MetricTables, Snapshot
 
 log = logging.getLogger(__name__)
@@ -70,14 +73,14 @@ class QueryEngine:
 
     def __init__(
         self,
-        metrics_dir: Path,
+        location: MetricsLocation | Path | str,
         tables: Mapping[str, pa.Table] | None = None,
         *,
         views_dir: Path | None = None,
         num_buckets: int = NUM_BUCKETS,
         threads: int | None = None,
     ) -> None:
-        self.metrics_dir = Path(metrics_dir)
+        self.location = metrics_location(location)
         self.tables = dict(tables or {})
         self.views_dir = views_dir
         self.num_buckets = num_buckets
@@ -85,6 +88,9 @@ class QueryEngine:
         self.snapshot: Snapshot | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._views: list[str] = []
+        #: Arrow datasets the views read (metric tables on S3): registered Python objects are per connection,
+        #: so every cursor registers them again (`cursor`).
+        self._datasets: dict[str, object] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -100,7 +106,7 @@ class QueryEngine:
         """Take a snapshot of the metric tables, load the read-model tables, create the views, lock it down."""
         if self._con is not None:
             return self
-        self.snapshot = MetricTables(self.metrics_dir).snapshot()
+        self.snapshot = MetricTables(self.location).snapshot()
         con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
                                                   "autoload_known_extensions": False})
         try:
@@ -115,9 +121,9 @@ class QueryEngine:
                 con.execute("SET disabled_optimizers = 'statistics_propagation'")
             con.execute("CREATE SCHEMA mlhub; CREATE SCHEMA readmodel")
             _create_files_view(con, "mlhub.points", self.snapshot.points_files, POINTS_SCHEMA, hive=True,
-                               by_name=legacy)
+                               by_name=legacy, location=self.location, datasets=self._datasets)
             _create_files_view(con, "mlhub.run_experiments", self.snapshot.runs_files, RUNS_SCHEMA, hive=False,
-                               by_name=False)
+                               by_name=False, location=self.location, datasets=self._datasets)
             for name, schema in READMODEL_TABLES.items():
                 _load_table(con, name, _with_columns(self.tables.get(name, schema.empty_table()), schema))
             for name, table in self.tables.items():
@@ -132,13 +138,14 @@ class QueryEngine:
                 "SELECT step, epoch, value, timestamp, logged_at, seq, attempt FROM metrics "
                 "WHERE bucket = metric_bucket(r) AND run_id = r AND key = k ORDER BY step, timestamp, seq"
             )
-            directories = [str(self.metrics_dir.resolve()) + "/"]
-            con.execute(f"SET allowed_directories = {_sql_list(directories)}")
+            if self.location.is_local:
+                directories = [str(self.location.local_dir.resolve()) + "/"]
+                con.execute(f"SET allowed_directories = {_sql_list(directories)}")
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
         except duckdb.Error as e:
             con.close()
-            raise MetricTableError(f"cannot set up the query engine over {self.metrics_dir}: {e}") from e
+            raise MetricTableError(f"cannot set up the query engine over {self.location}: {e}") from e
         except BaseException:
             con.close()
             raise
@@ -158,6 +165,13 @@ class QueryEngine:
             self.open()
         assert self._con is not None
         return self._con
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of the connection for one thread, seeing the same views (and the datasets they read)."""
+        cursor = self.connection.cursor()
+        for name, dataset in self._datasets.items():
+            cursor.register(name, dataset)
+        return cursor
 
     @property
     def views(self) -> list[str]:
@@ -212,14 +226,21 @@ _DUCKDB_TYPES = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOU
 
 
 def parquet_select(con: duckdb.DuckDBPyConnection, files: Sequence[str], schema: pa.Schema, *, hive: bool,
-                   by_name: bool = True) -> str:
-    """A SELECT of the schema's columns over exactly these Parquet files (at least one).
+                   by_name: bool = True, location: MetricsLocation | None = None,
+                   datasets: dict[str, object] | None = None) -> str:
+    """A SELECT of the schema's columns over exactly these Parquet files (at least one) of the location (default:
+    local paths).
 
-    With by_name, files are matched by column name (union_by_name, which reads every file's schema): a table's
-    older data files may lack a column added to its layout later (``attempt`` of the points table); such a column
-    reads as NULL, even when no file has it yet. Without it (a snapshot with no legacy files,
-    Snapshot.legacy_points), the first file's columns stand for all (the partition column, when not hive, is NULL).
+    Local files are read by DuckDB. With by_name, files are matched by column name (union_by_name, which reads
+    every file's schema): a table's older data files may lack a column added to its layout later (``attempt`` of
+    the points table); such a column reads as NULL, even when no file has it yet. Without it (a snapshot with no
+    legacy files, Snapshot.legacy_points), the first file's columns stand for all (the partition column, when not
+    hive, is NULL). Files on S3 are an Arrow dataset of the schema registered on the connection (a column a file
+    lacks reads as NULL; the hive partition comes from the paths) and added to `datasets` by its name.
     """
+    if location is not None and not location.is_local:
+        return _dataset_select(con, files, schema, hive=hive, location=location,
+                               datasets=datasets if datasets is not None else {})
     options = ", hive_partitioning = true, hive_types = {'bucket': INTEGER}" if hive else ""
     if by_name:
         options += ", union_by_name = true"
@@ -230,14 +251,43 @@ def parquet_select(con: duckdb.DuckDBPyConnection, files: Sequence[str], schema:
     return f"SELECT {columns} FROM {source}"
 
 
+def _dataset_select(con: duckdb.DuckDBPyConnection, files: Sequence[str], schema: pa.Schema, *, hive: bool,
+                    location: MetricsLocation, datasets: dict[str, object]) -> str:
+    import pyarrow.dataset as ds
+
+    partitioning = None
+    if hive:
+        partitioning = ds.partitioning(pa.schema([schema.field(PARTITION_COLUMN)]), flavor="hive")
+    dataset = ds.dataset(list(files), schema=schema, format="parquet", filesystem=location.filesystem(),
+                         partitioning=partitioning,
+                         partition_base_dir=_common_dir(files) if hive else None)
+    name = f"__mlhub_dataset_{next(_DATASET_NAMES)}"  # registered Python objects are per connection
+    con.register(name, dataset)
+    datasets[name] = dataset
+    columns = ", ".join(f'"{f.name}"' for f in schema)
+    return f"SELECT {columns} FROM {name}"
+
+
+def _common_dir(files: Sequence[str]) -> str:
+    """The table folder of hive-partitioned files (``.../points/bucket=3/part-...parquet`` -> ``.../points``)."""
+    first = files[0]
+    marker = f"/{PARTITION_COLUMN}="
+    return first[: first.index(marker)] if marker in first else first.rsplit("/", 1)[0]
+
+
+_DATASET_NAMES = itertools.count()
+
+
 def _create_files_view(
-    con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema, *, hive: bool, by_name: bool
+    con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema, *, hive: bool, by_name: bool,
+    location: MetricsLocation | None = None, datasets: dict[str, object] | None = None,
 ) -> None:
     """A view over exactly these Parquet files, or an empty table of the schema when there are none."""
     if not files:
         _load_arrow(con, name, schema.empty_table())
         return
-    con.execute(f"CREATE VIEW {name} AS {parquet_select(con, files, schema, hive=hive, by_name=by_name)}")
+    select = parquet_select(con, files, schema, hive=hive, by_name=by_name, location=location, datasets=datasets)
+    con.execute(f"CREATE VIEW {name} AS {select}")
 
 
 def _load_table(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:

@@ -1,6 +1,6 @@
 """Where the metric tables live and what they hold: Arrow schemas, the run bucket function, writer settings.
 
-Two Delta Lake tables sit under the metrics folder (``Settings.metrics_dir``):
+Two Delta Lake tables sit under the metrics location (a folder or an S3 prefix, see ``location``):
 
 - ``points/``: one row per metric point (run_id, experiment_id, key, step, epoch, value, timestamp, seq, attempt),
   partitioned by ``bucket`` = a stable hash of run_id modulo ``NUM_BUCKETS`` and sorted by (run_id, key, step)
@@ -16,7 +16,6 @@ Two Delta Lake tables sit under the metrics folder (``Settings.metrics_dir``):
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pyarrow as pa
 from deltalake import ColumnProperties, WriterProperties
@@ -74,14 +73,10 @@ def run_bucket(run_id: str, num_buckets: int = NUM_BUCKETS) -> int:
     return int(hashlib.md5(run_id.encode(), usedforsecurity=False).hexdigest()[:8], 16) % num_buckets
 
 
-def points_path(metrics_dir: Path) -> Path:
-    """Folder of the points Delta table."""
-    return metrics_dir / "points"
-
-
-def runs_path(metrics_dir: Path) -> Path:
-    """Folder of the runs side table (run_id -> experiment_id)."""
-    return metrics_dir / "runs"
+#: Name (folder under the metrics location) of the points Delta table.
+POINTS_TABLE = "points"
+#: Name of the runs side table (run_id -> experiment_id).
+RUNS_TABLE = "runs"
 
 
 def writer_properties() -> WriterProperties:

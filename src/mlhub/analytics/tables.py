@@ -8,9 +8,9 @@ files they hold are only deleted by ``vacuum`` after the retention window (7 day
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
@@ -20,13 +20,14 @@ from mlhub.analytics.errors import MetricTableError
 from mlhub.analytics.layout import (
     DEFAULT_APP_ID,
     PARTITION_COLUMN,
+    POINTS_TABLE,
+    RUNS_TABLE,
     SORT_KEYS,
     legacy_points_files,
-    points_path,
-    runs_path,
     with_points_schema,
     writer_properties,
 )
+from mlhub.analytics.location import MetricsLocation, metrics_location
 from mlhub.analytics.writer import open_table
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,10 @@ DEFAULT_RETENTION_HOURS = 168
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The files of one version of each metric table (absolute local paths) and the writer's checkpoint."""
+    """The files of one version of each metric table and the writer's checkpoint.
+
+    Files are absolute local paths for a local location, ``bucket/key`` paths of the location's Arrow file system
+    for S3 (``MetricsLocation.file_path``)."""
 
     points_files: list[str]
     runs_files: list[str]
@@ -60,34 +64,46 @@ class CompactionResult:
 
 
 class MetricTables:
-    """Read-side access and maintenance of the metric tables under one metrics folder (constructor: no I/O)."""
+    """Read-side access and maintenance of the metric tables of one location (constructor: no I/O)."""
 
-    def __init__(self, metrics_dir: Path, *, app_id: str = DEFAULT_APP_ID) -> None:
-        self.metrics_dir = Path(metrics_dir)
+    def __init__(self, location: MetricsLocation | Path | str, *, app_id: str = DEFAULT_APP_ID) -> None:
+        self.location = metrics_location(location)
         self.app_id = app_id
+
+    def change_stamp(self) -> object:
+        """A value that changes with every commit of the points table (None while there is none): the mtime of
+        the local ``_delta_log`` folder (one stat), or the table's latest version on S3 (one listing)."""
+        if self.location.is_local:
+            try:
+                return os.stat(self.location.local_dir / POINTS_TABLE / "_delta_log").st_mtime_ns
+            except OSError:
+                return None
+        points = open_table(self.location, POINTS_TABLE)
+        return None if points is None else points.version()
 
     def snapshot(self) -> Snapshot:
         """The current version's files of both tables (empty lists where a table does not exist yet)."""
-        points = open_table(points_path(self.metrics_dir))
-        runs = open_table(runs_path(self.metrics_dir))
+        points = open_table(self.location, POINTS_TABLE)
+        runs = open_table(self.location, RUNS_TABLE)
         try:
             return Snapshot(
-                points_files=[_local_path(u) for u in points.file_uris()] if points is not None else [],
-                runs_files=[_local_path(u) for u in runs.file_uris()] if runs is not None else [],
+                points_files=[self.location.file_path(u) for u in points.file_uris()] if points is not None else [],
+                runs_files=[self.location.file_path(u) for u in runs.file_uris()] if runs is not None else [],
                 points_version=points.version() if points is not None else None,
                 checkpoint=int((points.transaction_version(self.app_id) or 0) if points is not None else 0),
                 legacy_points=points is not None and any(
                     legacy_points_files(pa.table(points.get_add_actions(flatten=True)))),
             )
         except (DeltaError, OSError) as e:
-            raise MetricTableError(f"cannot read the metric tables at {self.metrics_dir}: {e}") from e
+            raise MetricTableError(f"cannot read the metric tables at {self.location}: {e}") from e
 
     def partition_files(self, bucket: int) -> list[str]:
         """The current files of one bucket of the points table."""
-        points = open_table(points_path(self.metrics_dir))
+        points = open_table(self.location, POINTS_TABLE)
         if points is None:
             return []
-        return [_local_path(u) for u in points.file_uris(file_pruning_predicate=[(PARTITION_COLUMN, "=", str(bucket))])]
+        uris = points.file_uris(file_pruning_predicate=[(PARTITION_COLUMN, "=", str(bucket))])
+        return [self.location.file_path(u) for u in uris]
 
     def compact(self, *, min_files: int = 2, max_rows: int = 50_000_000) -> CompactionResult:
         """Rewrite every bucket holding at least min_files files as one file sorted by (run_id, key, step), and
@@ -100,7 +116,7 @@ class MetricTables:
         bucket makes that bucket's commit fail; it is skipped (logged) and compacted next time.
         """
         result = CompactionResult()
-        points = open_table(points_path(self.metrics_dir))
+        points = open_table(self.location, POINTS_TABLE)
         if points is None:
             return result
         try:
@@ -126,11 +142,11 @@ class MetricTables:
                 result.partitions.append(bucket)
                 result.rows += rows
                 points.update_incremental()
-            runs = open_table(runs_path(self.metrics_dir))
+            runs = open_table(self.location, RUNS_TABLE)
             if runs is not None and len(runs.file_uris()) >= min_files:
                 runs.optimize.compact()
         except (DeltaError, OSError) as e:
-            raise MetricTableError(f"compacting the metric tables at {self.metrics_dir} failed: {e}") from e
+            raise MetricTableError(f"compacting the metric tables at {self.location} failed: {e}") from e
         return result
 
     def _rewrite_sorted(self, points: DeltaTable, bucket: int) -> None:
@@ -152,19 +168,19 @@ class MetricTables:
     def vacuum(self, *, retention_hours: int = DEFAULT_RETENTION_HOURS) -> list[str]:
         """Delete files no snapshot younger than retention_hours uses; return their paths."""
         deleted: list[str] = []
-        for path in (points_path(self.metrics_dir), runs_path(self.metrics_dir)):
-            table = open_table(path)
+        for name in (POINTS_TABLE, RUNS_TABLE):
+            table = open_table(self.location, name)
             if table is None:
                 continue
             try:
                 deleted += table.vacuum(retention_hours=retention_hours, dry_run=False)
             except (DeltaError, OSError) as e:
-                raise MetricTableError(f"vacuum of {path} failed: {e}") from e
+                raise MetricTableError(f"vacuum of {self.location.table_uri(name)} failed: {e}") from e
         return deleted
 
     def count_points(self) -> int:
         """Number of points in the current version (from the Delta log's statistics)."""
-        points = open_table(points_path(self.metrics_dir))
+        points = open_table(self.location, POINTS_TABLE)
         return 0 if points is None else sum(rows for _, rows, _ in _files_per_bucket(points).values())
 
 
@@ -180,9 +196,3 @@ def _files_per_bucket(points: DeltaTable) -> dict[int, tuple[int, int, bool]]:
         result[int(bucket)] = (files + 1, total + int(n or 0), old or legacy)
     return result
 
-
-def _local_path(uri: str) -> str:
-    """A local filesystem path from a file URI (DuckDB reads plain paths)."""
-    if uri.startswith("file://"):
-        return unquote(urlparse(uri).path)
-    return uri

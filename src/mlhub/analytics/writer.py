@@ -32,12 +32,13 @@ from mlhub.analytics.layout import (
     NUM_BUCKETS,
     PARTITION_COLUMN,
     POINTS_SCHEMA,
+    POINTS_TABLE,
     RUNS_SCHEMA,
-    points_path,
+    RUNS_TABLE,
     run_bucket,
-    runs_path,
     writer_properties,
 )
+from mlhub.analytics.location import MetricsLocation, metrics_location
 from mlhub.events import Envelope, MetricSeries, MetricsLogged, RunCreated
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,11 @@ class _PendingSeries(NamedTuple):
     series: MetricSeries
 
 
-def open_table(path: Path) -> DeltaTable | None:
-    """The Delta table at path, or None when none was created there yet."""
+def open_table(location: MetricsLocation, name: str) -> DeltaTable | None:
+    """The Delta table `name` of the location, or None when none was created there yet."""
+    path = location.table_uri(name)
     try:
-        return DeltaTable(str(path))
+        return DeltaTable(path, storage_options=location.storage_options or None)
     except TableNotFoundError:
         return None
     except (DeltaError, OSError) as e:
@@ -88,7 +90,7 @@ def open_table(path: Path) -> DeltaTable | None:
 
 
 class MetricTableWriter:
-    """Projector of metric points into Delta Lake (``<metrics_dir>/points``), batching many events per commit.
+    """Projector of metric points into Delta Lake (``<location>/points``), batching many events per commit.
 
     Usage by a projector runtime: ``checkpoint()`` says where to resume (replay from checkpoint + 1);
     ``apply(records)`` takes ``(stream sequence, envelope)`` pairs in stream order (every event type: those
@@ -104,7 +106,7 @@ class MetricTableWriter:
 
     def __init__(
         self,
-        metrics_dir: Path,
+        location: MetricsLocation | Path | str,
         *,
         app_id: str = DEFAULT_APP_ID,
         flush_points: int = 200_000,
@@ -112,7 +114,7 @@ class MetricTableWriter:
         advance_every: int = 10_000,
         num_buckets: int = NUM_BUCKETS,
     ) -> None:
-        self.metrics_dir = Path(metrics_dir)
+        self.location = metrics_location(location)
         self.app_id = app_id
         self.flush_points = flush_points
         self.flush_interval_s = flush_interval_s
@@ -136,8 +138,8 @@ class MetricTableWriter:
     def _load(self) -> None:
         if self._loaded:
             return
-        self._points = open_table(points_path(self.metrics_dir))
-        self._runs = open_table(runs_path(self.metrics_dir))
+        self._points = open_table(self.location, POINTS_TABLE)
+        self._runs = open_table(self.location, RUNS_TABLE)
         version = self._points.transaction_version(self.app_id) if self._points is not None else None
         self._checkpoint = self._last_seq = int(version or 0)
         if self._runs is not None:
@@ -238,7 +240,7 @@ class MetricTableWriter:
             self._commit_points_retrying(version)
         except (DeltaError, OSError) as e:
             raise MetricTableError(
-                f"committing metric points up to stream sequence {version} to {self.metrics_dir} failed: {e}"
+                f"committing metric points up to stream sequence {version} to {self.location} failed: {e}"
             ) from e
         log.debug("metric tables: committed %d points up to seq %d", self._pending_points, version)
         self._checkpoint = version
@@ -252,10 +254,12 @@ class MetricTableWriter:
         run_ids, experiment_ids, seqs = zip(*self._new_runs, strict=True)
         table = pa.table([pa.array(run_ids), pa.array(experiment_ids), pa.array(seqs, pa.int64())], schema=RUNS_SCHEMA)
         props = CommitProperties(app_transactions=[Transaction(self.app_id, version)])
-        target: DeltaTable | str = self._runs if self._runs is not None else str(runs_path(self.metrics_dir))
-        write_deltalake(target, table, mode="append", commit_properties=props)
-        if self._runs is None:
-            self._runs = DeltaTable(str(runs_path(self.metrics_dir)))
+        if self._runs is not None:
+            write_deltalake(self._runs, table, mode="append", commit_properties=props)
+        else:
+            write_deltalake(self.location.table_uri(RUNS_TABLE), table, mode="append", commit_properties=props,
+                            storage_options=self.location.storage_options or None)
+            self._runs = open_table(self.location, RUNS_TABLE)
 
     def _commit_points_retrying(self, version: int, attempts: int = 5) -> None:
         """Commit the points; a commit that lost a race with a compaction (which rewrote a bucket this append
@@ -278,9 +282,9 @@ class MetricTableWriter:
             app_transactions=[Transaction(self.app_id, version)],
             custom_metadata={"mlhub.points": str(table.num_rows)},
         )
-        target: DeltaTable | str = self._points if self._points is not None else str(points_path(self.metrics_dir))
+        first = self._points is None
         write_deltalake(
-            target,
+            self._points if self._points is not None else self.location.table_uri(POINTS_TABLE),
             table,
             mode="append",
             # A table written before a column was added to POINTS_SCHEMA (attempt) gains it with this append.
@@ -288,9 +292,10 @@ class MetricTableWriter:
             partition_by=[PARTITION_COLUMN],
             writer_properties=writer_properties(),
             commit_properties=props,
+            storage_options=(self.location.storage_options or None) if first else None,
         )
-        if self._points is None:
-            self._points = DeltaTable(str(points_path(self.metrics_dir)))
+        if first:
+            self._points = open_table(self.location, POINTS_TABLE)
 
     def close(self) -> None:
         """Flush what is buffered."""

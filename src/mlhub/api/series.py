@@ -50,7 +50,7 @@ def read_series(engine: QueryEngine, run_id: str, key: str, max_points: int, *, 
 
     With min_step or max_step only the points whose step lies in that closed range are read (a chart's zoom)."""
     ranged = min_step is not None or max_step is not None
-    cursor = engine.connection.cursor()
+    cursor = engine.cursor()
     try:
         params: dict[str, Any] = {"bucket": run_bucket(run_id, engine.num_buckets), "run_id": run_id, "key": key}
         if ranged:
@@ -85,7 +85,7 @@ class QueryTimeout(ApiError):
 def run_query(engine: QueryEngine, sql: str, max_rows: int, timeout_s: float) -> dict[str, Any]:
     """One read-only SELECT with at most max_rows rows returned, interrupted after timeout_s."""
     check_read_only(sql)
-    cursor = engine.connection.cursor()
+    cursor = engine.cursor()
     timer = threading.Timer(timeout_s, cursor.interrupt)
     started = time.perf_counter()
     timer.start()

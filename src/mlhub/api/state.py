@@ -7,19 +7,17 @@ Read-your-own-writes: a write answers with the stream sequence(s) it appended; a
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mlhub.analytics import MetricTables, QueryEngine
+from mlhub.analytics import MetricTables, QueryEngine, location_from_settings
 from mlhub.api.auth import TokenTable
 from mlhub.api.errors import ApiError, ProjectionTimeout
 from mlhub.eventlog import EventLog
@@ -68,7 +66,7 @@ class MetricEngines:
     """
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
-        self.metrics_dir = settings.metrics_dir
+        self.location = location_from_settings(settings)
         self.refresh_s = settings.api_metrics_refresh_s
         self.sql = engine
         self._lock = threading.Lock()
@@ -76,10 +74,7 @@ class MetricEngines:
         self._full: tuple[QueryEngine, object, float] | None = None
 
     def _stamp(self) -> object:
-        try:
-            return os.stat(Path(self.metrics_dir) / "points" / "_delta_log").st_mtime_ns
-        except OSError:
-            return None
+        return MetricTables(self.location).change_stamp()
 
     def points_if_fresh(self) -> QueryEngine | None:
         """The points engine when it was checked within refresh_s (no I/O: safe on the event loop), else None."""
@@ -114,7 +109,7 @@ class MetricEngines:
         if cached is not None and cached[1] == stamp:
             return (cached[0], stamp, now)
         tables = load_query_tables(self.sql) if with_tables else None
-        return (QueryEngine(self.metrics_dir, tables).open(), stamp, now)
+        return (QueryEngine(self.location, tables).open(), stamp, now)
 
 
 def _sql_checkpoint(engine: Engine) -> int:
@@ -174,7 +169,7 @@ class AppState:
 
     def metrics_checkpoint(self) -> int:
         """The metric-table projector's checkpoint (the Delta application transaction), read now."""
-        position = MetricTables(self.settings.metrics_dir).snapshot().checkpoint
+        position = MetricTables(location_from_settings(self.settings)).snapshot().checkpoint
         self.metrics_position = max(self.metrics_position, position)
         return position
 

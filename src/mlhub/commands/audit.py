@@ -21,6 +21,7 @@ def verify(no_seals: bool) -> None:
 
     Prints each difference (table and rows, metric runs, broken seals) and exits 1 on any drift.
     """
+    from mlhub.analytics import location_from_settings
     from mlhub.projections.audit import verify as run_verify
     from mlhub.readmodel import create_engine
 
@@ -29,7 +30,7 @@ def verify(no_seals: bool) -> None:
     try:
         with progress_bar("rebuild") as progress:
             report = run_with_event_log(settings, "mlhub-audit", lambda log: run_verify(
-                log, live, settings.metrics_dir, check_seals=not no_seals, progress=progress,
+                log, live, location_from_settings(settings), check_seals=not no_seals, progress=progress,
                 scratch_dir=settings.data_dir if settings.data_dir.exists() else None))
     finally:
         live.dispose()

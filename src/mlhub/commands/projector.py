@@ -164,9 +164,9 @@ async def _reap(settings: Settings, event_log: EventLog, engine: Engine, stop: a
 
 async def _compact_periodically(settings: Settings) -> None:
     """Compact the metric tables' small files every MLHUB_COMPACT_INTERVAL_S (one atomic commit per bucket)."""
-    from mlhub.analytics import MetricTables
+    from mlhub.analytics import MetricTables, location_from_settings
 
-    tables = MetricTables(settings.metrics_dir)
+    tables = MetricTables(location_from_settings(settings))
     while True:
         await asyncio.sleep(settings.compact_interval_s)
         try:

@@ -37,7 +37,7 @@ def query(sql: str, fmt: str, direct: bool) -> None:
     Asks the hub at MLHUB_URL (POST /api/v1/query) unless MLHUB_NATS_URL is set or --direct is given; then it
     reads the metric tables and the read model of MLHUB_DATA_DIR / MLHUB_DATABASE_URL itself.
     """
-    from mlhub.analytics import QueryEngine
+    from mlhub.analytics import QueryEngine, location_from_settings
 
     settings = load_settings()
     if use_client(settings, direct):
@@ -48,7 +48,7 @@ def query(sql: str, fmt: str, direct: bool) -> None:
         return
     try:
         tables = load_readmodel_tables(settings.resolved_database_url)
-        with QueryEngine(settings.metrics_dir, tables) as engine:
+        with QueryEngine(location_from_settings(settings), tables) as engine:
             result = engine.query(sql)
     except MlhubError as e:
         fail(e)

@@ -23,7 +23,7 @@ import duckdb
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from mlhub.analytics import POINTS_SCHEMA, MetricTables, parquet_select
+from mlhub.analytics import POINTS_SCHEMA, MetricsLocation, MetricTables, parquet_select
 from mlhub.eventlog import EventLog, SealReport, verify_seals
 from mlhub.projections.rebuild import Progress, rebuild
 from mlhub.readmodel import create_engine, tables
@@ -130,14 +130,16 @@ def compare_read_models(live: ReadModelSnapshot, rebuilt: ReadModelSnapshot) -> 
     return differences
 
 
-def metric_digest(metrics_dir: Path) -> tuple[int, dict[str, tuple[int, int]]]:
+def metric_digest(location: MetricsLocation | Path) -> tuple[int, dict[str, tuple[int, int]]]:
     """The metric table's checkpoint, and per run: point count and an order-independent content hash."""
-    snap = MetricTables(metrics_dir).snapshot()
+    tables = MetricTables(location)
+    snap = tables.snapshot()
     if not snap.points_files:
         return snap.checkpoint, {}
     con = duckdb.connect()
     try:
-        points = parquet_select(con, snap.points_files, POINTS_SCHEMA, hive=False, by_name=snap.legacy_points)
+        points = parquet_select(con, snap.points_files, POINTS_SCHEMA, hive=False, by_name=snap.legacy_points,
+                                location=tables.location)
         rows = con.execute(
             "SELECT run_id, count(*), sum(hash(key, step, epoch, value, timestamp, experiment_id, seq, attempt)) "
             f"FROM ({points}) GROUP BY run_id"
@@ -161,7 +163,7 @@ def compare_metrics(live: dict[str, tuple[int, int]], rebuilt: dict[str, tuple[i
 async def verify(
     event_log: EventLog,
     live_engine: Engine,
-    live_metrics_dir: Path,
+    live_metrics: MetricsLocation | Path,
     *,
     scratch_dir: Path | None = None,
     check_seals: bool = True,
@@ -172,7 +174,7 @@ async def verify(
 
     report = AuditReport()
     live = await asyncio.to_thread(snapshot_read_model, live_engine)
-    live_ckpt, live_points = await asyncio.to_thread(metric_digest, live_metrics_dir)
+    live_ckpt, live_points = await asyncio.to_thread(metric_digest, live_metrics)
     report.checkpoint_sql, report.checkpoint_metrics = live.checkpoint, live_ckpt
     with tempfile.TemporaryDirectory(prefix="mlhub-audit-", dir=scratch_dir) as tmp:
         scratch = create_engine(f"sqlite:///{Path(tmp) / 'scratch.db'}", writer=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import Engine
 
-from mlhub.analytics import MetricTableWriter
+from mlhub.analytics import MetricTableWriter, location_from_settings
 from mlhub.projections.runtime import Projector
 from mlhub.projections.sql_projector import SqlProjector
 from mlhub.settings import Settings
@@ -21,5 +21,5 @@ EXTRA_PROJECTORS: list[ProjectorFactory] = []
 
 def build_projectors(settings: Settings, engine: Engine) -> list[Projector]:
     """Every projector `mlhub projector` runs: SQL read model, metric tables, then the extra ones in order."""
-    metric_tables: Projector = MetricTableWriter(settings.metrics_dir)
+    metric_tables: Projector = MetricTableWriter(location_from_settings(settings))
     return [SqlProjector(engine), metric_tables, *(factory(settings, engine) for factory in EXTRA_PROJECTORS)]
