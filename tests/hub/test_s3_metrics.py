@@ -90,8 +90,9 @@ def test_points_of_a_script_land_on_s3_once_and_every_reader_sees_them(
     other = hub_env(tmp_path / "elsewhere", **s3_env,
                     MLHUB_DATABASE_URL=f"sqlite:///{(hub.data_dir / 'readmodel.db').resolve()}")
     result = subprocess.run([*MLHUB, "query", "--direct", "--format", "json",
-                             f"SELECT e.name AS experiment, count(*) AS n FROM metrics m JOIN runs r USING (run_id) "
-                             f"JOIN experiments e ON e.experiment_id = r.experiment_id WHERE m.run_id = '{run.run_id}' GROUP BY 1"],
+                             "SELECT e.name AS experiment, count(*) AS n FROM metrics m JOIN runs r USING (run_id) "
+                             "JOIN experiments e ON e.experiment_id = r.experiment_id "
+                             f"WHERE m.run_id = '{run.run_id}' GROUP BY 1"],
                             env=other, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout) == [{"experiment": "s3-metrics", "n": POINTS}]
