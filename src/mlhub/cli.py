@@ -45,6 +45,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "runs": "mlhub.commands.runs:runs",
     "show": "mlhub.commands.runs:show",
     "import": "mlhub.commands.import_mlflow:import_group",
+    "tokens": "mlhub.commands.tokens:tokens",
 }
 
 
