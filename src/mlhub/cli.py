@@ -67,6 +67,8 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "lineage."),
     "import": ("mlhub.commands.import_mlflow:import_group",
         "Import history from other tools (mlhub import mlflow SOURCE)."),
+    "tokens": ("mlhub.commands.tokens:tokens",
+        "API tokens: create (printed once, stored as its sha256 on the event log), list, revoke."),
 }
 
 

@@ -149,14 +149,14 @@ def _directions() -> dict[str, str]:
 
 
 def _writer_token(settings: Settings, info: HubInfo) -> str | None:
-    """The session token, else MLHUB_TOKEN, else a writer/admin token of MLHUB_API_TOKENS."""
+    """The hub's admin token, else MLHUB_TOKEN, else a writer/admin token of MLHUB_API_TOKENS."""
     if info.token is not None or settings.token:
         return info.token or settings.token
     if settings.api_tokens:
         from mlhub.api.auth import Role, parse_tokens
 
-        for token, role in parse_tokens(settings.api_tokens, "MLHUB_API_TOKENS").items():
-            if role >= Role.writer:
+        for token, entry in parse_tokens(settings.api_tokens, "MLHUB_API_TOKENS").items():
+            if entry.role >= Role.writer:
                 return token
     return None
 

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     #: The hub the CLI's client commands (submit, runs, show, query, ...) talk to, unless MLHUB_NATS_URL is set
     #: or --direct is given (then they use the event log and read model directly).
     url: str = "http://127.0.0.1:8000"
-    #: The API token the CLI sends; unset: the session token of a local `mlhub up` serving MLHUB_URL from
+    #: The API token the CLI sends; unset: the admin token of a local `mlhub up` serving MLHUB_URL from
     #: MLHUB_DATA_DIR (its <data_dir>/api-token), else none.
     token: str | None = None
     #: The SDK: where unsent batches are spilled (JSON lines, fsync'd); unset: ~/.mlhub/spool.

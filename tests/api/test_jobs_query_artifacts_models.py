@@ -132,7 +132,7 @@ async def test_model_registry_reads_and_promotion_rules(api: Api) -> None:
     assert admin.json()["changed"] is True and admin.json()["previous_version"] is None
     history = await api.get("/models/digits/aliases/champion/history", params={"min_seq": admin.json()["seq"]})
     assert [(h["to_version"], h["actor"], h["reason"]) for h in history.json()["data"]] == [
-        (1, "token#3:admin", "ship it")]
+        (1, "token:env-3", "ship it")]
     same = await api.post("/models/digits/aliases/champion", {"version": 1}, token=ADMIN)
     assert same.status_code == 200 and same.json()["changed"] is False and same.json()["seq"] is None
 

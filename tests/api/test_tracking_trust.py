@@ -198,4 +198,4 @@ async def test_heartbeat_end_by_hand_and_resume(api: Api) -> None:
         assert late.status_code == 409 and late.json()["error"]["details"]["state"] == "killed", late.text
     events = (await api.event_log.read_aggregate("run", run["run_id"])).events
     cancelled = events[-1].envelope.event
-    assert cancelled.ended_by == "token#2:writer" and cancelled.reason == "stuck since Friday"  # type: ignore[attr-defined]
+    assert cancelled.ended_by == "token:env-2" and cancelled.reason == "stuck since Friday"  # type: ignore[attr-defined]

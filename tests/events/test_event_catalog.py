@@ -59,6 +59,8 @@ from mlhub.events import (
     SeedRecorded,
     TagsDeleted,
     TagsSet,
+    TokenIssued,
+    TokenRevoked,
     decode,
     encode,
     event_subject,
@@ -124,6 +126,8 @@ SAMPLES: list[DomainEvent] = [
     ModelDeleted(model_name="digits", actor="ana"),
     DatasetVersionRecorded(run_id="run1", name="iris", fingerprint=H, size_bytes=None, digest="abc123",
                            source_type="code", source='{"tags": {}}', context="train"),
+    TokenIssued(name="ci-writer", role="writer", token_sha256=H, issued_by="cli:ana"),
+    TokenRevoked(name="ci-writer", revoked_by="token:hub-admin", reason="leaked"),
 ]
 
 
@@ -144,6 +148,34 @@ def test_every_event_round_trips_through_the_serializer(event: DomainEvent) -> N
     assert back.correlation_id == "job1"
     assert back.subject == event_subject(event)
     assert encode(back) == data  # byte-identical: one serializer, deterministic
+
+
+def test_the_actor_travels_in_the_envelope_only_when_set() -> None:
+    from mlhub.events import CURRENT_ACTOR
+
+    plain = encode(Envelope(event=RunStarted(run_id="abc", attempt=1), producer="p"))
+    assert "actor" not in json.loads(plain) and decode(plain).actor is None  # older events keep their bytes
+    reset = CURRENT_ACTOR.set("token:ci")
+    try:
+        acted = Envelope(event=RunStarted(run_id="abc", attempt=1), producer="p")
+    finally:
+        CURRENT_ACTOR.reset(reset)
+    assert acted.actor == "token:ci" and decode(encode(acted)).actor == "token:ci"
+    assert Envelope(event=RunStarted(run_id="abc", attempt=1), producer="p").actor is None
+
+
+def test_token_names_are_checked_and_the_fold_keeps_a_revoke() -> None:
+    from mlhub.errors import InvalidInput
+    from mlhub.events import check_token_name, fold_tokens
+
+    for bad in ("", "-x", "a.b", "x" * 65, "has space", "admin"):
+        with pytest.raises(InvalidInput, match="token name"):
+            check_token_name(bad)
+    issued = Envelope(event=TokenIssued(name="ci", role="reader", token_sha256=H), producer="p", actor="cli:ana")
+    revoked = Envelope(event=TokenRevoked(name="ci"), producer="p", actor="token:hub-admin")
+    tokens = fold_tokens([(1, issued), (2, revoked), (1, issued)])  # an issue seen again changes nothing
+    assert tokens["ci"].revoked and tokens["ci"].revoked_by == "token:hub-admin"
+    assert tokens["ci"].created_by == "cli:ana" and tokens["ci"].role == "reader"
 
 
 def test_envelope_metadata_and_subject() -> None:

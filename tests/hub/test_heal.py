@@ -126,7 +126,7 @@ def test_through_the_api_a_job_past_its_memory_fails_a_cancel_kills_and_the_work
     data_dir = tmp_path / "hub"
     running = start(["up", "--workers", "1"], data_dir, free_port(), MLHUB_JOB_MEMORY_MB="1024")
     try:
-        token = running.wait_for(r"admin token of this session: (\S+)").group(1)
+        token = running.wait_for(r"admin token of this hub: (\S+)").group(1)
         running.wait_for(r"press Ctrl-C to stop")
         headers = {"Authorization": f"Bearer {token}"}
         config = yaml.safe_load((ROOT / "configs" / "digits-mlp.yaml").read_text())

@@ -21,7 +21,7 @@ def test_up_serves_everything_and_sigterm_leaves_no_process(tmp_path: Path) -> N
     data_dir = tmp_path / "hub"
     hub = start(["up", "--workers", "2"], data_dir, free_port())
     try:
-        token = hub.wait_for(r"admin token of this session: (\S+)").group(1)
+        token = hub.wait_for(r"admin token of this hub: (\S+)").group(1)
         hub.wait_for(r"press Ctrl-C to stop")
         tree = [hub.proc.pid, *(c.pid for c in psutil.Process(hub.proc.pid).children(recursive=True))]
         names = [" ".join(psutil.Process(pid).cmdline()) for pid in tree[1:]]
@@ -30,7 +30,7 @@ def test_up_serves_everything_and_sigterm_leaves_no_process(tmp_path: Path) -> N
             "projector --only metrics", "projector --only sql"]
         assert sum(n.endswith("mlhub.cli worker") for n in names) == 2
         assert sum("uvicorn" in n and f"--port {hub.port}" in n for n in names) == 1
-        # The session token: printed, stored 0600, admitted by the API; a wrong one is refused.
+        # The hub's admin token: printed, stored 0600, admitted by the API; a wrong one is refused.
         token_file = data_dir / "api-token"
         assert token_file.read_text().strip() == token
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
@@ -51,7 +51,7 @@ def test_up_serves_everything_and_sigterm_leaves_no_process(tmp_path: Path) -> N
         assert not [pid for pid in tree if psutil.pid_exists(pid)
                     and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
         assert wait_until_none_left(data_dir, timeout=5) == []
-        assert not token_file.exists() and not (data_dir / "hub.json").exists()
+        assert token_file.exists() and not (data_dir / "hub.json").exists(), "the admin token outlives the hub"
         assert not (data_dir / "nats" / "server.json").exists()
     finally:
         stop(hub)
@@ -217,7 +217,7 @@ def test_sigterm_while_a_job_trains_gives_it_back_and_leaves_nothing(tmp_path: P
     data_dir = tmp_path / "hub"
     hub = start(["up", "--workers", "1"], data_dir, free_port())
     try:
-        token = hub.wait_for(r"admin token of this session: (\S+)").group(1)
+        token = hub.wait_for(r"admin token of this hub: (\S+)").group(1)
         hub.wait_for(r"press Ctrl-C to stop")
         headers = {"Authorization": f"Bearer {token}"}
         config = yaml.safe_load((ROOT / "configs" / "digits-mlp.yaml").read_text())
@@ -257,7 +257,7 @@ def test_a_second_up_on_the_same_data_dir_is_refused_and_touches_nothing_of_the_
     data_dir = tmp_path / "hub"
     first = start(["up", "--workers", "0"], data_dir, free_port())
     try:
-        token = first.wait_for(r"admin token of this session: (\S+)").group(1)
+        token = first.wait_for(r"admin token of this hub: (\S+)").group(1)
         first.wait_for(r"press Ctrl-C to stop")
         hub_file = (data_dir / "hub.json").read_text()
         second = start(["up", "--workers", "0"], data_dir, free_port())

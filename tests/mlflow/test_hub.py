@@ -192,7 +192,7 @@ def test_basic_auth_maps_the_password_to_a_token_and_records_the_user(hub: Serve
     client = MlflowClient(hub.url)
     experiment = client.create_experiment("basic-auth")
     run = client.create_run(experiment)
-    assert client.get_run(run.info.run_id).data.tags["mlhub.caller"].startswith("ana (token#2:writer)")
+    assert client.get_run(run.info.run_id).data.tags["mlhub.caller"].startswith("ana (token:env-2)")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-a-token")
     with pytest.raises(mlflow.exceptions.MlflowException) as refused:
         MlflowClient(hub.url).get_run(run.info.run_id)

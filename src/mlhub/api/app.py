@@ -23,12 +23,13 @@ from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import mlhub
-from mlhub.api.auth import load_tokens
+from mlhub.api.auth import TokenFeed, load_tokens
 from mlhub.api.dashboard import install_dashboard
 from mlhub.api.deps import MinSeq, ReaderDep, StateDep
 from mlhub.api.errors import install_error_handlers
 from mlhub.api.routes_read import router as read_router
 from mlhub.api.routes_read import wait_all
+from mlhub.api.routes_tokens import router as tokens_router
 from mlhub.api.routes_tracking import router as tracking_router
 from mlhub.api.routes_write import router as write_router
 from mlhub.api.schemas import ErrorBody, Health, LogBatch, QueryRequest, QueryResult, Readiness
@@ -179,6 +180,23 @@ class BodySizeLimit:
         await self.app(scope, receive, send)
 
 
+class ActorScope:
+    """Each request starts with no actor and leaves none behind (the auth dependency sets the caller's): an
+    in-process client (httpx's ASGI transport) runs requests on its own task, whose context would keep it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from mlhub.events import CURRENT_ACTOR
+
+        reset = CURRENT_ACTOR.set(None)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT_ACTOR.reset(reset)
+
+
 def create_app(settings: Settings | None = None, *, event_log: EventLog | None = None) -> FastAPI:
     """The mlhub REST API. Constructing it does no I/O; the lifespan connects."""
     settings = settings or Settings()
@@ -187,26 +205,32 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_resources(settings, event_log) as (log, engine):
+            feed = TokenFeed(log, tokens)
+            await feed.start()  # the issued tokens are loaded before the first request, then followed live
             app.state.mlhub = AppState(
                 settings=settings, event_log=log, engine=engine, tokens=tokens,
                 metrics=MetricEngines(settings, engine), tracking=tracking_service(settings, log),
                 protected_aliases=frozenset(a.strip().lower() for a in settings.api_protected_aliases.split(",")
                                             if a.strip()),
             )
-            yield
+            try:
+                yield
+            finally:
+                await feed.stop()
 
     app = FastAPI(
         title="mlhub", version=mlhub.__version__, lifespan=lifespan,
         description="mlhub's REST API: experiments, runs, metrics, events, artifacts, jobs, models, queries.",
         responses={code: {"model": ErrorBody, "description": text} for code, text in (
-            (400, "bad input"), (401, "no or unknown token"), (403, "role too low"), (404, "not found"),
+            (400, "bad input"), (401, "no, unknown or revoked token"), (403, "role too low"), (404, "not found"),
             (409, "conflicts with the current state"), (422, "unusable body"), (501, "not in this build"),
             (503, "a dependency is unavailable"), (504, "projections did not reach min_seq in time"))},
     )
     install_error_handlers(app)
     _document_raw_bodies(app)
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
-    for router in (health_router, ops_router, read_router, tracking_router, write_router):
+    app.add_middleware(ActorScope)
+    for router in (health_router, ops_router, read_router, tracking_router, write_router, tokens_router):
         app.include_router(router, prefix=API_PREFIX)
     # /healthz and /readyz also at the root, where orchestrators look (documented once, under /api/v1)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)

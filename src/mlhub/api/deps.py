@@ -10,11 +10,13 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from mlhub.api.auth import ANONYMOUS, Principal, Role
+from mlhub.api.auth import ANONYMOUS, Principal, Revoked, Role
 from mlhub.api.errors import PermissionDenied, Unauthenticated
 from mlhub.api.state import AppState
+from mlhub.events import CURRENT_ACTOR
 
-_bearer = HTTPBearer(auto_error=False, description="A token from MLHUB_API_TOKENS (roles reader, writer, admin)")
+_bearer = HTTPBearer(auto_error=False, description="An mlhub API token (`mlhub tokens create`, or one of "
+                     "MLHUB_API_TOKENS; roles reader, writer, admin)")
 
 
 def get_state(request: Request) -> AppState:
@@ -32,10 +34,21 @@ def _principal(state: AppState, credentials: HTTPAuthorizationCredentials | None
         return basic_principal(state, authorization)
     if credentials is None or not credentials.credentials:
         return ANONYMOUS
-    principal = state.tokens.lookup(credentials.credentials)
+    principal = _lookup(state, credentials.credentials)
     if principal is None:
-        raise Unauthenticated("the bearer token is not one of the configured API tokens")
+        raise Unauthenticated("the bearer token is not one of the hub's API tokens")
     return principal
+
+
+def _lookup(state: AppState, token: str) -> Principal | None:
+    try:
+        return state.tokens.lookup(token)
+    except Revoked as e:
+        r = e.record
+        when = r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else "?"
+        raise Unauthenticated(f"the token {r.name!r} was revoked ({when} by {r.revoked_by or 'unknown'}): ask an "
+                              "admin for a new one (`mlhub tokens create`) and set MLHUB_TOKEN to it",
+                              details={"token_name": r.name, "revoked": True}) from None
 
 
 def basic_principal(state: AppState, authorization: str) -> Principal:
@@ -48,18 +61,21 @@ def basic_principal(state: AppState, authorization: str) -> Principal:
         username, sep, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
         raise Unauthenticated("the Basic credentials are not base64 of user:password") from None
-    principal = state.tokens.lookup(password) if sep else None
+    principal = _lookup(state, password) if sep else None
     if principal is None:
-        raise Unauthenticated("the Basic password is not one of the configured API tokens (give an mlhub token "
+        raise Unauthenticated("the Basic password is not one of the hub's API tokens (give an mlhub token "
                               "as MLFLOW_TRACKING_PASSWORD, or as MLFLOW_TRACKING_TOKEN)")
-    return Principal(role=principal.role, name=f"{username[:100]} ({principal.name})" if username else principal.name)
+    return Principal(role=principal.role, name=principal.name, user=username[:100] or None)
 
 
 def _require(role: Role, *, open_when_reads_are_open: bool = False) -> object:
-    def check(state: StateDep,
-              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-              authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Principal:
+    # async: an in-memory lookup, run on the request's own task, so the actor it sets is the handler's
+    async def check(state: StateDep,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                    authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Principal:
         principal = _principal(state, credentials, authorization)
+        if principal.role is not None:
+            CURRENT_ACTOR.set(principal.name)  # every event this request appends records who acted
         if principal.role is None:
             if open_when_reads_are_open and state.settings.api_open_reads:
                 return principal

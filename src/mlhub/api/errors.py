@@ -37,6 +37,7 @@ ERROR_CODE_TO_HTTP_STATUS: dict[str, int] = {
     "MODEL_VERSION_NOT_FOUND": 404,
     "ALIAS_NOT_FOUND": 404,
     "ARTIFACT_NOT_FOUND": 404,
+    "TOKEN_NOT_FOUND": 404,
     "PLUGIN_NOT_FOUND": 422,
     # 409: it conflicts with the current state
     "CONCURRENCY_CONFLICT": 409,
@@ -44,6 +45,7 @@ ERROR_CODE_TO_HTTP_STATUS: dict[str, int] = {
     "PROMOTION_CONFLICT": 409,
     "IDEMPOTENCY_KEY_REUSED": 409,
     "PARAM_VALUE_CHANGED": 409,
+    "TOKEN_NAME_TAKEN": 409,
     # 413: a body or an event over a size limit (the error names the setting)
     "REQUEST_TOO_LARGE": 413,
     # 422: a well-formed body whose content cannot be used (a bad experiment config, a bad event field)
@@ -89,7 +91,7 @@ class NotFound(ApiError):
 
 
 class Unauthenticated(ApiError):
-    """No bearer token, or one that is not configured (401)."""
+    """No bearer token, or one the hub does not know or has revoked (401)."""
 
     code = "UNAUTHENTICATED"
 

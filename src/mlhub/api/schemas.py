@@ -164,6 +164,7 @@ class EventPublic(BaseModel):
     occurred_at: str
     producer: str
     correlation_id: str | None
+    actor: str | None = None
     payload: dict[str, Any]
 
 

@@ -59,8 +59,25 @@ async def open_event_log(settings: Settings, url: str, name: str) -> AsyncIterat
         yield log
 
 
+def cli_user() -> str:
+    """The actor of a direct-mode command: `cli:<login name>` (every event it appends records it)."""
+    import getpass
+
+    from mlhub.events import cli_actor
+
+    try:
+        login: str | None = getpass.getuser()
+    except (OSError, KeyError):
+        login = None
+    return cli_actor(login)
+
+
 def run_with_event_log(settings: Settings, name: str, work: Callable[[EventLog], Awaitable[T]]) -> T:
-    """Run `work` against the event log the settings name; an mlhub error exits 1 with one line."""
+    """Run `work` against the event log the settings name, acting as `cli_user()`; an mlhub error exits 1
+    with one line."""
+    from mlhub.events import CURRENT_ACTOR
+
+    CURRENT_ACTOR.set(cli_user())  # asyncio.run below copies this context
 
     async def main(url: str) -> T:
         async with open_event_log(settings, url, name) as log:

@@ -57,8 +57,11 @@ STOP_GRACE_S = 30.0
 READY_TIMEOUT_S = 120.0
 #: The file next to the data dir's state that tells clients where the local hub serves.
 HUB_FILE = "hub.json"
-#: The session's generated admin token (0600), when MLHUB_API_TOKENS/MLHUB_API_TOKENS_FILE are unset.
+#: The hub's admin token (0600), made on the first start and reused on every later one, when
+#: MLHUB_API_TOKENS/MLHUB_API_TOKENS_FILE are unset. Delete it (hub stopped) to get a new one.
 TOKEN_FILE = "api-token"
+#: The name of that token: its writes are recorded as the actor `token:hub-admin`.
+HUB_TOKEN_NAME = "hub-admin"
 #: The restart bound counts the restarts of one part within this many seconds.
 RESTART_WINDOW_S = 60.0
 #: Delay before the first restart of a part; it doubles with each restart in the window, up to BACKOFF_MAX_S.
@@ -203,11 +206,24 @@ class Hub:
             engine.dispose()
 
     def _token(self) -> tuple[str | None, Path | None]:
-        """A fresh admin token for this session when no token is configured; written 0600 to the data dir."""
-        path = self.data_dir / TOKEN_FILE
-        path.unlink(missing_ok=True)  # a token of an earlier session is void
+        """The hub's admin token when no token is configured: DATA_DIR/api-token (0600) when it holds one (so
+        pasted and scripted tokens survive a restart), else a new one written there."""
         if self.settings.api_tokens or self.settings.api_tokens_file:
             return None, None
+        path = self.data_dir / TOKEN_FILE
+        try:
+            token = path.read_text().strip()
+        except FileNotFoundError:
+            token = ""
+        except OSError as e:
+            raise HubError(f"cannot read the hub's admin token {path}: {e.strerror or e}") from e
+        if token:
+            if len(token) < 8 or any(c in token for c in ",:# \t"):
+                raise HubError(f"{path} does not hold a usable token (at least 8 characters, no ',', ':', '#' or "
+                               "spaces): delete it and start again for a new one")
+            os.chmod(path, 0o600)  # it may have been copied with laxer permissions
+            return token, path
+        path.unlink(missing_ok=True)
         token = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -218,7 +234,7 @@ class Hub:
         env = dict(os.environ)
         env.update({"MLHUB_DATA_DIR": str(self.data_dir), "MLHUB_NATS_URL": nats_url, "PYTHONUNBUFFERED": "1"})
         if token is not None:
-            env["MLHUB_API_TOKENS"] = f"{token}:admin"
+            env["MLHUB_API_TOKENS"] = f"{token}:admin:{HUB_TOKEN_NAME}"
         return env
 
     def _spawn(self, child: Child, env: dict[str, str]) -> None:
@@ -365,7 +381,6 @@ class Hub:
             self._nats = None
         if self._lock_fd is not None:  # the files are this hub's only while it holds the lock
             (self.data_dir / HUB_FILE).unlink(missing_ok=True)
-            (self.data_dir / TOKEN_FILE).unlink(missing_ok=True)
             self.settings.hub_parts_file.unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = None

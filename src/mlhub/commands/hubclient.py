@@ -3,7 +3,7 @@
 The rule: a client command (submit, cancel, reproduce, runs, show, models, query) talks to the hub at
 MLHUB_URL (default http://127.0.0.1:8000) with MLHUB_TOKEN, unless MLHUB_NATS_URL is set (an operator inside a
 deployment) or --direct is given; then it uses the event log and the read model directly, as before.
-MLHUB_TOKEN unset: the session token of a local `mlhub up` serving MLHUB_URL from MLHUB_DATA_DIR is used.
+MLHUB_TOKEN unset: the admin token of a local `mlhub up` serving MLHUB_URL from MLHUB_DATA_DIR is used.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class HubClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HubClient:
-        """A client for MLHUB_URL with MLHUB_TOKEN, or the local `mlhub up` session token."""
+        """A client for MLHUB_URL with MLHUB_TOKEN, or the local `mlhub up` admin token."""
         from mlhub.commands.hub import read_local_token
 
         token = settings.token or read_local_token(settings.data_dir, settings.url)

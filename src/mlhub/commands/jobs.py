@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mlhub.commands.common import load_settings, run_with_event_log
+from mlhub.commands.common import cli_user, load_settings, run_with_event_log
 from mlhub.commands.hubclient import DIRECT, use_client, with_hub
 
 if TYPE_CHECKING:
@@ -209,19 +209,9 @@ def cancel(job_id: str, reason: str, direct: bool) -> None:
 
         with_hub(settings, lambda client: jobs_client.cancel(client, job_id, reason))
         return
-    requested_by = _current_user()
+    requested_by = cli_user()
     result = run_with_event_log(
         settings, "mlhub-cancel",
         lambda log: cancel_job(log, job_id, reason, requested_by, producer=settings.producer),
     )
     click.echo(f"cancelled job {result.job_id} (it was {result.previous_status})")
-
-
-def _current_user() -> str | None:
-    """The login name of whoever runs the command, recorded as requested_by; None when unknown."""
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return None

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from mlhub.commands.common import fail, load_settings, read_model, run_with_event_log
+from mlhub.commands.common import cli_user, fail, load_settings, read_model, run_with_event_log
 from mlhub.commands.hubclient import DIRECT, HubClient, use_client, with_hub
 from mlhub.errors import MlhubError
 
@@ -141,7 +141,7 @@ def register(name: str, run_id: str, artifact_path: str, description: str, as_js
         raise click.UsageError("model registration is not part of the hub's REST API yet: run it with --direct "
                                "(on the hub's machine, with its MLHUB_DATA_DIR) or with MLHUB_NATS_URL set")
     result = run_with_event_log(settings, "mlhub-models", lambda log: register_version(
-        log, name, run_id, artifact_path, description=description, registered_by=_current_user(),
+        log, name, run_id, artifact_path, description=description, registered_by=cli_user(),
         producer=settings.producer))
     if as_json:
         _echo_json(result)
@@ -190,7 +190,7 @@ def _gates(settings: Settings, path: Path | None) -> GatesConfig | None:
               help="The version the alias must point to now ('none': not set). Default: whatever it points to "
                    "when the command reads it; a promotion that lands in between is still refused.")
 @click.option("--reason", default="", help="Why (recorded in the alias history).")
-@click.option("--actor", default=None, help="Who promotes (recorded); default: the login name.")
+@click.option("--actor", default=None, help="Who promotes (recorded); default: cli:<login name>.")
 @click.option("--gates", "gates_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Promotion gates file (default: MLHUB_REGISTRY_GATES, else configs/registry.yaml if present).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -221,7 +221,7 @@ def promote(name: str, version: int, alias: str, expect_current: str | None, rea
         return
     expected = _expected(expect_current)
     gates = _gates(settings, gates_path)
-    who = actor or _current_user() or settings.producer
+    who = actor or cli_user()
 
     async def work(log: EventLog) -> PromoteResult:
         current = expected if expect_current is not None else await current_alias(log, name, alias)
@@ -306,13 +306,3 @@ def lineage(name: str, alias: str | None, version: int | None, as_json: bool, di
     if chain.missing:
         lines.append(f"  missing     {', '.join(chain.missing)} (the run never recorded them)")
     click.echo("\n".join(lines))
-
-
-def _current_user() -> str | None:
-    """The login name of whoever runs the command; None when unknown."""
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return None

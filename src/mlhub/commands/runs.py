@@ -97,25 +97,17 @@ def end(run_id: str, status: str, reason: str, direct: bool) -> None:
 
 
 def _end_direct(settings: Settings, run_id: str, status: str, reason: str) -> int:
-    import asyncio
-    import getpass
-
-    from mlhub.commands.common import event_log_url, open_event_log
+    from mlhub.commands.common import cli_user, run_with_event_log
+    from mlhub.eventlog import EventLog
     from mlhub.events import RunStatus
     from mlhub.tracking import TrackingService
 
-    async def main(url: str) -> int:
-        async with open_event_log(settings, url, "mlhub-cli") as event_log:
-            service = TrackingService(event_log, producer=settings.producer)
-            written = await service.end_by_hand(run_id, RunStatus(status), reason=reason,
-                                                actor=f"{getpass.getuser()} (cli)")
-            return written.seq
+    async def work(event_log: EventLog) -> int:
+        service = TrackingService(event_log, producer=settings.producer)
+        written = await service.end_by_hand(run_id, RunStatus(status), reason=reason, actor=cli_user())
+        return written.seq
 
-    try:
-        with event_log_url(settings) as url:
-            return asyncio.run(main(url))
-    except MlhubError as e:
-        fail(e)
+    return run_with_event_log(settings, "mlhub-cli", work)
 
 
 def _num(value: Any) -> str:

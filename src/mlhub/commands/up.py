@@ -46,9 +46,10 @@ def print_access(info: Any) -> None:
     """The URL and how a client authenticates."""
     click.echo(f"mlhub is serving at {info.url}  (API under {info.url}/api/v1, interactive docs at {info.url}/docs)")
     if info.token is not None:
-        click.echo(f"  admin token of this session: {info.token}")
-        click.echo(f"  (also in {info.token_file}, mode 0600; the mlhub CLI reads it from there when MLHUB_URL is "
-                   f"{info.url} and MLHUB_TOKEN is unset)")
+        click.echo(f"  admin token of this hub: {info.token}")
+        click.echo(f"  (kept in {info.token_file}, mode 0600, and reused on every restart; the mlhub CLI reads it "
+                   f"from there when MLHUB_URL is {info.url} and MLHUB_TOKEN is unset; `mlhub tokens create` "
+                   "issues tokens for others)")
     else:
         click.echo("  tokens: from MLHUB_API_TOKENS / MLHUB_API_TOKENS_FILE (clients set MLHUB_TOKEN)")
     click.echo(f"  logs of every part: {info.logs_dir}")
@@ -64,8 +65,9 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
     127.0.0.1:PORT. There is no separate scheduler process: jobs are queued by whoever submits them and their
     timeouts are enforced by the workers.
 
-    Without MLHUB_API_TOKENS / MLHUB_API_TOKENS_FILE, an admin token is generated for the session, printed and
-    written to DATA_DIR/api-token (mode 0600). Stopping stops every part; no process is left behind, even when
+    Without MLHUB_API_TOKENS / MLHUB_API_TOKENS_FILE, the hub's admin token (named hub-admin) is printed: the
+    one in DATA_DIR/api-token (mode 0600) when there is one, else a new one written there, so it stays valid
+    across restarts. Stopping stops every part; no process is left behind, even when
     `mlhub up` itself is killed. A part that dies is restarted (with backoff; more than
     MLHUB_HUB_MAX_RESTARTS_PER_MIN restarts of one part within a minute stop the hub); /readyz shows each part.
     """

@@ -7,14 +7,17 @@ from mlhub.events.audit import AuditSealed
 from mlhub.events.base import DomainEvent, canonical_json, sha256_of, subject_token
 from mlhub.events.catalog import AGGREGATE_TYPES, EVENT_CLASSES, EVENT_TYPES
 from mlhub.events.envelope import (
+    CURRENT_ACTOR,
     STREAM_SUBJECTS,
     SUBJECT_PREFIX,
     Envelope,
     aggregate_subject_filter,
+    cli_actor,
     decode,
     encode,
     event_subject,
     to_json_dict,
+    token_actor,
 )
 from mlhub.events.experiment import (
     ExperimentCreated,
@@ -80,6 +83,19 @@ from mlhub.events.run import (
     TagsSet,
 )
 from mlhub.events.status import ENDED_RUN_STATUSES, RunStatus
+from mlhub.events.token import (
+    TOKEN_ROLES,
+    TOKEN_SUBJECTS,
+    TokenIssued,
+    TokenName,
+    TokenRecord,
+    TokenRevoked,
+    TokenRole,
+    apply_token_event,
+    check_token_name,
+    check_token_role,
+    fold_tokens,
+)
 from mlhub.events.upcasting import UPCASTERS, upcast
 
 __all__ = [
@@ -171,4 +187,18 @@ __all__ = [
     "sha256_of",
     "to_json_dict",
     "upcast",
+    "CURRENT_ACTOR",
+    "TOKEN_ROLES",
+    "TOKEN_SUBJECTS",
+    "TokenIssued",
+    "TokenName",
+    "TokenRecord",
+    "TokenRevoked",
+    "TokenRole",
+    "apply_token_event",
+    "check_token_name",
+    "check_token_role",
+    "cli_actor",
+    "fold_tokens",
+    "token_actor",
 ]

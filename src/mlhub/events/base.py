@@ -11,8 +11,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from mlhub.events.keys import Key
 
-__all__ = ["Attempt", "DomainEvent", "EntityId", "Key", "NonNegativeInt", "RelativePath", "Sha256Hex",
+__all__ = ["SUBJECT_PREFIX", "Attempt", "DomainEvent", "EntityId", "Key", "NonNegativeInt", "RelativePath", "Sha256Hex",
            "canonical_json", "sha256_of", "subject_token"]
+
+#: Every event subject starts with this prefix; the stream captures `mlhub.ev.>`.
+SUBJECT_PREFIX = "mlhub.ev"
 
 #: An id that is also a NATS subject token: letters, digits, '_' and '-' (no '.', '*', '>' or spaces).
 EntityId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]

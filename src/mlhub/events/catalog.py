@@ -46,6 +46,7 @@ from mlhub.events.run import (
     TagsDeleted,
     TagsSet,
 )
+from mlhub.events.token import TokenIssued, TokenRevoked
 
 EVENT_CLASSES: tuple[type[DomainEvent], ...] = (
     ExperimentCreated,
@@ -91,6 +92,8 @@ EVENT_CLASSES: tuple[type[DomainEvent], ...] = (
     ModelUpdated,
     ModelVersionDeleted,
     ModelDeleted,
+    TokenIssued,
+    TokenRevoked,
 )
 
 

@@ -4,7 +4,9 @@ Wire form (UTF-8 JSON, one message per event; the event id is also the message's
 
     {"event_id": "...", "type": "run.metrics_logged", "schema_version": 2,
      "occurred_at": "2026-11-25T18:00:00.000000Z", "producer": "worker@host", "correlation_id": "<job id>",
-     "aggregate_type": "run", "aggregate_id": "<run id>", "payload": {...}}
+     "actor": "token:ci", "aggregate_type": "run", "aggregate_id": "<run id>", "payload": {...}}
+
+(`actor` only when a person or token made the event happen.)
 
 Every stored message is strict JSON: non-finite metric values are written as the strings "NaN", "Infinity"
 and "-Infinity" (and read back as floats).
@@ -13,6 +15,7 @@ and "-Infinity" (and read back as floats).
 from __future__ import annotations
 
 import json
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -21,12 +24,13 @@ import pydantic_core
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from mlhub.errors import EventDecodeError
-from mlhub.events.base import DomainEvent
+from mlhub.events.base import SUBJECT_PREFIX, DomainEvent
 from mlhub.events.catalog import EVENT_TYPES
 from mlhub.events.upcasting import upcast
 
-#: Every event subject starts with this prefix; the stream captures `mlhub.ev.>`.
-SUBJECT_PREFIX = "mlhub.ev"
+__all__ = ["CURRENT_ACTOR", "STREAM_SUBJECTS", "SUBJECT_PREFIX", "Envelope", "aggregate_subject_filter", "cli_actor",
+           "decode", "encode", "event_subject", "to_json_dict", "token_actor"]
+
 STREAM_SUBJECTS = f"{SUBJECT_PREFIX}.>"
 
 
@@ -38,6 +42,23 @@ def aggregate_subject_filter(aggregate_type: str, aggregate_id: str) -> str:
 def event_subject(event: DomainEvent) -> str:
     """The subject an event is stored under: `mlhub.ev.<aggregate type>.<aggregate id>.<event name>`."""
     return f"{SUBJECT_PREFIX}.{event.aggregate_type}.{event.aggregate_id}.{event.event_name()}"
+
+
+#: Who acts in the current request or command, in the one actor format (see `token_actor`, `cli_actor`): an
+#: Envelope made without an explicit actor takes it. The API sets it per request from the caller's token, the
+#: CLI's direct mode to `cli:<login>`; workers, projectors and the reaper leave it unset (their `producer` says
+#: who they are).
+CURRENT_ACTOR: ContextVar[str | None] = ContextVar("mlhub_current_actor", default=None)
+
+
+def token_actor(name: str) -> str:
+    """The actor of a request made with the API token `name`: `token:<name>`."""
+    return f"token:{name}"
+
+
+def cli_actor(login: str | None) -> str:
+    """The actor of a direct-mode CLI command run by `login`: `cli:<login>`."""
+    return f"cli:{login or 'unknown'}"
 
 
 def _utcnow() -> datetime:
@@ -52,6 +73,9 @@ class Envelope(BaseModel):
     event: DomainEvent
     producer: str = Field(min_length=1, max_length=200)
     correlation_id: str | None = Field(default=None, max_length=200)
+    #: Who made the event happen (`token:<name>`, `cli:<login>`), when a person or token did: every write
+    #: through the API or the direct-mode CLI records it. None for the hub's own parts (see `producer`).
+    actor: str | None = Field(default_factory=lambda: CURRENT_ACTOR.get(), max_length=300)
     event_id: UUID = Field(default_factory=uuid4)
     occurred_at: AwareDatetime = Field(default_factory=_utcnow)
 
@@ -95,6 +119,7 @@ def encode(envelope: Envelope) -> bytes:
         "occurred_at": envelope.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "producer": envelope.producer,
         "correlation_id": envelope.correlation_id,
+        **({"actor": envelope.actor} if envelope.actor is not None else {}),  # events without one keep their bytes
         "aggregate_type": envelope.aggregate_type,
         "aggregate_id": envelope.aggregate_id,
     }
@@ -130,6 +155,7 @@ def decode(data: bytes | str) -> Envelope:
             event=event,
             producer=raw["producer"],
             correlation_id=raw.get("correlation_id"),
+            actor=raw.get("actor"),
             event_id=raw["event_id"],
             occurred_at=raw["occurred_at"],
         )

@@ -61,6 +61,8 @@ from mlhub.events import (
     RunStatus,
     SeedRecorded,
     TagsSet,
+    TokenIssued,
+    TokenRevoked,
 )
 from mlhub.projections import sql_mlflow
 from mlhub.readmodel import tables as t
@@ -179,6 +181,10 @@ class ReadModelChanges:
             MetricDefined: self._metric_definition,
             MetricMigrated: self._metric_definition,
             AuditSealed: self._audit_sealed,
+            # API tokens live in each API replica's memory (folded from the log), not in the read model: skipped
+            # on purpose (never a dead letter)
+            TokenIssued: self._skip,
+            TokenRevoked: self._skip,
         }
         self._handlers.update({cls: functools.partial(handler, self) for cls, handler in sql_mlflow.HANDLERS.items()})
 
@@ -308,12 +314,12 @@ class ReadModelChanges:
     def _experiment_created(self, seq: int, env: Envelope, e: ExperimentCreated) -> None:
         self._put(t.experiments, (e.experiment_id,), _template(
             t.experiments, experiment_id=e.experiment_id, name=e.name, description=e.description,
-            tags=dict(e.tags), created_at=env.occurred_at, created_by=env.producer, last_seq=seq,
+            tags=dict(e.tags), created_at=env.occurred_at, created_by=env.actor or env.producer, last_seq=seq,
         ))
 
     def _run_created(self, seq: int, env: Envelope, e: RunCreated) -> None:
         row = self._run(e.run_id, seq, env.occurred_at)
-        row.update(experiment_id=e.experiment_id, name=e.name, source=e.source, created_by=env.producer)
+        row.update(experiment_id=e.experiment_id, name=e.name, source=e.source, created_by=env.actor or env.producer)
         row["created_at"] = row["created_at"] or env.occurred_at
         if e.job_id is not None:
             row["job_id"] = e.job_id
@@ -547,6 +553,9 @@ class ReadModelChanges:
             for summary in self.rows[t.metric_summaries].values():
                 if summary.get("key") == e.name:
                     summary["declared"] = True
+
+    def _skip(self, seq: int, env: Envelope, e: DomainEvent) -> None:
+        """An event the read model has no rows for."""
 
     def _audit_sealed(self, seq: int, env: Envelope, e: AuditSealed) -> None:
         self._put(t.audit_seals, (seq,), {

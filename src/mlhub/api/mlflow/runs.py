@@ -93,7 +93,7 @@ async def create_run(request: Request, state: StateDep, who: WriterDep) -> Any:
     user = text(fields, "user_id")
     if user and "mlflow.user" not in tags:
         tags["mlflow.user"] = user
-    tags.update(caller_tag(who.name))
+    tags.update(caller_tag(f"{who.user} ({who.name})" if who.user else who.name))
     name = text(fields, "run_name") or tags.get("mlflow.runName")
     if experiment_id == "0":
         written = await state.tracking.create_run(DEFAULT_EXPERIMENT, name=name, tags=tags)
