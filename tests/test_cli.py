@@ -15,7 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlhub.eventlog import EventLog
+from mlhub.errors import EventLogUnauthorized
+from mlhub.eventlog import EventLog, NatsAuth, UserPassword
+from mlhub.eventlog.auth import read_credentials
 from mlhub.events import Envelope, TagsSet
 
 MLHUB = [sys.executable, "-m", "mlhub.cli"]
@@ -136,7 +138,12 @@ async def test_nats_serves_tail_prints_and_ctrl_c_stops_everything(
     data_dir = tmp_path / "data"
     server_pid = _server_pid(data_dir)
     assert psutil.Process(server_pid).name() == "nats-server"
-    async with EventLog(url) as log:
+    # The printed URL carries no credentials and alone opens nothing; the admin's file in the data dir does.
+    with pytest.raises(EventLogUnauthorized):
+        await EventLog(url, connect_timeout_s=5).connect()
+    admin = read_credentials(data_dir / "nats" / "credentials" / "admin")
+    assert isinstance(admin, UserPassword)
+    async with EventLog(url, auth=NatsAuth(user=admin)) as log:
         event = Envelope(event=TagsSet(run_id="cli", tags={"k": "v"}), producer="test")
         await log.append(event, expected_version=0)
     # `mlhub events tail` finds the running embedded server through the data dir.

@@ -122,25 +122,28 @@ def main() -> None:
 def nats() -> None:
     """Run the embedded nats-server (JetStream under MLHUB_DATA_DIR) in the foreground until Ctrl-C."""
     from mlhub.commands.common import open_event_log
-    from mlhub.eventlog import STREAM_NAME, EmbeddedNats
+    from mlhub.eventlog import STREAM_NAME, EmbeddedNats, private_dir, redact_url
 
     settings = _settings()
     if settings.nats_url:
         raise click.UsageError(
-            f"MLHUB_NATS_URL is set ({settings.nats_url}): mlhub uses that server and starts none; "
+            f"MLHUB_NATS_URL is set ({redact_url(settings.nats_url)}): mlhub uses that server and starts none; "
             "unset it to run the embedded server"
         )
+    private_dir(settings.data_dir)
     server = EmbeddedNats(settings.nats_dir, port=settings.nats_port, sync=settings.nats_sync)
     stop = _stop_on_signals()
     try:
         url = server.start()
 
         async def setup() -> None:
-            async with open_event_log(settings, url, "mlhub-nats"):  # creates or checks the stream
+            # As the admin (the URL carries its credentials): creates or checks the stream.
+            async with open_event_log(settings.model_copy(update={"nats_creds": None}), url, "mlhub-nats"):
                 pass
 
         _run(setup)
-        click.echo(f"nats-server listening at {url}")
+        click.echo(f"nats-server listening at {server.public_url} (no anonymous clients)")
+        click.echo(f"  credentials (user:password, one file per role): {server.credentials_file('admin').parent}")
         click.echo(f"  JetStream store: {server.store_dir.resolve()}  (fsync: {settings.nats_sync})")
         click.echo(f"  stream {STREAM_NAME} ready; other mlhub commands on this data dir will use it")
         click.echo("  press Ctrl-C to stop")

@@ -56,6 +56,12 @@ class EventLogUnavailable(MlhubError):
     code = "EVENT_LOG_UNAVAILABLE"
 
 
+class EventLogUnauthorized(EventLogUnavailable):
+    """The NATS server refused the connection's credentials (none given, or wrong ones): retrying cannot help."""
+
+    code = "EVENT_LOG_UNAUTHORIZED"
+
+
 class StreamConfigConflict(MlhubError):
     """The existing stream's settings differ from what mlhub requires."""
 
@@ -72,6 +78,12 @@ class EventTooLarge(AppendRejected):
     """An event over the largest message the event log takes: nothing was stored (the request must be split)."""
 
     code = "REQUEST_TOO_LARGE"
+
+
+class EventLogPermissionDenied(AppendRejected):
+    """The NATS server denied this connection's user a subject (publish or subscribe): nothing was stored."""
+
+    code = "EVENT_LOG_PERMISSION_DENIED"
 
 
 class EmbeddedServerError(MlhubError):

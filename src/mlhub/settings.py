@@ -20,6 +20,17 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".mlhub")
     #: Use this NATS server (or cluster, comma-separated URLs) and start none. Unset: the embedded server.
     nats_url: str | None = None
+    #: The event log's credentials: a file holding one line `user:password`, or a NATS `.creds` file (JWT and
+    #: NKEY seed, needs the `nkeys` package). Unset: the URL's own `nats://user:password@host` if any; with no
+    #: MLHUB_NATS_URL, the embedded server's admin credentials from <data_dir>/nats/credentials/admin.
+    #: `mlhub up` gives each of its parts the file of that part's role.
+    nats_creds: Path | None = None
+    #: TLS to the event log: the CA file that signed the servers' certificates (unset: the system's CAs; a
+    #: `tls://` URL or a server that requires TLS turns TLS on), and a client certificate with its key (both or
+    #: neither) for servers that verify clients.
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
     #: Port of the embedded nats-server; 0 picks a free port (written to <data_dir>/nats/server.json).
     nats_port: Annotated[int, Field(ge=0, le=65535)] = 0
     #: fsync policy of the embedded server's JetStream store: "always" fsyncs before every acknowledgement

@@ -103,7 +103,7 @@ async def query(body: QueryRequest, state: StateDep, _: ReaderDep, min_seq: MinS
 @contextlib.asynccontextmanager
 async def open_resources(settings: Settings, event_log: EventLog | None) -> AsyncIterator[tuple[EventLog, Engine]]:
     """The event log (given, or connected here) and the migrated read-model engine, released on exit."""
-    from mlhub.eventlog import StreamSpec, nats_endpoint
+    from mlhub.eventlog import nats_endpoint
     from mlhub.readmodel import create_engine, migrate
 
     engine = create_engine(settings.resolved_database_url, pool_size=20, max_overflow=20)
@@ -113,10 +113,8 @@ async def open_resources(settings: Settings, event_log: EventLog | None) -> Asyn
             yield event_log, engine
             return
         with nats_endpoint(settings.nats_url, settings.nats_dir, port=settings.nats_port,
-                           sync=settings.nats_sync) as url:
-            spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
-            log = EventLog(url, spec=spec, name="mlhub-api", ack_timeout_s=settings.ack_timeout_s,
-                           append_deadline_s=settings.append_deadline_s)
+                           sync=settings.nats_sync, as_admin=settings.nats_creds is None) as url:
+            log = EventLog.from_settings(url, settings, name="mlhub-api")
             await log.connect()
             try:
                 await log.ensure_stream()

@@ -65,6 +65,9 @@ ERROR_CODE_TO_HTTP_STATUS: dict[str, int] = {
     "NOT_IMPLEMENTED": 501,
     "REGISTRY_GATES_INVALID": 500,
     "EVENT_LOG_UNAVAILABLE": 503,
+    # the hub's own NATS user lacks a permission or its credentials were refused: a deployment error
+    "EVENT_LOG_PERMISSION_DENIED": 500,
+    "EVENT_LOG_UNAUTHORIZED": 503,
     "READ_MODEL_ERROR": 503,
     "METRIC_TABLE_ERROR": 503,
     "ARTIFACT_STORE_UNAVAILABLE": 503,

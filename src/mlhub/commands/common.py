@@ -41,21 +41,21 @@ def fail(e: MlhubError) -> NoReturn:
 
 @contextmanager
 def event_log_url(settings: Settings) -> Iterator[str]:
-    """MLHUB_NATS_URL, a running embedded server of the data dir, or an embedded server for this command."""
+    """MLHUB_NATS_URL, a running embedded server of the data dir, or an embedded server for this command (an
+    embedded server's URL carries the data dir's admin credentials unless MLHUB_NATS_CREDS names others)."""
     from mlhub.eventlog import nats_endpoint
 
-    with nats_endpoint(settings.nats_url, settings.nats_dir, port=settings.nats_port, sync=settings.nats_sync) as url:
+    with nats_endpoint(settings.nats_url, settings.nats_dir, port=settings.nats_port, sync=settings.nats_sync,
+                       as_admin=settings.nats_creds is None) as url:
         yield url
 
 
 @asynccontextmanager
 async def open_event_log(settings: Settings, url: str, name: str) -> AsyncIterator[EventLog]:
     """A connected EventLog with the stream checked, closed on exit."""
-    from mlhub.eventlog import EventLog, StreamSpec
+    from mlhub.eventlog import EventLog
 
-    spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
-    async with EventLog(url, spec=spec, name=name, ack_timeout_s=settings.ack_timeout_s,
-                        append_deadline_s=settings.append_deadline_s) as log:
+    async with EventLog.from_settings(url, settings, name=name) as log:
         yield log
 
 

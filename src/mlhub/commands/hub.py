@@ -21,6 +21,12 @@ acknowledged is lost and every client reconnects; a restarted projector goes on 
 restarted more than MLHUB_HUB_MAX_RESTARTS_PER_MIN times in RESTART_WINDOW_S stops the hub, which says why.
 Each restart is logged (stderr of `mlhub up` and the part's own log), and the state of every part is written to
 Settings.hub_parts_file (DATA_DIR/hub-parts.json), which the API's /readyz reports.
+
+Locked doors: the data dir is made 0700, the SQLite read model 0600, and every child runs with umask 077. The
+embedded nats-server refuses anonymous clients; each child connects as the user of its role (projectors:
+`projector`, workers: `worker`, the API: `api`; see mlhub.eventlog.auth) through MLHUB_NATS_CREDS, which names
+that role's credential file in the data dir. hub.json holds no secret: URLs without credentials and the path of
+the (0600) token file.
 """
 
 from __future__ import annotations
@@ -84,6 +90,8 @@ class Child:
     name: str
     args: list[str]
     log_path: Path
+    #: The event-log user it connects as (with the embedded server): api, projector or worker.
+    role: str = "admin"
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
     part: PartState = field(init=False)
@@ -97,7 +105,10 @@ class HubInfo:
     """Where the started hub serves and how to authenticate."""
 
     url: str
+    #: The event log's URL for this process (with the embedded server: carrying its admin's credentials, so
+    #: never print it); `public_nats_url` is the same without credentials.
     nats_url: str
+    public_nats_url: str
     data_dir: Path
     token: str | None
     token_file: Path | None
@@ -129,37 +140,39 @@ class Hub:
         """Start everything and wait until the API answers; HubError names what failed."""
         if self.info is not None:
             raise HubError("the hub is started already")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        from mlhub.eventlog import private_dir, redact_url
+
+        private_dir(self.data_dir)  # credentials, the token, the read model: the owner's only
         self._take_lock()
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         _check_port_free(self.host, self.port)
-        nats_url = self._start_nats()
-        self.echo(f"event log: {nats_url}" + ("" if self.settings.nats_url else
-                                              f" (embedded nats-server, store {self.settings.nats_dir.resolve()})"))
+        nats_url, public_nats_url = self._start_nats()
+        embedded = f" (embedded nats-server, store {self.settings.nats_dir.resolve()}, one user per part)"
+        self.echo(f"event log: {public_nats_url}" + ("" if self.settings.nats_url else embedded))
         asyncio.run(self._prepare_stream(nats_url))
         self._migrate()
         token, token_file = self._token()
         url = f"http://{self.host}:{self.port}"
-        env = self._child_env(nats_url, token)
+        env = self._child_env(public_nats_url if self._nats is not None else nats_url, token)
         self._env = env  # kept for restarts
         python = [sys.executable, "-m"]
         # The SQL and metric-table projectors in a process each: they would share one interpreter lock otherwise
         # (measured: ingest until queryable 435,000 -> 592,000 points/s, tools/bench/api.py).
         self.children = [Child(f"projector-{name}", [*python, "mlhub.cli", "projector", "--only", name],
-                               logs / f"projector-{name}.log") for name in ("sql", "metrics")]
-        self.children += [Child(f"worker-{i + 1}", [*python, "mlhub.cli", "worker"], logs / f"worker-{i + 1}.log")
-                          for i in range(self.workers)]
+                               logs / f"projector-{name}.log", role="projector") for name in ("sql", "metrics")]
+        self.children += [Child(f"worker-{i + 1}", [*python, "mlhub.cli", "worker"], logs / f"worker-{i + 1}.log",
+                                role="worker") for i in range(self.workers)]
         self.children.append(Child("api", [*python, "uvicorn", "--factory", "mlhub.api:create_app", "--host",
-                                           self.host, "--port", str(self.port)], logs / "api.log"))
+                                           self.host, "--port", str(self.port)], logs / "api.log", role="api"))
         for child in self.children:
             self._spawn(child, env)
-        self.info = HubInfo(url=url, nats_url=nats_url, data_dir=self.data_dir, token=token, token_file=token_file,
-                            logs_dir=logs)
+        self.info = HubInfo(url=url, nats_url=nats_url, public_nats_url=public_nats_url, data_dir=self.data_dir,
+                            token=token, token_file=token_file, logs_dir=logs)
         self._wait_ready(url)
         self._write_parts()
         (self.data_dir / HUB_FILE).write_text(json.dumps({
-            "url": url, "pid": os.getpid(), "nats_url": nats_url,
+            "url": url, "pid": os.getpid(), "nats_url": redact_url(public_nats_url),
             "token_file": str(token_file) if token_file else None}) + "\n")
         return self.info
 
@@ -179,29 +192,36 @@ class Hub:
                            "or give this one another --data-dir") from None
         self._lock_fd = fd
 
-    def _start_nats(self) -> str:
-        if self.settings.nats_url:
-            return self.settings.nats_url
-        from mlhub.eventlog import EmbeddedNats
+    def _start_nats(self) -> tuple[str, str]:
+        """The event log's URL for this process (the embedded admin's, with credentials) and without secrets."""
+        from mlhub.eventlog import EmbeddedNats, redact_url
 
+        if self.settings.nats_url:
+            return self.settings.nats_url, redact_url(self.settings.nats_url)
         server = EmbeddedNats(self.settings.nats_dir, port=self.settings.nats_port, sync=self.settings.nats_sync)
         url = server.start()  # stops what it started when it fails
         self._nats = server
         self._nats_part = PartState(NATS_PART, pid=server.process.pid if server.process else None)
-        return url
+        assert server.public_url is not None
+        return url, server.public_url
 
     async def _prepare_stream(self, url: str) -> None:
         from mlhub.commands.common import open_event_log
 
-        async with open_event_log(self.settings, url, "mlhub-up"):  # creates or checks the stream
+        # As the admin (embedded) or as MLHUB_NATS_CREDS/the URL's user names (external): creates or checks the stream.
+        settings = self.settings if self.settings.nats_url else self.settings.model_copy(update={"nats_creds": None})
+        async with open_event_log(settings, url, "mlhub-up"):
             pass
 
     def _migrate(self) -> None:
-        from mlhub.readmodel import create_engine, migrate
+        from mlhub.readmodel import create_engine, migrate, sqlite_path
 
         engine = create_engine(self.settings.resolved_database_url, writer=True)
         try:
             migrate(engine)
+            path = sqlite_path(engine)
+            if path is not None:  # its journal files (WAL, SHM) take the database file's mode
+                os.chmod(path, 0o600)
         finally:
             engine.dispose()
 
@@ -240,6 +260,8 @@ class Hub:
     def _spawn(self, child: Child, env: dict[str, str]) -> None:
         parent = os.getpid()
         child.log = child.log_path.open("ab")
+        if self._nats is not None:  # the embedded server: each part connects as its role's user
+            env = {**env, "MLHUB_NATS_CREDS": str(self._nats.credentials_file(child.role))}
         child.process = subprocess.Popen(
             child.args, env=env, stdin=subprocess.DEVNULL, stdout=child.log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=lambda: _die_with_parent(parent))
@@ -397,7 +419,9 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """In the child before exec: ask Linux to SIGKILL us when the parent dies; exit if it already has."""
+    """In the child before exec: ask Linux to SIGKILL us when the parent dies; exit if it already has. What the
+    child writes (logs, read model, metric tables, artifacts) is its owner's only (umask 077)."""
+    os.umask(0o077)
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -10,10 +10,10 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -21,10 +21,21 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
 
-from mlhub.errors import AppendRejected, ConcurrencyError, EventLogUnavailable, EventTooLarge
+from mlhub.errors import (
+    AppendRejected,
+    ConcurrencyError,
+    EventLogPermissionDenied,
+    EventLogUnauthorized,
+    EventLogUnavailable,
+    EventTooLarge,
+)
+from mlhub.eventlog.auth import NatsAuth, permission_violation, redact_url
 from mlhub.eventlog.fastnats import FastHeaderClient, stream_sequence
 from mlhub.eventlog.stream import MAX_EVENT_BYTES, StreamSpec, ensure_stream
 from mlhub.events import STREAM_SUBJECTS, Envelope, aggregate_subject_filter, decode, encode
+
+if TYPE_CHECKING:
+    from mlhub.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +114,10 @@ class EventLog:
         append_deadline_s: float = 60.0,
         connect_timeout_s: float = 10.0,
         name: str = "mlhub",
+        auth: NatsAuth | None = None,
     ) -> None:
         self.servers = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else list(servers)
+        self.auth = auth or NatsAuth()
         self.spec = spec or StreamSpec()
         self.ack_timeout_s = ack_timeout_s
         self.append_deadline_s = append_deadline_s
@@ -113,6 +126,22 @@ class EventLog:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._closing = False
+        # Tasks waiting for an answer to a publish on a subject, so a permissions violation the server reports
+        # (asynchronously, it sends no answer) fails them at once instead of after every retry.
+        self._waiting: dict[str, set[asyncio.Task[Any]]] = {}
+        self._denied: dict[asyncio.Task[Any], str] = {}
+
+    @classmethod
+    def from_settings(cls, servers: str, settings: Settings, *, name: str) -> EventLog:
+        """The event log as the settings describe it: stream spec, time-outs, credentials and TLS."""
+        spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
+        return cls(servers, spec=spec, name=name, ack_timeout_s=settings.ack_timeout_s,
+                   append_deadline_s=settings.append_deadline_s, auth=NatsAuth.from_settings(settings))
+
+    @property
+    def where(self) -> str:
+        """The servers, without any user or password (for messages)."""
+        return ", ".join(redact_url(s) for s in self.servers)
 
     # -- connection ---------------------------------------------------------------------------------------
 
@@ -125,44 +154,68 @@ class EventLog:
         await self.close()
 
     async def connect(self) -> None:
-        """Connect (retrying until connect_timeout_s) and check the server supports what mlhub needs."""
+        """Connect (retrying until connect_timeout_s) and check the server supports what mlhub needs.
+
+        Credentials the server refuses (none, or wrong ones) raise EventLogUnauthorized at once."""
         deadline = time.monotonic() + self.connect_timeout_s
         last_error: Exception | None = None
+        options = self.auth.connect_options()
         while time.monotonic() < deadline:
             nc = FastHeaderClient()
+            refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
+            async def on_connect_error(e: Exception, refused: asyncio.Future[Exception] = refused) -> None:
+                if _is_auth_error(e) and not refused.done():
+                    refused.set_result(e)
+                await self._on_error(e)
+
+            connecting = asyncio.ensure_future(nc.connect(
+                servers=self.servers,
+                name=self.name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.1,  # type: ignore[arg-type]  # float works: it is a sleep
+                connect_timeout=min(2.0, self.connect_timeout_s),  # type: ignore[arg-type]
+                pending_size=64 * 1024 * 1024,
+                error_cb=on_connect_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                **options,
+            ))
             try:
                 # nats-py keeps retrying a first connect forever when reconnects are unlimited: bound it here.
-                await asyncio.wait_for(
-                    nc.connect(
-                        servers=self.servers,
-                        name=self.name,
-                        allow_reconnect=True,
-                        max_reconnect_attempts=-1,
-                        reconnect_time_wait=0.1,  # type: ignore[arg-type]  # float works: it is a sleep
-                        connect_timeout=min(2.0, self.connect_timeout_s),  # type: ignore[arg-type]
-                        pending_size=64 * 1024 * 1024,
-                        error_cb=self._on_error,
-                        disconnected_cb=self._on_disconnected,
-                        reconnected_cb=self._on_reconnected,
-                    ),
-                    timeout=max(0.1, deadline - time.monotonic()),
-                )
+                await asyncio.wait([connecting, cast(asyncio.Future[Any], refused)],
+                                   timeout=max(0.1, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED)
+                if refused.done():
+                    raise EventLogUnauthorized(
+                        f"the NATS server at {self.where} refused the connection {self.auth.describe(self.servers)}: "
+                        f"{_error_text(refused.result())}; set MLHUB_NATS_CREDS to a credentials file of a user "
+                        "of that server (see docs/deploy.md)")
+                if not connecting.done():
+                    raise TimeoutError("no connection")
+                connecting.result()
                 self._nc = nc
                 break
+            except EventLogUnauthorized:
+                connecting.cancel()
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                raise
             except Exception as e:  # nats raises several unrelated types for "could not connect"
                 last_error = e
+                connecting.cancel()
                 with contextlib.suppress(Exception):
                     await nc.close()
                 await asyncio.sleep(0.1)
         else:
             raise EventLogUnavailable(
-                f"cannot connect to NATS at {', '.join(self.servers)} within {self.connect_timeout_s:g}s: "
-                f"{last_error!r}"
+                f"cannot connect to NATS at {self.where} within {self.connect_timeout_s:g}s: "
+                f"{_error_text(last_error)}"
             )
         info = self._nc._server_info  # the INFO the server sent on connect
         version = str(info.get("version", "0.0.0"))
         if _parse_version(version) < MIN_SERVER_VERSION or not info.get("jetstream"):
-            url = self._nc.connected_url.netloc if self._nc.connected_url else self.servers[0]
+            url = self._nc.connected_url.netloc.rsplit("@", 1)[-1] if self._nc.connected_url else self.where
             await self.close()
             raise EventLogUnavailable(
                 f"nats-server {version} at {url} cannot hold the mlhub event log: it needs JetStream and "
@@ -183,7 +236,48 @@ class EventLog:
         self._js = None
 
     async def _on_error(self, e: Exception) -> None:
-        log.debug("nats error: %r", e)
+        violation = permission_violation(str(e))
+        if violation is None:
+            log.debug("nats error: %r", e)
+            return
+        kind, subject = violation
+        log.error("event log: the NATS server denied this connection (%s) %s to %r",
+                  self.auth.describe(self.servers), kind, subject)
+        if kind == "publish":
+            for task in self._waiting.get(subject.lower(), ()):
+                if task not in self._denied:
+                    self._denied[task] = subject
+                    task.cancel()
+
+    @contextlib.contextmanager
+    def permission_guard(self, subjects: Iterable[str], what: str) -> Iterator[None]:
+        """Inside: a publish on one of `subjects` that the server denies raises EventLogPermissionDenied at
+        once (the server answers a denied request with nothing; without this it would time out and retry)."""
+        task = asyncio.current_task()
+        assert task is not None
+        # nats-py hands the server's error text over lowercased: subjects are matched without case.
+        watched = {subject.lower(): subject for subject in subjects}
+        for subject in watched:
+            self._waiting.setdefault(subject, set()).add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            denied = self._denied.pop(task, None)
+            if denied is None:
+                raise
+            task.uncancel()
+            raise EventLogPermissionDenied(
+                f"the event log refused {what}: the NATS server at {self.where} does not let this connection "
+                f"({self.auth.describe(self.servers)}) publish to {watched.get(denied, denied)!r} (permissions "
+                "violation); nothing was stored") from None
+        finally:
+            for subject in watched:
+                waiting = self._waiting.get(subject)
+                if waiting is not None:
+                    waiting.discard(task)
+                    if not waiting:
+                        del self._waiting[subject]
+            self._denied.pop(task, None)
 
     async def _on_disconnected(self) -> None:
         if not self._closing:
@@ -208,7 +302,10 @@ class EventLog:
 
     async def ensure_stream(self) -> StreamInfo:
         """Create the stream or check the existing one's settings (StreamConfigConflict names a mismatch)."""
-        return await ensure_stream(self.js, self.spec)
+        api = "$JS.API.STREAM"
+        with self.permission_guard([f"{api}.{op}.{self.spec.name}" for op in ("INFO", "CREATE", "UPDATE")],
+                                   f"the setup of the stream {self.spec.name}"):
+            return await ensure_stream(self.js, self.spec)
 
     async def last_sequence(self, subject_filter: str | None = None) -> int:
         """The stream sequence of the last event (of those matching subject_filter); 0 when there is none."""
@@ -252,7 +349,8 @@ class EventLog:
             aggregate = aggregate_subject_filter(envelope.aggregate_type, envelope.aggregate_id)
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_version)
             headers["Nats-Expected-Last-Subject-Sequence-Subject"] = aggregate
-        resp = await self._publish(envelope.subject, data, headers)
+        with self.permission_guard([envelope.subject], f"{envelope.type} {envelope.event_id}"):
+            resp = await self._publish(envelope.subject, data, headers)
         error = resp.get("error")
         if error is None:
             return AppendResult(seq=int(resp["seq"]), duplicate=bool(resp.get("duplicate", False)))
@@ -341,7 +439,9 @@ class EventLog:
                 headers["Nats-Expected-Last-Subject-Sequence-Subject"] = subject_filter
             data = wire[index]
             messages.append((envelope.subject, data if data is not None else self.encode_event(envelope), headers))
-        resp = await self._publish_batch(messages)
+        with self.permission_guard([m[0] for m in messages],
+                                   f"an atomic batch of {len(envelopes)} events ({envelopes[0].type} ...)"):
+            resp = await self._publish_batch(messages)
         error = resp.get("error")
         if error is None:
             last = int(resp["seq"])
@@ -441,7 +541,8 @@ class EventLog:
         deadline = time.monotonic() + self.append_deadline_s
         while True:
             try:
-                msg = await self.nc.request(subject, json.dumps(request).encode(), timeout=self.ack_timeout_s)
+                with self.permission_guard([subject], f"a direct get from {self.spec.name}"):
+                    msg = await self.nc.request(subject, json.dumps(request).encode(), timeout=self.ack_timeout_s)
             except _RETRYABLE as e:
                 if time.monotonic() > deadline:
                     raise EventLogUnavailable(f"direct get from {self.spec.name} failed: {e!r}") from e
@@ -556,19 +657,8 @@ class EventLog:
                 room.clear()
                 await room.wait()
 
-        sub = await self.js.subscribe(
-            subject_filter,
-            stream=self.spec.name,
-            cb=on_message,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=from_seq),
-            # nats-py's own queue ahead of the callback (reaching these limits would drop messages, and the ordered
-            # consumer would start over from the gap).
-            pending_msgs_limit=1_000_000,
-            pending_bytes_limit=512 * 1024 * 1024,
-            idle_heartbeat=2.0,
-        )
+        with self.permission_guard([f"$JS.API.CONSUMER.CREATE.{self.spec.name}"], f"a replay of {subject_filter}"):
+            sub = await self._subscribe_ordered(subject_filter, from_seq, on_message)
         try:
             while True:
                 while not buffer:
@@ -592,6 +682,37 @@ class EventLog:
                 await sub.unsubscribe()
             except Exception as e:  # the connection may already be gone; the consumer is ephemeral
                 log.debug("unsubscribe after replay failed: %r", e)
+
+    async def _subscribe_ordered(self, subject_filter: str, from_seq: int,
+                                 on_message: Callable[[Msg], Awaitable[None]]) -> Any:
+        """An ordered push consumer from from_seq on, delivering into on_message."""
+        return await self.js.subscribe(
+            subject_filter,
+            stream=self.spec.name,
+            cb=on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=from_seq),
+            # nats-py's own queue ahead of the callback (reaching these limits would drop messages, and the ordered
+            # consumer would start over from the gap).
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=512 * 1024 * 1024,
+            idle_heartbeat=2.0,
+        )
+
+
+def _is_auth_error(e: BaseException) -> bool:
+    """True for the server's refusal of a connection's credentials (retrying with them cannot help)."""
+    text = str(e).lower()
+    return isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in text or (
+        "authentication" in text and ("expired" in text or "revoked" in text))
+
+
+def _error_text(e: BaseException | None) -> str:
+    """An error for a message, without any user or password a URL in it might carry."""
+    if e is None:
+        return "no answer"
+    return re.sub(r"(\w+://)[^/@\s]*@", r"\1", f"{type(e).__name__}: {e}" if str(e) else repr(e))
 
 
 def _direct_seq(msg: Msg) -> int:

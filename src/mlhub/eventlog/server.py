@@ -5,6 +5,11 @@ stops the server in order) with PR_SET_PDEATHSIG, so it is killed when the proce
 even by SIGKILL: no orphan server keeps the store locked. A file lock on `<nats dir>/lock`, inherited by the
 server, makes sure only one server ever uses a store; `<nats dir>/server.json` tells other mlhub commands on
 the same data dir where the running server listens.
+
+The server refuses anonymous clients: its config names one user per role of mlhub (mlhub.eventlog.auth) with
+the bcrypt hash of a password generated once per data dir into `<nats dir>/credentials/<role>` (0600; the nats
+dir is 0700). `EmbeddedNats.url` is the URL with the admin's credentials, for the process that started the
+server (it owns the data dir): never print it; `public_url`, the one in `server.json`, carries no secret.
 """
 
 from __future__ import annotations
@@ -25,6 +30,16 @@ from pathlib import Path
 from types import TracebackType
 
 from mlhub.errors import EmbeddedServerError
+from mlhub.eventlog.auth import (
+    UserPassword,
+    credentials_file,
+    embedded_credentials,
+    private_dir,
+    read_credentials,
+    server_authorization,
+    with_userinfo,
+    write_private,
+)
 
 PR_SET_PDEATHSIG = 1
 
@@ -41,7 +56,7 @@ def nats_server_binary() -> Path:
     )
 
 
-def _server_config(store_dir: Path, sync: str | None) -> str:
+def _server_config(store_dir: Path, sync: str | None, users: dict[str, UserPassword]) -> str:
     if sync is None:
         sync_line = "  # fsync policy: the server's default\n"
     else:
@@ -57,11 +72,13 @@ def _server_config(store_dir: Path, sync: str | None) -> str:
         f"  store_dir: {json.dumps(str(store_dir))}\n"
         f"{sync_line}"
         "}\n"
+        "# One user per role of mlhub (bcrypt hashes; the passwords are in credentials/<role>, mode 0600).\n"
+        f"{server_authorization(users)}"
     )
 
 
 def running_embedded_url(nats_dir: Path) -> str | None:
-    """The URL of an embedded server that another process runs on this data dir, or None."""
+    """The URL (without credentials) of an embedded server that another process runs on this data dir, or None."""
     server_file = nats_dir / "server.json"
     lock_file = nats_dir / "lock"
     if not server_file.exists() or not lock_file.exists():
@@ -101,7 +118,10 @@ class EmbeddedNats:
         self.sync = sync
         self.binary = binary
         self.process: subprocess.Popen[bytes] | None = None
+        #: The URL with the admin's credentials (for this process: never print it); None until started.
         self.url: str | None = None
+        #: The URL without credentials (what server.json, hub.json and messages show).
+        self.public_url: str | None = None
         self._lock_fd: int | None = None
 
     @property
@@ -128,7 +148,7 @@ class EmbeddedNats:
         if self.process is not None:
             raise EmbeddedServerError("embedded nats-server is already started")
         binary = self.binary or nats_server_binary()
-        self.nats_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.nats_dir)  # it holds the credentials
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
@@ -138,7 +158,7 @@ class EmbeddedNats:
             raise
 
     def _take_lock(self) -> None:
-        fd = os.open(self.nats_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.nats_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -152,7 +172,8 @@ class EmbeddedNats:
 
     def _start(self, binary: Path, timeout_s: float) -> str:
         config = self.nats_dir / "nats-server.conf"
-        config.write_text(_server_config(self.store_dir.resolve(), self.sync))
+        users = embedded_credentials(self.nats_dir)  # generated once, reused at every later start
+        write_private(config, _server_config(self.store_dir.resolve(), self.sync, users))
         for stale in self.nats_dir.glob("nats-server_*.ports"):
             stale.unlink(missing_ok=True)
         (self.nats_dir / "server.json").unlink(missing_ok=True)
@@ -175,11 +196,16 @@ class EmbeddedNats:
             pass_fds=(self._lock_fd,),  # the server holds the store lock as long as it lives
             preexec_fn=lambda: _die_with_parent(parent),
         )
-        self.url = self._wait_ready(timeout_s)
+        self.public_url = self._wait_ready(timeout_s)
+        self.url = with_userinfo(self.public_url, users["admin"])
         (self.nats_dir / "server.json").write_text(
-            json.dumps({"url": self.url, "pid": self.process.pid, "store_dir": str(self.store_dir.resolve())})
+            json.dumps({"url": self.public_url, "pid": self.process.pid, "store_dir": str(self.store_dir.resolve())})
         )
         return self.url
+
+    def credentials_file(self, role: str) -> Path:
+        """The file (one line user:password, 0600) of a role's credentials: what MLHUB_NATS_CREDS names."""
+        return credentials_file(self.nats_dir, role)
 
     def _wait_ready(self, timeout_s: float) -> str:
         assert self.process is not None
@@ -234,14 +260,16 @@ class EmbeddedNats:
         """Start the server again on the same store and port after kill() (for fault-injection tests)."""
         if self.process is not None and self.process.poll() is None:
             raise EmbeddedServerError("embedded nats-server is still running")
-        if self.url is not None:
-            self.port = int(self.url.rsplit(":", 1)[1])
+        if self.public_url is not None:
+            self.port = int(self.public_url.rsplit(":", 1)[1])
         binary = self.binary or nats_server_binary()
         return self._start(binary, timeout_s)
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """In the child before exec: ask Linux to SIGTERM us when the parent dies; exit if it already has."""
+    """In the child before exec: ask Linux to SIGTERM us when the parent dies; exit if it already has. What the
+    server writes (its store, its log) is its owner's only (umask 077)."""
+    os.umask(0o077)
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -261,17 +289,28 @@ def _answers_info(url: str) -> bool:
 
 @contextlib.contextmanager
 def nats_endpoint(
-    nats_url: str | None, nats_dir: Path, *, port: int = 0, sync: str = "always"
+    nats_url: str | None, nats_dir: Path, *, port: int = 0, sync: str = "always", as_admin: bool = True
 ) -> Iterator[str]:
     """The NATS URL to use: nats_url when given (start nothing), else an embedded server already running on
-    this data dir, else a new embedded server that lives as long as the `with` block."""
+    this data dir, else a new embedded server that lives as long as the `with` block. An embedded server's
+    URL carries its admin's credentials (read from the data dir) unless as_admin is false (the caller brings
+    credentials of its own, MLHUB_NATS_CREDS)."""
     if nats_url:
         yield nats_url
         return
     running = running_embedded_url(nats_dir)
     if running:
-        yield running
+        yield _as_admin(running, nats_dir) if as_admin else running
         return
     with EmbeddedNats(nats_dir, port=port, sync=sync) as server:
-        assert server.url is not None
-        yield server.url
+        assert server.url is not None and server.public_url is not None
+        yield server.url if as_admin else server.public_url
+
+
+def _as_admin(url: str, nats_dir: Path) -> str:
+    """The URL of the data dir's running embedded server with the admin's credentials from the data dir."""
+    path = credentials_file(nats_dir, "admin")
+    cred = read_credentials(path, setting="the embedded server's admin credentials")
+    if not isinstance(cred, UserPassword):
+        raise EmbeddedServerError(f"{path} holds no user:password line")
+    return with_userinfo(url, cred)

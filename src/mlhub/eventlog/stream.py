@@ -17,6 +17,11 @@ STREAM_NAME = "MLHUB_EVENTS"
 MAX_EVENT_BYTES = 1024 * 1024
 
 
+def worker_consumer_name(pool: str) -> str:
+    """The durable consumer a worker pool's workers share (its name is also in the worker role's permissions)."""
+    return f"mlhub-worker-{pool}"
+
+
 @dataclass(frozen=True)
 class StreamSpec:
     """What mlhub requires of its stream; the rest of the server's defaults are left alone."""

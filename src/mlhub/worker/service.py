@@ -37,7 +37,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from mlhub.artifacts import ArtifactStore, LocalArtifactStore
 from mlhub.errors import ConcurrencyError, EventDecodeError, EventLogUnavailable
-from mlhub.eventlog import STREAM_NAME, EventLog, declared_metric_names
+from mlhub.eventlog import STREAM_NAME, EventLog, declared_metric_names, worker_consumer_name
 from mlhub.events import (
     SUBJECT_PREFIX,
     DomainEvent,
@@ -69,8 +69,8 @@ Outcome = Literal["succeeded", "failed", "cancelled", "timeout", "abandoned", "s
 
 
 def consumer_name(pool: str) -> str:
-    """The durable consumer a pool's workers share."""
-    return f"mlhub-worker-{pool}"
+    """The durable consumer a pool's workers share (the worker role's NATS permissions name it)."""
+    return worker_consumer_name(pool)
 
 
 def default_worker_id() -> str:
