@@ -55,13 +55,15 @@ def basic_principal(state: AppState, authorization: str) -> Principal:
     return Principal(role=principal.role, name=f"{username[:100]} ({principal.name})" if username else principal.name)
 
 
-def _require(role: Role, *, open_when_reads_are_open: bool = False) -> object:
+def _require(role: Role, *, open_when_reads_are_open: bool = False, open_when_query_is_open: bool = False) -> object:
     def check(state: StateDep,
               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
               authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> Principal:
         principal = _principal(state, credentials, authorization)
         if principal.role is None:
             if open_when_reads_are_open and state.settings.api_open_reads:
+                return principal
+            if open_when_query_is_open and state.settings.api_open_query:
                 return principal
             raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <token>)")
         if principal.role < role:
@@ -73,6 +75,8 @@ def _require(role: Role, *, open_when_reads_are_open: bool = False) -> object:
 
 
 ReaderDep = Annotated[Principal, Depends(_require(Role.reader, open_when_reads_are_open=True))]
+#: POST /query: a reader, or anyone with MLHUB_API_OPEN_QUERY (MLHUB_API_OPEN_READS opens GETs only).
+QueryReaderDep = Annotated[Principal, Depends(_require(Role.reader, open_when_query_is_open=True))]
 WriterDep = Annotated[Principal, Depends(_require(Role.writer))]
 AdminDep = Annotated[Principal, Depends(_require(Role.admin))]
 MinSeq = Annotated[int | None, Query(ge=1, le=2**62, description="wait (bounded) until the projections have "
