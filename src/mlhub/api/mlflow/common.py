@@ -114,7 +114,10 @@ def strings(fields: dict[str, Any], name: str) -> list[str]:
 def key_values(fields: dict[str, Any], name: str) -> dict[str, str]:
     """A list of {key, value} (tags, params) as a dict; values made strings as MLflow stores them."""
     found: dict[str, str] = {}
-    for item in fields.get(name) or []:
+    items = fields.get(name) or []
+    if not isinstance(items, list):
+        raise MlflowApiError(f"Invalid value for parameter '{name}': expected a list of {{key, value}}")
+    for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("key"), str):
             raise MlflowApiError(f"Invalid value for parameter '{name}': each item needs a string 'key'")
         value = item.get("value")
