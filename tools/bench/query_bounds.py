@@ -89,8 +89,8 @@ def probes(url: str, process: psutil.Process) -> None:
                 answer = client.post("/api/v1/query", json={"sql": sql})
                 elapsed = time.perf_counter() - started
             body = answer.json()
-            what = body.get("truncated_by") if answer.status_code == 200 else body["error"]["code"]
-            print(f"{sql}: {answer.status_code} {what}, {len(answer.content):,} bytes in {elapsed:.2f} s, "
+            what = f"truncated_by {body.get('truncated_by')}" if answer.status_code == 200 else body["error"]["code"]
+            print(f"{sql}: status {answer.status_code} ({what}), {len(answer.content):,} bytes in {elapsed:.2f} s, "
                   f"API RSS growth {growth['mb']:.0f} MB")
 
 
