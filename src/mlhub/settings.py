@@ -82,8 +82,23 @@ class Settings(BaseSettings):
     api_ready_max_lag: Annotated[int, Field(ge=0)] = 10_000
     #: Most rows a /query answer returns (the rest is cut off and the answer says so).
     api_query_max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
-    #: Longest a /query runs before it is interrupted (seconds).
+    #: Longest a /query runs before it is interrupted (seconds); the wait for a query worker is not counted.
     api_query_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: Largest /query answer (bytes of its JSON); the rows past it are cut off and the answer says so
+    #: (`truncated_by: "bytes"`).
+    api_query_max_bytes: Annotated[int, Field(ge=1024, le=1024**3)] = 16 * 1024 * 1024
+    #: DuckDB memory_limit of each of the API's query engines (MiB); a query over it is a 422 QUERY_OUT_OF_MEMORY
+    #: (DuckDB never spills to a temporary directory in the API).
+    api_query_memory_mb: Annotated[int, Field(ge=16, le=1024**2)] = 256
+    #: DuckDB threads of each of the API's query engines (shared by the queries running on it).
+    api_query_threads: Annotated[int, Field(ge=1, le=256)] = 2
+    #: Most /query requests one API process takes at once (running or waiting for a worker); one more is a 429
+    #: TOO_MANY_QUERIES with Retry-After.
+    api_query_max_concurrent: Annotated[int, Field(ge=1, le=10_000)] = 16
+    #: How many of those run at once, on the API's query threads (the others wait, in order).
+    api_query_workers: Annotated[int, Field(ge=1, le=256)] = 4
+    #: Let POST /query through without a token. MLHUB_API_OPEN_READS never does: a query costs far more than a GET.
+    api_open_query: bool = False
     #: Largest request body the API reads (bytes); a larger one is refused with 413 before it is read.
     api_max_body_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     #: Most params + tags + metric keys one tracking request may carry (MLflow's log-batch allows 1,000).

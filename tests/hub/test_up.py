@@ -239,7 +239,8 @@ def test_sigterm_while_a_job_trains_gives_it_back_and_leaves_nothing(tmp_path: P
         assert hub.proc.wait(60) == 0, hub.output
         assert wait_until_none_left(data_dir, timeout=5) == []
         worker_log = (data_dir / "logs" / "worker-1.log").read_text()
-        assert "stopped after 1 job message(s)" in worker_log, worker_log[-3000:] + "\n--- mlhub up:\n" + hub.output[-3000:]
+        assert "stopped after 1 job message(s)" in worker_log, (
+            worker_log[-3000:] + "\n--- mlhub up:\n" + hub.output[-3000:])
     finally:
         stop(hub)
     # The worker gave the job back before the event log stopped: its last event is a retryable failure.

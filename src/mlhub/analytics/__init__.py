@@ -7,7 +7,7 @@
 """
 
 from mlhub.analytics.engine import READMODEL_TABLES, QueryEngine, default_views_dir, parquet_select
-from mlhub.analytics.errors import MetricTableError, QueryFailed, QueryRefused
+from mlhub.analytics.errors import MetricTableError, QueryFailed, QueryOutOfMemory, QueryRefused
 from mlhub.analytics.guard import check_read_only
 from mlhub.analytics.layout import DEFAULT_APP_ID, NUM_BUCKETS, POINTS_SCHEMA, RUNS_SCHEMA, run_bucket
 from mlhub.analytics.location import MetricsLocation, location_from_settings, metrics_location
@@ -27,6 +27,7 @@ __all__ = [
     "MetricsLocation",
     "QueryEngine",
     "QueryFailed",
+    "QueryOutOfMemory",
     "QueryRefused",
     "Snapshot",
     "build_points_table",

@@ -29,7 +29,7 @@ from types import TracebackType
 import duckdb
 import pyarrow as pa
 
-from mlhub.analytics.errors import MetricTableError, QueryFailed, QueryRefused
+from mlhub.analytics.errors import MetricTableError, QueryFailed, QueryOutOfMemory, QueryRefused
 from mlhub.analytics.guard import check_read_only
 from mlhub.analytics.layout import NUM_BUCKETS, PARTITION_COLUMN, POINTS_SCHEMA, RUNS_SCHEMA, run_bucket
 from mlhub.analytics.location import MetricsLocation, metrics_location
@@ -79,12 +79,14 @@ class QueryEngine:
         views_dir: Path | None = None,
         num_buckets: int = NUM_BUCKETS,
         threads: int | None = None,
+        memory_limit_mb: int | None = None,
     ) -> None:
         self.location = metrics_location(location)
         self.tables = dict(tables or {})
         self.views_dir = views_dir
         self.num_buckets = num_buckets
         self.threads = threads
+        self.memory_limit_mb = memory_limit_mb
         self.snapshot: Snapshot | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._views: list[str] = []
@@ -112,6 +114,11 @@ class QueryEngine:
         try:
             if self.threads:
                 con.execute(f"SET threads = {int(self.threads)}")
+            if self.memory_limit_mb:
+                con.execute(f"SET memory_limit = '{int(self.memory_limit_mb)}MB'")
+            # No spilling: an in-memory database would write to .tmp in the working directory (DuckDB's default);
+            # a query over memory_limit fails instead.
+            con.execute("SET temp_directory = ''")
             con.execute("SET parquet_metadata_cache = true")
             legacy = self.snapshot.legacy_points
             if legacy:
@@ -174,6 +181,15 @@ class QueryEngine:
         return cursor
 
     @property
+    def relations(self) -> frozenset[str]:
+        """Every table and view a query may name: the views, ``mlhub.points``, ``mlhub.run_experiments`` and
+        ``readmodel.<table>`` (lower case; the guard refuses anything else, the system catalogue included)."""
+        self.connection  # noqa: B018  (opens)
+        names = {v.lower() for v in self._views} | {"mlhub.points", "mlhub.run_experiments"}
+        names |= {f"readmodel.{n.lower()}" for n in (*READMODEL_TABLES, *self.tables)}
+        return frozenset(names)
+
+    @property
     def views(self) -> list[str]:
         """Names of the views created from the SQL files."""
         self.connection  # noqa: B018  (opens)
@@ -183,7 +199,7 @@ class QueryEngine:
 
     def query(self, sql: str, params: Sequence[object] | None = None) -> pa.Table:
         """Run one read-only SELECT and return its result as Arrow; QueryRefused names what was refused."""
-        check_read_only(sql)
+        check_read_only(sql, self.relations)
         return self._execute(sql, params)
 
     def run_history(self, run_id: str, key: str) -> pa.Table:
@@ -201,6 +217,8 @@ class QueryEngine:
             return relation.to_arrow_table() if relation is not None else pa.table({})
         except duckdb.PermissionException as e:
             raise QueryRefused(f"the query tried to reach outside mlhub's views: {_first_line(e)}") from e
+        except duckdb.OutOfMemoryException as e:
+            raise QueryOutOfMemory(self.memory_limit_mb) from e
         except duckdb.Error as e:
             raise QueryFailed(_first_line(e)) from e
 

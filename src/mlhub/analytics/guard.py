@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import duckdb
@@ -21,7 +21,13 @@ from mlhub.analytics.errors import QueryRefused
 #: Table functions a query may call: pure generators that touch no file, setting or catalog outside the views.
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
 #: Scalar functions refused although they read no file: they reveal the process environment or settings.
-REFUSED_FUNCTIONS = frozenset({"getenv", "current_setting", "query", "query_table"})
+REFUSED_FUNCTIONS = frozenset({"getenv", "current_setting", "query", "query_table", "which_secret",
+                               "current_database", "current_catalog", "current_schemas"})
+#: Prefixes of the system catalogue's functions and views (duckdb_views() and the duckdb_views view hold the
+#: views' SQL, with the server's absolute paths; pg_get_viewdef() too; pragma_* read settings).
+SYSTEM_PREFIXES = ("duckdb_", "pragma_", "pg_", "sqlite_")
+#: Schemas of the system catalogue.
+SYSTEM_SCHEMAS = frozenset({"information_schema", "pg_catalog", "system", "temp"})
 #: The one macro (defined by the engine) that may be called as a table function.
 ENGINE_TABLE_MACROS = frozenset({"run_metrics"})
 
@@ -38,8 +44,10 @@ def _parser() -> duckdb.DuckDBPyConnection:
     return _parser_connection
 
 
-def check_read_only(sql: str) -> None:
-    """Raise QueryRefused unless sql is exactly one SELECT that reads only tables and views by name."""
+def check_read_only(sql: str, relations: Collection[str] | None = None) -> None:
+    """Raise QueryRefused unless sql is exactly one SELECT that reads only tables and views by name, never the
+    system catalogue; given relations (lower-case names, `schema.name` outside the main schema), only those
+    and the query's own CTEs."""
     text = sql.strip()
     if not text:
         raise QueryRefused("empty query: give one SELECT statement")
@@ -60,6 +68,8 @@ def check_read_only(sql: str) -> None:
     tree = json.loads(row[0]) if row is not None else {"error": True, "error_message": "no parse tree"}
     if tree.get("error"):
         raise QueryRefused(f"only a plain SELECT is allowed: {tree.get('error_message', 'it could not be parsed')}")
+    ctes = {str(entry.get("key", "")).lower() for node in _nodes(tree) if isinstance(node.get("cte_map"), dict)
+            for entry in node["cte_map"].get("map") or [] if isinstance(entry, dict)}
     for node in _nodes(tree):
         node_type = node.get("type")
         if node_type == "TABLE_FUNCTION":
@@ -73,8 +83,26 @@ def check_read_only(sql: str) -> None:
             name = str(node.get("table_name", ""))
             if any(ch in name for ch in "/\\.:*?") or name.startswith("~"):
                 raise QueryRefused(f"reading the file {name!r} is refused: queries may read mlhub's views only")
-        elif node.get("class") == "FUNCTION" and _function_name(node) in REFUSED_FUNCTIONS:
+            _check_relation(node, name, ctes, relations)
+        elif node.get("class") == "FUNCTION" and (
+                _function_name(node) in REFUSED_FUNCTIONS or _function_name(node).startswith(SYSTEM_PREFIXES)
+                or str(node.get("schema", "")).lower() in SYSTEM_SCHEMAS):
             raise QueryRefused(f"function {_function_name(node)}() is refused in queries")
+
+
+def _check_relation(node: dict[str, Any], name: str, ctes: set[str], relations: Collection[str] | None) -> None:
+    """Refuse a table or view of the system catalogue, or (given relations) any but those and the CTEs."""
+    catalog = str(node.get("catalog_name", "")).lower()
+    schema = str(node.get("schema_name", "")).lower()
+    lowered = name.lower()
+    qualified = lowered if schema in ("", "main") else f"{schema}.{lowered}"
+    if (catalog not in ("", "memory") or schema in SYSTEM_SCHEMAS
+            or (lowered.startswith(SYSTEM_PREFIXES) and not (schema == "" and lowered in ctes))):
+        raise QueryRefused(f"the system catalogue ({'.'.join(p for p in (catalog, schema, name) if p)}) is refused: "
+                           "queries may read mlhub's views only")
+    if relations is not None and qualified not in relations and not (schema == "" and lowered in ctes):
+        shown = ", ".join(sorted(r for r in relations if "." not in r))
+        raise QueryRefused(f"there is no view {qualified!r} a query may read; the views: {shown}")
 
 
 def _function_name(node: Any) -> str:

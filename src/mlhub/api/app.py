@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from nats.errors import Error as NatsError
 from sqlalchemy.engine import Engine
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import mlhub
 from mlhub.api.auth import TokenFeed, load_tokens
 from mlhub.api.dashboard import install_dashboard
-from mlhub.api.deps import MinSeq, ReaderDep, StateDep
+from mlhub.api.deps import MinSeq, QueryReaderDep, StateDep
 from mlhub.api.errors import install_error_handlers
 from mlhub.api.routes_read import router as read_router
 from mlhub.api.routes_read import wait_all
@@ -33,7 +34,7 @@ from mlhub.api.routes_tokens import router as tokens_router
 from mlhub.api.routes_tracking import router as tracking_router
 from mlhub.api.routes_write import router as write_router
 from mlhub.api.schemas import ErrorBody, Health, LogBatch, QueryRequest, QueryResult, Readiness
-from mlhub.api.series import run_query
+from mlhub.api.sqlquery import QueryGate, run_query
 from mlhub.api.state import SQL_PROJECTOR, AppState, MetricEngines
 from mlhub.errors import MlhubError
 from mlhub.eventlog import EventLog
@@ -88,16 +89,28 @@ def hub_parts(path: Path) -> list[dict[str, Any]] | None:
         return None
 
 
-@ops_router.post("/query", response_model=QueryResult, operation_id="query")
-async def query(body: QueryRequest, state: StateDep, _: ReaderDep, min_seq: MinSeq = None,
+@ops_router.post("/query", response_model=QueryResult, operation_id="query", responses={
+    429: {"model": ErrorBody, "description": "MLHUB_API_QUERY_MAX_CONCURRENT queries already run or wait here "
+          "(Retry-After)"}})
+async def query(body: QueryRequest, state: StateDep, _: QueryReaderDep, min_seq: MinSeq = None,
                 max_rows: Annotated[int | None, Query(ge=1, le=1_000_000)] = None) -> Any:
     """One read-only DuckDB SELECT over the views metrics, runs, params, tags, experiments, metric_summary,
-    leaderboard, ...; rows are capped (max_rows, at most MLHUB_API_QUERY_MAX_ROWS) and time is limited."""
-    await wait_all(state, min_seq)
-    limit = min(body.max_rows or max_rows or state.settings.api_query_max_rows, state.settings.api_query_max_rows)
-    engine = await run_in_threadpool(state.metrics.full, force=min_seq is not None)
-    return JSONResponse(await run_in_threadpool(run_query, engine, body.sql, limit,
-                                                state.settings.api_query_timeout_s))
+    leaderboard, ...; rows (max_rows, at most MLHUB_API_QUERY_MAX_ROWS) and bytes (MLHUB_API_QUERY_MAX_BYTES)
+    are capped, time and memory limited, and at most MLHUB_API_QUERY_MAX_CONCURRENT are taken at once."""
+    settings = state.settings
+    gate = state.query_gate
+    assert gate is not None
+    gate.enter()
+    try:
+        await wait_all(state, min_seq)
+        limit = min(body.max_rows or max_rows or settings.api_query_max_rows, settings.api_query_max_rows)
+        engine = await run_in_threadpool(state.metrics.full, force=min_seq is not None)
+        answer = await asyncio.get_running_loop().run_in_executor(gate.executor, functools.partial(
+            run_query, engine, body.sql, max_rows=limit, max_bytes=settings.api_query_max_bytes,
+            timeout_s=settings.api_query_timeout_s))
+    finally:
+        gate.leave()
+    return Response(answer, media_type="application/json")
 
 
 @contextlib.asynccontextmanager
@@ -210,11 +223,13 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
                 metrics=MetricEngines(settings, engine), tracking=tracking_service(settings, log),
                 protected_aliases=frozenset(a.strip().lower() for a in settings.api_protected_aliases.split(",")
                                             if a.strip()),
+                query_gate=QueryGate(settings),
             )
             try:
                 yield
             finally:
                 await feed.stop()
+                app.state.mlhub.query_gate.close()
 
     app = FastAPI(
         title="mlhub", version=mlhub.__version__, lifespan=lifespan,

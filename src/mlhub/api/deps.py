@@ -68,7 +68,8 @@ def basic_principal(state: AppState, authorization: str) -> Principal:
     return Principal(role=principal.role, name=principal.name, user=username[:100] or None)
 
 
-def _require(role: Role, *, open_when_reads_are_open: bool = False) -> object:
+def _require(role: Role, *, open_when_reads_are_open: bool = False,
+             open_when_query_is_open: bool = False) -> object:
     # async: an in-memory lookup, run on the request's own task, so the actor it sets is the handler's
     async def check(state: StateDep,
                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -78,6 +79,8 @@ def _require(role: Role, *, open_when_reads_are_open: bool = False) -> object:
             CURRENT_ACTOR.set(principal.name)  # every event this request appends records who acted
         if principal.role is None:
             if open_when_reads_are_open and state.settings.api_open_reads:
+                return principal
+            if open_when_query_is_open and state.settings.api_open_query:
                 return principal
             raise Unauthenticated("this endpoint needs a bearer token (Authorization: Bearer <token>)")
         if principal.role < role:
@@ -89,6 +92,8 @@ def _require(role: Role, *, open_when_reads_are_open: bool = False) -> object:
 
 
 ReaderDep = Annotated[Principal, Depends(_require(Role.reader, open_when_reads_are_open=True))]
+#: POST /query: a reader, or anyone with MLHUB_API_OPEN_QUERY (MLHUB_API_OPEN_READS opens GETs only).
+QueryReaderDep = Annotated[Principal, Depends(_require(Role.reader, open_when_query_is_open=True))]
 WriterDep = Annotated[Principal, Depends(_require(Role.writer))]
 AdminDep = Annotated[Principal, Depends(_require(Role.admin))]
 MinSeq = Annotated[int | None, Query(ge=1, le=2**62, description="wait (bounded) until the projections have "

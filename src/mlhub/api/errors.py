@@ -55,11 +55,14 @@ ERROR_CODE_TO_HTTP_STATUS: dict[str, int] = {
     "UNDECLARED_METRIC": 422,
     "LIMIT_EXCEEDED": 422,
     "QUERY_TIMEOUT": 422,
+    "QUERY_OUT_OF_MEMORY": 422,
     "ARTIFACT_CHECKSUM_MISMATCH": 422,
     # a promotion whose gate (e.g. val_acc >= 0.9) the version does not meet: the body is well formed, but that
     # version cannot take that alias; retrying the same request cannot succeed until the facts change
     "PROMOTION_GATE_FAILED": 422,
     "RUN_NOT_REGISTRABLE": 422,
+    # 429: this API process takes no more of these now (Retry-After says when to try again)
+    "TOO_MANY_QUERIES": 429,
     # 5xx: the server side
     "APPEND_REJECTED": 503,
     "NOT_IMPLEMENTED": 501,
@@ -80,11 +83,14 @@ class ApiError(MlhubError):
 
     code = "INVALID_PARAMETER_VALUE"
 
-    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code  # type: ignore[misc]  # an instance may narrow its class's code
         self.details = details or {}
+        #: Headers of the error response (Retry-After of a 429).
+        self.headers = headers
 
 
 class NotFound(ApiError):
@@ -156,7 +162,7 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_of(error)
         if status >= 500 and status != 501:
             log.error("%s %s -> %d %s: %s", request.method, request.url.path, status, error.code, error)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else getattr(error, "headers", None)
         return error_response(status, error.code, str(error), _details_of(error), headers)
 
     @app.exception_handler(RequestValidationError)

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from mlhub.api.errors import ApiError, NotFound
 from mlhub.api.filters import TIME_ATTRIBUTES, parse_filter, to_conditions
+from mlhub.events.bounds import loads_bounded
 from mlhub.readmodel import tables as t
 
 #: Columns a runs search may sort by.
@@ -59,10 +60,10 @@ def encode_page_token(order: str, query: str, value: Any, run_id: str) -> str:
 
 def decode_page_token(token: str, order: str, query: str) -> tuple[Any, str]:
     """(sort value, run id) from a token; INVALID_PAGE_TOKEN when it is not one of ours or belongs to another search."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    try:  # a token is a flat object: anything nested deeper is forged (and json.loads would recurse on it)
+        data = loads_bounded(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)), max_depth=1)
         ok = isinstance(data, dict) and isinstance(data.get("id"), str)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError):  # TooDeep and too many digits are ValueErrors
         ok = False
     if not ok:
         raise ApiError("page_token is not a token this API issued", code="INVALID_PAGE_TOKEN",
@@ -127,7 +128,8 @@ def _token_value(column: str, value: Any) -> Any:
     if column.partition(".")[0] in ("metrics", "best_metrics"):
         if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
             return float(value.replace("Infinity", "inf"))
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
+                                        and abs(value) <= sys.float_info.max):
             return float(value)
         raise ApiError("page_token is damaged", code="INVALID_PAGE_TOKEN")
     if column in TIME_ATTRIBUTES:
@@ -360,7 +362,7 @@ def list_jobs(conn: sa.Connection, statuses: Sequence[str], max_results: int,
         stmt = stmt.where(j.c.status.in_(sorted(set(statuses))))
     if page_token:
         value, _ = decode_page_token(page_token, "last_seq DESC", query_key)
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
             raise ApiError("page_token is not a token this API issued", code="INVALID_PAGE_TOKEN")
         stmt = stmt.where(j.c.last_seq < value)
     rows = conn.execute(stmt.order_by(j.c.last_seq.desc()).limit(max_results + 1)).all()

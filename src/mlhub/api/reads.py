@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mlhub.api.errors import NotFound
+from mlhub.api.errors import ApiError, NotFound
 from mlhub.api.filters import Clause, _compare
 from mlhub.api.queries import decode_page_token, encode_page_token, row_dict
 from mlhub.readmodel import tables as t
@@ -37,7 +37,9 @@ def search_experiments(conn: sa.Connection, *, clauses: Sequence[Clause], stages
     offset = 0
     if page_token:
         value, _ = decode_page_token(page_token, f"experiments {column} {descending}", query_key)
-        offset = int(value) if isinstance(value, int) else 0
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+            raise ApiError("page_token is not a token this API issued", code="INVALID_PAGE_TOKEN")
+        offset = value
     rows = [row_dict(r) for r in conn.execute(stmt)]
     tag_clauses = [c for c in clauses if c.kind == "tag"]
     if tag_clauses:

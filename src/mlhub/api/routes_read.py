@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
@@ -238,10 +239,17 @@ async def download_artifact(run_id: RunId, path: Annotated[str, Path(min_length=
             while chunk := stream.read(1024 * 1024):
                 yield chunk
 
-    filename = path.rsplit("/", 1)[-1].replace('"', "")
     return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
         "Content-Length": str(row["size_bytes"]), "ETag": f'"{sha256}"', "X-Mlhub-Sha256": sha256,
-        "Content-Disposition": f'attachment; filename="{filename}"'})
+        "Content-Disposition": attachment_disposition(path.rsplit("/", 1)[-1])})
+
+
+def attachment_disposition(filename: str) -> str:
+    """`Content-Disposition` of a download, ASCII whatever the name (RFC 6266 with RFC 5987's `filename*`): an
+    ASCII fallback (other characters as `_`, no quotes, backslashes or control characters) for old clients,
+    and the exact name percent-encoded as UTF-8, which browsers and curl -J prefer."""
+    fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "_" for ch in filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @router.get("/jobs", response_model=JobsPublic, operation_id="list_jobs")

@@ -72,7 +72,7 @@ def _per_key_errors(raw: bytes, e: ValidationError) -> InvalidTrackingInput | No
     try:
         metrics = json.loads(raw)["metrics"]
         keys = sorted({str(metrics[i].get("key")) for i in indices})
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
         return None
     problems = [{"key": str(metrics[err["loc"][1]].get("key")),
                  "message": f"{'.'.join(str(p) for p in err['loc'][2:])}: {err['msg']}"} for err in e.errors()]

@@ -346,13 +346,24 @@ class QueryRequest(BaseModel):
     max_rows: int | None = Field(default=None, ge=1, le=1_000_000)
 
 
+class QueryLimit(BaseModel):
+    """The limit that cut a query's answer off: `max_rows` (the request's or MLHUB_API_QUERY_MAX_ROWS) or
+    `MLHUB_API_QUERY_MAX_BYTES`, with its value."""
+
+    name: Literal["max_rows", "MLHUB_API_QUERY_MAX_BYTES"]
+    value: int
+
+
 class QueryResult(BaseModel):
-    """Rows of a query (as lists, in column order); truncated says that max_rows cut the answer off."""
+    """Rows of a query (as lists, in column order); truncated says that a limit cut the answer off, truncated_by
+    which one ("rows" or "bytes") and limit its name and value."""
 
     columns: list[str]
     rows: list[list[Any]]
     row_count: int
     truncated: bool
+    truncated_by: Literal["rows", "bytes"] | None = None
+    limit: QueryLimit | None = None
     elapsed_ms: float
 
 

@@ -1,16 +1,12 @@
-"""Metric series for charts (downsampled in DuckDB, keeping every bucket's first, last, minimum and maximum) and
-the read-only /query with row and time limits."""
+"""Metric series for charts (downsampled in DuckDB, keeping every bucket's first, last, minimum and maximum)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import duckdb
 
-from mlhub.analytics import QueryEngine, QueryFailed, QueryRefused, check_read_only, run_bucket
-from mlhub.api.errors import ApiError
+from mlhub.analytics import QueryEngine, QueryFailed, run_bucket
 from mlhub.api.queries import jv
 
 _BASE = "FROM mlhub.points WHERE bucket = $bucket AND run_id = $run_id AND key = $key"
@@ -74,70 +70,3 @@ def read_series(engine: QueryEngine, run_id: str, key: str, max_points: int, *, 
         "steps": [r[0] for r in rows], "epochs": [r[1] for r in rows],
         "values": [jv(r[2]) for r in rows], "timestamps": [r[3] for r in rows],
     }
-
-
-class QueryTimeout(ApiError):
-    """A /query ran past its time limit and was interrupted."""
-
-    code = "QUERY_TIMEOUT"
-
-
-def run_query(engine: QueryEngine, sql: str, max_rows: int, timeout_s: float) -> dict[str, Any]:
-    """One read-only SELECT with at most max_rows rows returned, interrupted after timeout_s."""
-    check_read_only(sql)
-    cursor = engine.cursor()
-    timer = threading.Timer(timeout_s, cursor.interrupt)
-    started = time.perf_counter()
-    timer.start()
-    try:
-        relation = cursor.sql(sql)
-        if relation is None:
-            raise QueryRefused("the statement returns no rows: give one SELECT")
-        columns = list(relation.columns)
-        rows = relation.limit(max_rows + 1).fetchall()
-    except duckdb.InterruptException as e:
-        raise QueryTimeout(f"the query ran longer than {timeout_s:g}s and was stopped; narrow it down "
-                           "(filter on run_id, or use run_metrics(run_id, key))",
-                           details={"timeout_s": timeout_s}) from e
-    except duckdb.PermissionException as e:
-        raise QueryRefused(f"the query tried to reach outside mlhub's views: {_first_line(e)}") from e
-    except duckdb.Error as e:
-        raise QueryFailed(_first_line(e)) from e
-    finally:
-        timer.cancel()
-        cursor.close()
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    truncated = len(rows) > max_rows
-    rows = rows[:max_rows]
-    return {"columns": columns, "rows": [[_cell(v) for v in row] for row in rows], "row_count": len(rows),
-            "truncated": truncated, "elapsed_ms": round(elapsed_ms, 3)}
-
-
-def _cell(value: Any) -> Any:
-    from datetime import date, datetime, timedelta
-    from datetime import time as dtime
-    from decimal import Decimal
-    from uuid import UUID
-
-    if isinstance(value, float | datetime):
-        return jv(value)
-    if isinstance(value, date | dtime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).hex()
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_cell(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _cell(v) for k, v in value.items()}
-    return value
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from mlhub.analytics import MetricTables, QueryEngine, location_from_settings
 from mlhub.api.auth import TokenTable
 from mlhub.api.errors import ApiError, ProjectionTimeout
+from mlhub.api.sqlquery import QueryGate
 from mlhub.eventlog import EventLog
 from mlhub.readmodel import tables as t
 from mlhub.settings import Settings
@@ -67,6 +68,9 @@ class MetricEngines:
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.location = location_from_settings(settings)
+        #: DuckDB limits of every engine the API opens (queries and series share them).
+        self.threads = settings.api_query_threads
+        self.memory_limit_mb = settings.api_query_memory_mb
         self.refresh_s = settings.api_metrics_refresh_s
         self.sql = engine
         self._lock = threading.Lock()
@@ -110,6 +114,8 @@ class MetricEngines:
             return (cached[0], stamp, now)
         tables = load_query_tables(self.sql) if with_tables else None
         return (QueryEngine(self.location, tables).open(), stamp, now)
+        engine = QueryEngine(self.metrics_dir, tables, threads=self.threads, memory_limit_mb=self.memory_limit_mb)
+        return (engine.open(), stamp, now)
 
 
 def _sql_checkpoint(engine: Engine) -> int:
@@ -145,6 +151,8 @@ class AppState:
     sql_position: int = 0
     metrics_position: int = 0
     cache: ResponseCache = field(default_factory=ResponseCache)
+    #: Admission and threads of POST /query (built by the lifespan from the settings).
+    query_gate: QueryGate | None = None
     _stamp: tuple[int, float] = (0, 0.0)
 
     def sql_stamp_if_fresh(self) -> int | None:

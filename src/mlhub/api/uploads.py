@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,7 +34,15 @@ class Uploaded:
 
 
 def check_artifact_path(run_id: str, path: str, kind: str) -> None:
-    """The path (and kind) checked by the event's own model before any byte is read (422 naming the field)."""
+    """The path (and kind) checked by the event's own model before any byte is read (422 naming the field);
+    control characters (C0, DEL, C1: a newline, a tab, an escape) are refused here, at the upload, so that every
+    stored name can be served in a header and shown in a terminal (events stored before keep theirs)."""
+    controls = sorted({f"U+{ord(ch):04X}" for ch in path if unicodedata.category(ch) == "Cc"})
+    if controls:
+        raise ApiError(f"artifact: path: {path[:200]!r} contains control characters ({', '.join(controls)}); "
+                       "name the file without them", code="UNPROCESSABLE",
+                       details={"problems": [{"field": "path", "message": "contains control characters"}],
+                                "characters": controls})
     try:
         ArtifactStored(run_id=run_id, path=path, sha256="0" * 64, size_bytes=0, uri="pending",
                        kind=kind)  # type: ignore[arg-type]  # kind is checked by the model

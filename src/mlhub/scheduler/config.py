@@ -25,9 +25,10 @@ from pydantic import (
     field_validator,
 )
 
+from mlhub.events.bounds import nesting_depth
 from mlhub.events.keys import Key
 from mlhub.scheduler.errors import ConfigError
-from mlhub.scheduler.yamlio import format_path, load_yaml, non_json_values
+from mlhub.scheduler.yamlio import YAMLTooComplex, format_path, load_yaml, non_json_values
 
 #: A seed: what numpy, torch and Python's random all accept.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -143,7 +144,9 @@ def parse_override(text: str, source: str = "--set") -> Override:
     try:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(source, [(".".join(path), f"the value of {text!r} is not valid YAML: {e}")]) from e
+        shown = text if len(text) <= 100 else f"{text[:60]}...({len(text)} characters)"
+        why = "cannot be read" if isinstance(e, YAMLTooComplex) else "is not valid YAML"
+        raise ConfigError(source, [(".".join(path), f"the value of {shown!r} {why}: {e}")]) from e
     return Override(text=text, path=path, value=value, add=add)
 
 
@@ -198,22 +201,6 @@ def _unknown_key(key: str, known: list[str], context: str = "") -> str:
 #: Default limits of a config (the API's are settings: MLHUB_API_MAX_CONFIG_BYTES / MLHUB_API_MAX_CONFIG_DEPTH).
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_CONFIG_DEPTH = 32
-
-
-def nesting_depth(data: Any, limit: int) -> int:
-    """How deeply a JSON-like value nests (a scalar is 0), counted without recursion; stops past `limit`."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(data, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict | list | tuple):
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                return deepest
-            children = value.values() if isinstance(value, dict) else value
-            stack.extend((child, depth) for child in children)
-    return deepest
 
 
 def check_config_limits(data: Any, source: str, *, max_bytes: int = MAX_CONFIG_BYTES,

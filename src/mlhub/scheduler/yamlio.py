@@ -26,6 +26,8 @@ _FLOAT = re.compile(
     re.X,
 )
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: Largest integer a config may hold, in bits: its decimal form stays within Python's 4,300-digit str limit.
+_MAX_INT_BITS = 14_000
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -54,9 +56,21 @@ class ConfigLoader(yaml.SafeLoader):
 ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+class YAMLTooComplex(yaml.YAMLError):
+    """A document PyYAML cannot build safely: nested so deep that its recursive composer overflows the stack, or
+    an integer with more digits than Python converts (sys.get_int_max_str_digits, 4,300)."""
+
+
 def load_yaml(text: str) -> Any:
-    """Parse one YAML document with the config loader (raises yaml.YAMLError with a position)."""
-    return yaml.load(text, Loader=ConfigLoader)  # safe: ConfigLoader is a SafeLoader
+    """Parse one YAML document with the config loader (raises yaml.YAMLError with a position, or
+    YAMLTooComplex naming the problem)."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # safe: ConfigLoader is a SafeLoader
+    except RecursionError:
+        raise YAMLTooComplex("it nests too deeply to be read (an experiment config nests at most "
+                             "MLHUB_API_MAX_CONFIG_DEPTH levels)") from None
+    except ValueError as e:  # int("9" * 5000): past Python's integer digit limit (or another unconvertible scalar)
+        raise YAMLTooComplex(f"a value cannot be converted: {str(e).split(';')[0]}") from None
 
 
 def format_path(path: tuple[str | int, ...]) -> str:
@@ -69,8 +83,11 @@ def format_path(path: tuple[str | int, ...]) -> str:
 
 def non_json_values(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str, str]]:
     """(path, problem) for every value in a loaded document that has no canonical JSON form."""
-    if value is None or isinstance(value, bool | int | str):
+    if value is None or isinstance(value, bool | str):
         return []
+    if isinstance(value, int):  # YAML's 0x/0o/0b forms have no digit limit; the JSON of such a number has one
+        return [] if value.bit_length() <= _MAX_INT_BITS else [
+            (format_path(path), f"an integer of {value.bit_length()} bits is too large for a config value")]
     if isinstance(value, float):
         return [] if math.isfinite(value) else [(format_path(path), f"{value} is not a finite number")]
     if isinstance(value, list):

@@ -3,7 +3,6 @@ parameters for GET), consistent reads, running read-model queries, and mlhub's w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from mlhub.api.mlflow.errors import MlflowApiError
 from mlhub.api.state import AppState
+from mlhub.events.bounds import TooDeep, loads_bounded
 
 T = TypeVar("T")
 
@@ -37,9 +37,11 @@ async def body(request: Request) -> dict[str, Any]:
         raw = await request.body()
         if raw.strip():
             try:
-                data = json.loads(raw)
-            except ValueError as e:
-                raise MlflowApiError(f"The request body is not JSON: {e}", "BAD_REQUEST") from None
+                data = loads_bounded(raw, what="the request body")
+            except TooDeep as e:
+                raise MlflowApiError(f"The request body is refused: {e}", "BAD_REQUEST") from None
+            except ValueError as e:  # malformed, or an integer of more than 4,300 digits
+                raise MlflowApiError(f"The request body is not JSON: {str(e).split(';')[0]}", "BAD_REQUEST") from None
             if not isinstance(data, dict):
                 raise MlflowApiError("The request body must be a JSON object")
             fields.update(data)
@@ -112,7 +114,10 @@ def strings(fields: dict[str, Any], name: str) -> list[str]:
 def key_values(fields: dict[str, Any], name: str) -> dict[str, str]:
     """A list of {key, value} (tags, params) as a dict; values made strings as MLflow stores them."""
     found: dict[str, str] = {}
-    for item in fields.get(name) or []:
+    items = fields.get(name) or []
+    if not isinstance(items, list):
+        raise MlflowApiError(f"Invalid value for parameter '{name}': expected a list of {{key, value}}")
+    for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("key"), str):
             raise MlflowApiError(f"Invalid value for parameter '{name}': each item needs a string 'key'")
         value = item.get("value")

@@ -36,6 +36,7 @@ from mlhub.api.mlflow.filters import STATUS_TO_MLHUB, runs_filter, runs_order_by
 from mlhub.api.series import read_series
 from mlhub.api.state import AppState
 from mlhub.events import DatasetVersionRecorded, RunStatus, metric_value
+from mlhub.events.bounds import loads_bounded
 from mlhub.tracking import RunEnded, SeriesInput, Written
 
 router = APIRouter(route_class=MlflowRoute)
@@ -250,8 +251,8 @@ def _dataset_event(run_id: str, item: Any) -> DatasetVersionRecorded:
     profile = d.get("profile")
     examples = None
     try:
-        examples = int(json.loads(profile).get("num_rows")) if profile else None
-    except (ValueError, TypeError, AttributeError):
+        examples = int(loads_bounded(profile).get("num_rows")) if profile else None
+    except (ValueError, TypeError, AttributeError, OverflowError):  # TooDeep is a ValueError
         examples = None
     try:
         return DatasetVersionRecorded(
