@@ -215,12 +215,16 @@ class QueryEngine:
         try:
             relation = self.connection.sql(sql, params=list(params) if params is not None else None)
             return relation.to_arrow_table() if relation is not None else pa.table({})
-        except duckdb.PermissionException as e:
-            raise QueryRefused(f"the query tried to reach outside mlhub's views: {_first_line(e)}") from e
-        except duckdb.OutOfMemoryException as e:
-            raise QueryOutOfMemory(self.memory_limit_mb) from e
         except duckdb.Error as e:
-            raise QueryFailed(_first_line(e)) from e
+            raise self.query_error(e) from e
+
+    def query_error(self, e: duckdb.Error) -> QueryRefused | QueryOutOfMemory | QueryFailed:
+        """The mlhub error of a DuckDB error of a user's query on this engine (one mapping for every caller)."""
+        if isinstance(e, duckdb.PermissionException):
+            return QueryRefused(f"the query tried to reach outside mlhub's views: {_first_line(e)}")
+        if isinstance(e, duckdb.OutOfMemoryException):
+            return QueryOutOfMemory(self.memory_limit_mb)
+        return QueryFailed(_first_line(e))
 
 
 def _with_columns(table: pa.Table, schema: pa.Schema) -> pa.Table:

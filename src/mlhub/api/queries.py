@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mlhub.analytics.cells import json_cell
 from mlhub.api.errors import ApiError, NotFound
 from mlhub.api.filters import TIME_ATTRIBUTES, parse_filter, to_conditions
 from mlhub.events.bounds import loads_bounded
@@ -35,12 +35,9 @@ LIST_COLUMNS = ("run_id", "experiment_id", "name", "status", "source", "job_id",
 
 
 def jv(value: Any) -> Any:
-    """A JSON-ready value: times as ISO-8601 UTC, non-finite floats as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    return value
+    """A JSON-ready value: times as ISO-8601 UTC, non-finite floats as strings (`analytics.cells.json_cell`, the
+    one JSON form of values the API and the CLI print)."""
+    return json_cell(value)
 
 
 def row_dict(row: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:

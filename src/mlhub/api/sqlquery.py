@@ -17,17 +17,12 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timedelta
-from datetime import time as dtime
-from decimal import Decimal
-from typing import Any
-from uuid import UUID
 
 import duckdb
 
-from mlhub.analytics import QueryEngine, QueryFailed, QueryOutOfMemory, QueryRefused, check_read_only
+from mlhub.analytics import QueryEngine, QueryRefused, check_read_only
+from mlhub.analytics.cells import json_cell
 from mlhub.api.errors import ApiError
-from mlhub.api.queries import jv
 from mlhub.settings import Settings
 
 #: Most rows fetched from DuckDB's streaming result at a time; fewer when rows are wide (see _bounded_rows).
@@ -97,12 +92,8 @@ def run_query(engine: QueryEngine, sql: str, *, max_rows: int, max_bytes: int, t
         raise QueryTimeout(f"the query ran longer than {timeout_s:g}s and was stopped; narrow it down "
                            "(filter on run_id, or use run_metrics(run_id, key))",
                            details={"timeout_s": timeout_s, "limit": "MLHUB_API_QUERY_TIMEOUT_S"}) from e
-    except duckdb.PermissionException as e:
-        raise QueryRefused(f"the query tried to reach outside mlhub's views: {_first_line(e)}") from e
-    except duckdb.OutOfMemoryException as e:
-        raise QueryOutOfMemory(engine.memory_limit_mb) from e
     except duckdb.Error as e:
-        raise QueryFailed(_first_line(e)) from e
+        raise engine.query_error(e) from e
     finally:
         timer.cancel()
         cursor.close()
@@ -130,7 +121,7 @@ def _bounded_rows(cursor: duckdb.DuckDBPyConnection, max_rows: int, budget: int)
         for row in batch:
             if len(rows) == max_rows:
                 return rows, "rows"
-            encoded = json.dumps([_cell(v) for v in row], ensure_ascii=False, separators=(",", ":"),
+            encoded = json.dumps([json_cell(v) for v in row], ensure_ascii=False, separators=(",", ":"),
                                  default=str).encode()
             used += len(encoded) + 1
             if used > budget:
@@ -139,28 +130,3 @@ def _bounded_rows(cursor: duckdb.DuckDBPyConnection, max_rows: int, budget: int)
             widest = max(widest, len(encoded))
         size = max(1, min(BATCH_ROWS, (budget - used) // (4 * widest + 1)))
     return rows, None
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, float | datetime):
-        return jv(value)
-    if isinstance(value, date | dtime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).hex()
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_cell(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _cell(v) for k, v in value.items()}
-    return value
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

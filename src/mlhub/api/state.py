@@ -113,8 +113,7 @@ class MetricEngines:
         if cached is not None and cached[1] == stamp:
             return (cached[0], stamp, now)
         tables = load_query_tables(self.sql) if with_tables else None
-        return (QueryEngine(self.location, tables).open(), stamp, now)
-        engine = QueryEngine(self.metrics_dir, tables, threads=self.threads, memory_limit_mb=self.memory_limit_mb)
+        engine = QueryEngine(self.location, tables, threads=self.threads, memory_limit_mb=self.memory_limit_mb)
         return (engine.open(), stamp, now)
 
 

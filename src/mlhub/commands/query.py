@@ -7,12 +7,12 @@ import io
 import json
 import math
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 import click
 import pyarrow as pa
 
+from mlhub.analytics.cells import json_cell
 from mlhub.commands.common import fail, load_settings
 from mlhub.commands.hubclient import DIRECT, use_client, with_hub
 from mlhub.errors import MlhubError
@@ -95,7 +95,7 @@ def render(table: pa.Table, fmt: str) -> str:
 def render_rows(names: list[str], rows: list[list[Any]], fmt: str) -> str:
     """Rows of the named columns in one of the output formats (each ends with a newline)."""
     if fmt == "json":
-        return json.dumps([dict(zip(names, map(_json_value, r), strict=True)) for r in rows], indent=None) + "\n"
+        return json.dumps([dict(zip(names, map(json_cell, r), strict=True)) for r in rows], indent=None) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -121,16 +121,3 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _json_value(value: Any) -> Any:
-    """JSON-ready: non-finite floats as "NaN"/"Infinity"/"-Infinity" (like the event log), times as ISO text."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dict | list | str | int | float | bool) or value is None:
-        return value
-    return str(value)
