@@ -197,9 +197,11 @@ def test_an_import_killed_halfway_resumes_to_the_same_events(hub: Server, store:
         assert "runs_skipped" in out
         producer = f"mlflow-import:{normalize_source(store['uri'])}"
         resumed = asyncio.run(_imported_events(url, producer))
-        hub_url = re.search(r"event log: (nats://\S+)", hub.hub.output)
+        hub_url = re.search(r"event log: nats://(\S+)", hub.hub.output)
         assert hub_url is not None
-        reference = asyncio.run(_imported_events(hub_url.group(1), producer))
+        # The printed URL carries no credentials (it alone opens nothing): read as the hub's admin.
+        admin = (hub.data_dir / "nats" / "credentials" / "admin").read_text().strip()
+        reference = asyncio.run(_imported_events(f"nats://{admin}@{hub_url.group(1)}", producer))
         assert 150 <= halfway < len(reference)
         assert resumed == reference
     finally:
