@@ -118,6 +118,9 @@ class Worker:
         self.results: dict[str, TrainingResult] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlhub-train")
         self._current_stop: Any = None
+        #: Set when the worker is told to stop while a job is being handled: an attempt that starts after it (its
+        #: job.started was appended, its stop hook not yet set) stops at once instead of training to the end.
+        self._shutdown_requested = False
 
     @classmethod
     def local(cls, event_log: EventLog, data_dir: Path, config: WorkerConfig | None = None,
@@ -150,8 +153,10 @@ class Worker:
                     handling = asyncio.create_task(self.handle(msg))
                     stopper = asyncio.create_task(stop.wait())
                     await asyncio.wait({handling, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    if not handling.done() and not finish_current and self._current_stop is not None:
-                        self._current_stop("shutdown")
+                    if not handling.done() and not finish_current:
+                        self._shutdown_requested = True
+                        if self._current_stop is not None:
+                            self._current_stop("shutdown")
                     await handling
                     stopper.cancel()
         finally:
@@ -216,6 +221,8 @@ class Worker:
             ctx.stop.set()
 
         self._current_stop = request_stop
+        if self._shutdown_requested:  # the stop came between job.started and here: give the job back now
+            request_stop("shutdown")
         limits = JobLimits(memory_mb=self.config.job_memory_mb, kill_grace_s=self.config.job_kill_grace_s)
         training = loop.run_in_executor(self._executor, run_job_process, ctx, limits)
         keepalive = asyncio.create_task(self._keep_alive(msg, job, attempt, training, request_stop))
