@@ -229,7 +229,8 @@ class Run(Sender):
     def flush(self, timeout_s: float = 60.0) -> bool:
         """Wait until everything logged so far is delivered or refused. True when all of it is stored; False
         when timeout_s passed first (what is left stays spooled and keeps being resent), when the hub refuses
-        the token (`auth_error`), or when the hub refused anything of this run (`rejected`)."""
+        the token (`auth_error`; as soon as everything logged is in the spool on disk), or when the hub refused
+        anything of this run (`rejected`)."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._cut_locked()
@@ -239,7 +240,9 @@ class Run(Sender):
             try:
                 while self._ended < target:
                     left = deadline - time.monotonic()
-                    if left <= 0 or not self._thread.is_alive() or (self.auth_error and self._degraded):
+                    # A refused token: return once what was logged is in the spool (fsync'd), not before.
+                    if left <= 0 or not self._thread.is_alive() or (self.auth_error and self._degraded
+                                                                    and not self._outbox):
                         return False
                     self._cond.wait(min(left, 0.1))
             finally:

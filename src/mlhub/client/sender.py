@@ -9,7 +9,8 @@ Every request the run makes is a *record* (a log batch with its own `batch_id`, 
   thread resends the spool's oldest record with backoff (0.5 s doubling to 5 s). When the spool is empty again
   the run goes back to sending from memory.
 - the hub refuses the token (401/403): the same, but the thread waits AUTH_RETRY_S between tries, warns once,
-  and flush/finish return False at once (`run.auth_error`); nothing is lost: a Hub with a good token resends.
+  and flush/finish return False as soon as what was logged is in the spool (`run.auth_error`); nothing is
+  lost: a Hub with a good token resends.
 - the hub refuses a record for good (any other 4xx): it is never retried; it goes to the rejected file and
   `run.rejected` (delivery.reject), and the records after it go on. When the hub names the refused keys of a
   batch, only those are rejected and the rest of the batch is sent under a derived batch id.
