@@ -28,6 +28,7 @@ from .conftest import metric_batch, run_lifecycle
 
 RUNS = 50
 BATCHES_PER_RUN = 4  # x 1,000 points x 50 runs = 200,000 points
+KILLS = 5
 
 
 def _projector(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -50,8 +51,16 @@ async def test_sigkilled_projector_equals_a_clean_replay(tmp_path: Path, event_l
     for _, after in lifecycles.values():
         plan.append([Envelope(event=e, producer="test") for e in after])
 
+    kills: list[int] = []
+    killed = asyncio.Event()  # set after each kill
+
     async def produce() -> None:
-        for chunk in plan:
+        # The plan goes out in KILLS + 1 parts, part i only once i projectors have been killed: however slowly a
+        # projector starts on a loaded machine, every kill lands before the last events are appended.
+        for i, chunk in enumerate(plan):
+            while len(kills) < i * (KILLS + 1) // len(plan):
+                killed.clear()
+                await killed.wait()
             await event_log.append_many(chunk, max_in_flight=16)
             await asyncio.sleep(rng.uniform(0.05, 0.25))
 
@@ -66,10 +75,9 @@ async def test_sigkilled_projector_equals_a_clean_replay(tmp_path: Path, event_l
             engine.dispose()
 
     producer = asyncio.create_task(produce())
-    kills: list[int] = []
     proc = _projector(env)
     try:
-        for _ in range(5):
+        for _ in range(KILLS):
             # Kill at a random moment once this instance is projecting (start-up time varies a lot: a fresh
             # checkout compiles bytecode on first import), so the kill lands while events stream in.
             before = kills[-1] if kills else 0
@@ -80,6 +88,7 @@ async def test_sigkilled_projector_equals_a_clean_replay(tmp_path: Path, event_l
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills.append(sql_checkpoint())
+            killed.set()
             proc = _projector(env)
         await asyncio.wait_for(producer, 180)
     finally:
@@ -87,7 +96,8 @@ async def test_sigkilled_projector_equals_a_clean_replay(tmp_path: Path, event_l
         proc.wait()
     total = await event_log.last_sequence()
     assert total == sum(len(c) for c in plan)
-    assert sum(0 < k < total for k in kills) >= 2, f"kills must land mid-stream: {kills} of {total}"
+    assert all(k < total for k in kills) and sum(k > 0 for k in kills) >= 2, \
+        f"kills must land mid-stream: {kills} of {total}"
 
     # Restart once more and let it catch up to the end.
     final = subprocess.run([sys.executable, "-m", "mlhub.cli", "projector", "--until-caught-up"], env=env,
