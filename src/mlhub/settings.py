@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     duplicate_window_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     #: How long an append waits for an acknowledgement before it retries (seconds).
     ack_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    #: Seconds between the client's pings to its NATS server; two unanswered pings mark the connection dead
+    #: and the client reconnects (to another server of a cluster). Bounds how long a part waits on a server whose
+    #: host was cut off (the TCP connection then never closes by itself).
+    nats_ping_interval_s: Annotated[float, Field(gt=0, le=600)] = 5.0
     #: How long an append keeps retrying through a lost connection before EventLogUnavailable (seconds).
     append_deadline_s: Annotated[float, Field(gt=0)] = 60.0
     #: SQLAlchemy URL of the SQL read model; unset: SQLite at <data_dir>/readmodel.db.

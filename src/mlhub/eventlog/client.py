@@ -113,6 +113,7 @@ class EventLog:
         ack_timeout_s: float = 5.0,
         append_deadline_s: float = 60.0,
         connect_timeout_s: float = 10.0,
+        ping_interval_s: float = 5.0,
         name: str = "mlhub",
         auth: NatsAuth | None = None,
     ) -> None:
@@ -122,6 +123,7 @@ class EventLog:
         self.ack_timeout_s = ack_timeout_s
         self.append_deadline_s = append_deadline_s
         self.connect_timeout_s = connect_timeout_s
+        self.ping_interval_s = ping_interval_s
         self.name = name
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -136,7 +138,8 @@ class EventLog:
         """The event log as the settings describe it: stream spec, time-outs, credentials and TLS."""
         spec = StreamSpec(replicas=settings.stream_replicas, duplicate_window_s=settings.duplicate_window_s)
         return cls(servers, spec=spec, name=name, ack_timeout_s=settings.ack_timeout_s,
-                   append_deadline_s=settings.append_deadline_s, auth=NatsAuth.from_settings(settings))
+                   append_deadline_s=settings.append_deadline_s, ping_interval_s=settings.nats_ping_interval_s,
+                   auth=NatsAuth.from_settings(settings))
 
     @property
     def where(self) -> str:
@@ -177,6 +180,11 @@ class EventLog:
                 reconnect_time_wait=0.1,  # type: ignore[arg-type]  # float works: it is a sleep
                 connect_timeout=min(2.0, self.connect_timeout_s),  # type: ignore[arg-type]
                 pending_size=64 * 1024 * 1024,
+                # A server that stops answering (its host cut off, not closed) is noticed after two missed
+                # pings and the client moves to another server of the cluster; nats-py's default of 120 s
+                # would leave it waiting on the dead connection for up to 4 minutes.
+                ping_interval=self.ping_interval_s,  # type: ignore[arg-type]  # float works: it is a sleep
+                max_outstanding_pings=2,
                 error_cb=on_connect_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from mlhub.artifacts import ArtifactStore, LocalArtifactStore
@@ -143,12 +144,26 @@ class Worker:
         await self.ensure_consumer()
         _warm_up()  # from this (the loop's) thread: the fork server imports torch while the worker waits for a job
         sub = await self.log.js.pull_subscribe_bind(durable=consumer_name(self.config.pool), stream=STREAM_NAME)
+        pause = 0.0  # after a failed fetch or job: grows to 5 s while the event log keeps failing
         try:
             while not stop.is_set():
+                if pause:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), pause)
                 try:
                     msgs = await sub.fetch(1, timeout=fetch_timeout_s)
                 except TimeoutError:  # nats.errors.TimeoutError derives from it
+                    pause = 0.0
                     continue
+                except nats.errors.Error as e:
+                    # A cluster without a leader for the stream or consumer (an election after a node was lost:
+                    # 503 / no responders), a connection being re-established: wait and fetch again. The
+                    # consumer is durable and replicated; a job taken meanwhile is redelivered after its ack wait.
+                    pause = min(5.0, max(0.25, pause * 2))
+                    log.warning("worker %s: fetching from the pool's consumer failed (%s: %s); again in %.2g s",
+                                self.config.worker_id, type(e).__name__, e, pause)
+                    continue
+                pause = 0.0
                 for msg in msgs:
                     handling = asyncio.create_task(self.handle(msg))
                     stopper = asyncio.create_task(stop.wait())
@@ -157,8 +172,18 @@ class Worker:
                         self._shutdown_requested = True
                         if self._current_stop is not None:
                             self._current_stop("shutdown")
-                    await handling
-                    stopper.cancel()
+                    try:
+                        await handling
+                    except (EventLogUnavailable, nats.errors.Error) as e:
+                        # The log failed while the job was being decided or recorded (past every retry of the
+                        # append): nothing half-done stays, as each event is appended whole or not at all, and
+                        # the message, not acknowledged, comes back after its ack wait to whichever worker decides
+                        # again from the job's events. This worker lives on and takes the next job.
+                        pause = min(5.0, max(0.25, pause * 2))
+                        log.error("worker %s: job message %s left to its redelivery: the event log failed (%s: %s)",
+                                  self.config.worker_id, msg.subject, type(e).__name__, e)
+                    finally:
+                        stopper.cancel()
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
