@@ -273,7 +273,7 @@ class Run(Sender):
         if status not in STATUSES:
             raise InvalidInput(f"finish status must be one of {', '.join(STATUSES)}, got {status!r}"
                                + (" (a cancelled run is 'killed' now)" if str(status) == "cancelled" else ""))
-        self.system_sampler.stop()  # its last sample is buffered before the finish, none comes after it
+        self.system_sampler.stop(1.0)  # its last sample is buffered before the finish; none comes after it
         with self._cond:
             if self.status is not None:
                 raise RunClosed(f"run {self.run_id} was already finished ({self.status})")
