@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.hub.helpers import wait_healthy
 
 from mlhub.eventlog import EmbeddedNats, EventLog
 from mlhub.events import DomainEvent, Envelope
@@ -63,16 +63,7 @@ class HubStack:
         self.api_starts += 1
         self.api = self._spawn([sys.executable, "-m", "uvicorn", "--factory", "mlhub.api:create_app", "--host",
                                 "127.0.0.1", "--port", str(self.port), "--log-level", "warning"], "api.log")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.api.poll() is None, "uvicorn exited:\n" + self.log("api.log")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("uvicorn did not answer /healthz:\n" + self.log("api.log"))
+        wait_healthy(self.url, self.api, lambda: self.log("api.log"), timeout_s)
 
     def kill_api(self) -> None:
         """SIGKILL the API server (no graceful shutdown: requests in flight are cut)."""

@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.artifacts.conftest import AWS_LEAKS, FAKE_AWS, MOTO_SERVER
+from tests.hub.helpers import wait_healthy
 
 from mlhub.eventlog import EventLog
 from mlhub.eventlog.auth import credentials_file, embedded_credentials, server_authorization
@@ -172,16 +173,7 @@ class Cluster:
                                                    log=self.log(name), cwd=ROOT)
 
     def wait_api(self, name: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.procs[name].poll() is None, f"{name} exited: {self.log_text(name)[-3000:]}"
-            try:
-                if httpx.get(f"http://{self.ip(name)}:8000/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{name} not healthy after {timeout:g} s: {self.log_text(name)[-3000:]}")
+        wait_healthy(f"http://{self.ip(name)}:8000", self.procs[name], lambda: self.log_text(name), timeout, 0.2)
 
     def start_projector(self, name: str) -> None:
         self.procs[name] = self.hosts[name].popen(

@@ -10,10 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 
 MLHUB = [sys.executable, "-m", "mlhub.cli"]
@@ -24,6 +25,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Callable[[], str], timeout_s: float = 90.0,
+                 poll_s: float = 0.1) -> None:
+    """Wait until the API at url answers /healthz with 200; fail with the end of its log if its process exits
+    first or it does not answer within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the API at {url} exited with {proc.returncode}:\n{log()[-3000:]}"
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(poll_s)
+    raise AssertionError(f"the API at {url} did not answer /healthz within {timeout_s:g} s:\n{log()[-3000:]}")
 
 
 def hub_env(data_dir: Path, **extra: str) -> dict[str, str]:

@@ -74,6 +74,11 @@ def consumer_name(pool: str) -> str:
     return worker_consumer_name(pool)
 
 
+def _backoff(pause: float) -> float:
+    """The next wait after another failure of the event log: 0.25 s, doubling, at most 5 s."""
+    return min(5.0, max(0.25, pause * 2))
+
+
 def default_worker_id() -> str:
     """host-pid-random: unique per worker process."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -159,7 +164,7 @@ class Worker:
                     # A cluster without a leader for the stream or consumer (an election after a node was lost:
                     # 503 / no responders), a connection being re-established: wait and fetch again. The
                     # consumer is durable and replicated; a job taken meanwhile is redelivered after its ack wait.
-                    pause = min(5.0, max(0.25, pause * 2))
+                    pause = _backoff(pause)
                     log.warning("worker %s: fetching from the pool's consumer failed (%s: %s); again in %.2g s",
                                 self.config.worker_id, type(e).__name__, e, pause)
                     continue
@@ -179,7 +184,7 @@ class Worker:
                         # append): nothing half-done stays, as each event is appended whole or not at all, and
                         # the message, not acknowledged, comes back after its ack wait to whichever worker decides
                         # again from the job's events. This worker lives on and takes the next job.
-                        pause = min(5.0, max(0.25, pause * 2))
+                        pause = _backoff(pause)
                         log.error("worker %s: job message %s left to its redelivery: the event log failed (%s: %s)",
                                   self.config.worker_id, msg.subject, type(e).__name__, e)
                     finally:
