@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.artifacts.conftest import AWS_LEAKS, FAKE_AWS, MOTO_SERVER
-from tests.hub.helpers import wait_healthy
+from tests.hub.helpers import read_after, wait_healthy
 
 from mlhub.eventlog import EventLog
 from mlhub.eventlog.auth import credentials_file, embedded_credentials, server_authorization
@@ -75,6 +75,10 @@ def _nats_config(name: str, store: Path, me: str, peers: list[str], authorizatio
         f"server_name: {name}\n"
         "listen: 0.0.0.0:4222\n"
         "http: 0.0.0.0:8222\n"
+        # Pings on routes too: a peer cut off is dropped after 2 missed pings (nats-server's default: 2 x 2 min,
+        # while requests keep going to its queue subscribers, the stream replica's direct gets among them).
+        'ping_interval: "2s"\n'
+        "ping_max: 2\n"
         "jetstream {\n"
         f"  store_dir: {json.dumps(str(store))}\n"
         "  sync_interval: always\n"
@@ -92,8 +96,11 @@ def _haproxy_config(apis: list[str]) -> str:
     servers = "\n".join(f"  server api{i + 1} {a}:8000 check" for i, a in enumerate(apis))
     return f"""global
   maxconn 512
+  log stdout format raw local0
 defaults
   mode http
+  log global
+  option httplog
   timeout connect 2s
   timeout client 120s
   timeout server 120s
@@ -218,6 +225,11 @@ class Cluster:
                     return dict(stream["state"])
         return {}
 
+    def clients(self, node: str) -> list[str]:
+        """The names of the client connections node `node` holds (its monitoring endpoint)."""
+        with urllib.request.urlopen(f"http://{self.ip(node)}:8222/connz?limit=1024", timeout=3) as answer:
+            return [str(c.get("name", "")) for c in json.load(answer).get("connections") or []]
+
     def leader(self, nodes: tuple[str, ...] = NATS_NODES) -> str:
         """The server name of the stream's leader (asked through `nodes`)."""
         async def ask() -> str:
@@ -273,12 +285,7 @@ class Cluster:
 
     def query(self, sql: str, min_seq: int) -> list[dict[str, Any]]:
         """POST /query through the load balancer, after the projections reached min_seq."""
-        deadline = time.monotonic() + 60
-        while True:
-            answer = httpx.post(f"{self.url}/api/v1/query", headers=self.headers, params={"min_seq": min_seq},
-                                json={"sql": sql}, timeout=60)
-            if answer.status_code != 504 or time.monotonic() > deadline:
-                break
+        answer = read_after(min_seq, "POST", f"{self.url}/api/v1/query", headers=self.headers, json={"sql": sql})
         assert answer.status_code == 200, answer.text
         body = answer.json()
         return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]

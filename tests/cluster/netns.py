@@ -83,6 +83,18 @@ class Host:
         """Put the host back on the network."""
         _ip("link", "set", self.veth, "up")
 
+    def partition(self, others: list[Host]) -> None:
+        """Cut this host off `others` only (both ways: blackhole routes on each side, so sends fail at once and
+        nothing arrives); every other host, the machine's namespace included, still reaches it."""
+        for other in others:
+            _ip("route", "add", "blackhole", f"{other.address}/32", ns=self.ns)
+            _ip("route", "add", "blackhole", f"{self.address}/32", ns=other.ns)
+
+    def unpartition(self, others: list[Host]) -> None:
+        for other in others:
+            _ip("route", "del", "blackhole", f"{other.address}/32", ns=self.ns, check=False)
+            _ip("route", "del", "blackhole", f"{self.address}/32", ns=other.ns, check=False)
+
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from tests.hub.helpers import read_after
 
 from mlhub.client import Hub
 
@@ -79,15 +80,15 @@ def streaming(cluster: Cluster, tmp_path: Path, name: str, points: int = POINTS)
         state.thread.join()
         sampled.set()
         sampler.join()
-    client.close()
+        client.close(timeout_s=10)  # a failed test's client stops sending too (before the cluster's hosts go)
     assert run.points_logged == run.points_delivered == points
 
 
-def wait_delivered(stream: Streaming, points: int, timeout: float = 60) -> None:
+def wait_delivered(stream: Streaming, points: int, timeout: float = 60, *, before_the_fault: bool = True) -> None:
     deadline = time.monotonic() + timeout
     while stream.run.points_delivered < points:
         assert time.monotonic() < deadline, f"only {stream.run.points_delivered} points delivered"
-        assert stream.thread.is_alive(), "the script ended before the fault"
+        assert not before_the_fault or stream.thread.is_alive(), "the script ended before the fault"
         time.sleep(0.01)
 
 
@@ -97,8 +98,8 @@ def assert_stored_once(cluster: Cluster, run_id: str, points: int) -> None:
     rows = cluster.query(f"SELECT count(*) AS n, count(DISTINCT step) AS steps FROM metrics "
                          f"WHERE run_id = '{run_id}'", min_seq=last)
     assert (rows[0]["n"], rows[0]["steps"]) == (points, points), rows
-    status = httpx.get(f"{cluster.url}/api/v1/runs/{run_id}", headers=cluster.headers, params={"min_seq": last},
-                       timeout=60).json()["run"]["status"]
+    status = read_after(last, "GET", f"{cluster.url}/api/v1/runs/{run_id}",
+                        headers=cluster.headers).json()["run"]["status"]
     assert status == "finished"
 
 
@@ -151,9 +152,10 @@ def test_a_killed_active_projector_hands_over_to_the_standby(cluster: Cluster, t
     took_over_before = cluster.log_text(standby).count("took over")
     with streaming(cluster, tmp_path, "projector") as stream:
         wait_delivered(stream, POINTS // 4)
-        at_kill = cluster.positions()
         killed_at = time.monotonic()
         cluster.kill(active)
+        # read after the kill: until then the killed instance was still applying events
+        at_kill = cluster.positions()
         took_over: float | None = None
         while took_over is None:
             now = cluster.positions()
@@ -164,7 +166,7 @@ def test_a_killed_active_projector_hands_over_to_the_standby(cluster: Cluster, t
     print(f"\nactive projector {active} SIGKILLed: {standby} applied new events {took_over:.2f} s later")
     assert took_over < 10
     # it waited on the SQL projector's lock (taken first), then took the metric projector's free one
-    assert cluster.log_text(standby).count("took over") == took_over_before + 1
+    assert cluster.log_text(standby).count("took over") == took_over_before + 1, cluster.log_text(standby)[-3000:]
     assert_stored_once(cluster, stream.run.run_id, POINTS)
     waiting_before = cluster.log_text(active).count("waiting to take over")
     cluster.start_projector(active)
@@ -187,11 +189,12 @@ def test_a_worker_cut_off_loses_its_job_to_another_and_its_late_result_is_refuse
     answer = httpx.post(f"{cluster.url}/api/v1/jobs", headers=cluster.headers, timeout=30,
                         json={"config": config, "overrides": ["trainer.max_epochs=40"]})
     assert answer.status_code == 201, answer.text
-    job_id, run_id = answer.json()["job_id"], answer.json()["run_id"]
+    job_id, run_id, queued_seq = answer.json()["job_id"], answer.json()["run_id"], answer.json()["seq"]
 
-    def job() -> dict[str, Any]:
-        return httpx.get(f"{cluster.url}/api/v1/jobs/{job_id}", headers=cluster.headers,  # type: ignore[no-any-return]
-                         timeout=30).json()
+    def job() -> dict[str, Any]:  # read after the job's queueing was projected
+        got = read_after(queued_seq, "GET", f"{cluster.url}/api/v1/jobs/{job_id}", headers=cluster.headers)
+        assert got.status_code == 200, got.text
+        return got.json()  # type: ignore[no-any-return]
 
     deadline = time.monotonic() + 120
     while (state := job())["status"] != "running":
@@ -233,7 +236,73 @@ def test_a_worker_cut_off_loses_its_job_to_another_and_its_late_result_is_refuse
     failed = next(e for e in events if e.event_type == "job.failed")
     assert failed.error_type == "WorkerLost" and failed.retryable
     last = asyncio.run(_last_seq(cluster))
-    run = httpx.get(f"{cluster.url}/api/v1/runs/{run_id}", headers=cluster.headers, params={"min_seq": last},
-                    timeout=60).json()["run"]
+    run = read_after(last, "GET", f"{cluster.url}/api/v1/runs/{run_id}", headers=cluster.headers).json()["run"]
     assert run["status"] == "finished", run
+    cluster.audit_verify()
+
+
+def test_a_partitioned_nats_node_refuses_writes_while_the_majority_goes_on(cluster: Cluster,
+                                                                           tmp_path: Path) -> None:
+    from mlhub.errors import EventLogUnavailable
+    from mlhub.events import Envelope, TagsSet, aggregate_subject_filter
+
+    from .conftest import NATS_NODES
+
+    # The node to cut off: one that API replicas are connected to (they must move to the majority: that node
+    # still answers them), the stream's leader (the hardest to lose) among those if it is one.
+    leader = cluster.leader()
+    apis = {n: cluster.clients(n).count("mlhub-api") for n in NATS_NODES}
+    minority = leader if apis[leader] else max(apis, key=lambda n: apis[n])
+    print(f"\nAPI replicas' connections per node: {apis}; the stream leader: {leader}")
+    majority = [n for n in NATS_NODES if n != minority]
+    others = [cluster.hosts[n] for n in majority]
+    with streaming(cluster, tmp_path, "partition") as stream:
+        wait_delivered(stream, POINTS // 4)
+        before = stream.run.points_delivered
+        cut_at = time.monotonic()
+        cluster.hosts[minority].partition(others)
+        try:
+            refused = Envelope(event=TagsSet(run_id=stream.run.run_id, tags={"written": "minority"}),
+                               producer="cluster-test")
+
+            async def write_to_the_minority() -> BaseException | None:
+                log = cluster.admin_log(f"nats://{cluster.ip(minority)}:4222", append_deadline_s=5)
+                await log.connect()  # a client of that node only (no stream set-up: that is a write too)
+                try:
+                    await log.append(refused)
+                except EventLogUnavailable as e:
+                    return e
+                finally:
+                    await log.close()
+                return None
+
+            problem = asyncio.run(write_to_the_minority())
+            assert problem is not None, f"{minority}, cut off from {majority}, stored a write"
+            print(f"{minority} partitioned from {majority}: an append there was refused: {problem}")
+            wait_delivered(stream, before + 1, timeout=60, before_the_fault=False)
+            gap = time.monotonic() - cut_at
+            elected = cluster.leader(tuple(majority))
+            assert elected in majority
+            print(f"{elected} leads the majority; the SDK's next delivery {gap:.2f} s after the cut")
+            assert gap < 45  # 5-22 s measured (the API replicas on the cut-off node move after 10 s)
+            written = cluster.stream_state(elected)["last_seq"]
+            assert cluster.stream_state(minority)["last_seq"] < written, "the minority got the majority's writes"
+        finally:
+            cluster.hosts[minority].unpartition(others)
+        healed_at = time.monotonic()
+        while cluster.stream_state(minority).get("last_seq", 0) < written:
+            assert time.monotonic() - healed_at < 60, f"{minority} did not catch up: {cluster.stream_state(minority)}"
+            time.sleep(0.05)
+        print(f"healed: {minority} holds the majority's writes (to seq {written}) "
+              f"{time.monotonic() - healed_at:.2f} s later")
+    last = cluster.wait_in_sync(60)
+    print(f"one history: the same {last} messages on all three nodes")
+    assert_stored_once(cluster, stream.run.run_id, POINTS)
+
+    async def minority_write_stored() -> bool:
+        async with cluster.admin_log() as log:
+            return bool(await log.find_events(aggregate_subject_filter("run", stream.run.run_id),
+                                                [refused.event_id]))
+
+    assert not asyncio.run(minority_write_stored()), "the write refused by the minority is in the stream"
     cluster.audit_verify()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -41,6 +42,18 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Callable[[], str]
             pass
         time.sleep(poll_s)
     raise AssertionError(f"the API at {url} did not answer /healthz within {timeout_s:g} s:\n{log()[-3000:]}")
+
+
+def read_after(seq: int, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """A read that waits for `seq` (min_seq) as a dashboard does: a projector that restarted or took over catches
+    up from its checkpoint, which on a loaded machine can take longer than the API's wait, and the API then
+    answers 504 PROJECTION_TIMEOUT: ask again, for up to 60 s."""
+    deadline = time.monotonic() + 60
+    while True:
+        answer = httpx.request(method, url, params={"min_seq": seq}, timeout=60, **kwargs)
+        if answer.status_code != 504 or time.monotonic() > deadline:
+            return answer
+        assert answer.json()["error"]["code"] == "PROJECTION_TIMEOUT", answer.text
 
 
 def hub_env(data_dir: Path, **extra: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.hub.helpers import RunningHub, free_port, serving_hub, start, stop, wait_until_none_left
+from tests.hub.helpers import RunningHub, free_port, read_after, serving_hub, start, stop, wait_until_none_left
 
 from mlhub.client import Hub
 
@@ -45,17 +45,6 @@ def ready(hub: RunningHub) -> dict[str, Any] | None:
     except httpx.HTTPError:
         return None
     return answer.json() if answer.status_code == 200 else None  # type: ignore[no-any-return]
-
-
-def read_after(seq: int, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """A read that waits for `seq` as a dashboard does: a restarted projector catches up from its checkpoint, which
-    on a loaded machine can take longer than the API's wait, and the API then answers 504 PROJECTION_TIMEOUT."""
-    deadline = time.monotonic() + 60
-    while True:
-        answer = httpx.request(method, url, params={"min_seq": seq}, timeout=60, **kwargs)
-        if answer.status_code != 504 or time.monotonic() > deadline:
-            return answer
-        assert answer.json()["error"]["code"] == "PROJECTION_TIMEOUT", answer.text
 
 
 @pytest.mark.parametrize("part", PARTS)

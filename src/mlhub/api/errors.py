@@ -12,9 +12,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from nats.errors import Error as NatsError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from mlhub.errors import InvalidInput, MlhubError
+from mlhub.errors import EventLogUnavailable, InvalidInput, MlhubError
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,14 @@ def install_error_handlers(app: FastAPI) -> None:
             error.status_code, "HTTP_ERROR")
         return error_response(error.status_code, code, str(error.detail), None,
                               dict(error.headers) if error.headers else None)
+
+    @app.exception_handler(NatsError)
+    async def _event_log_error(request: Request, error: NatsError) -> JSONResponse:
+        # The event log's client turns what it knows into EventLogUnavailable; whatever nats error still gets
+        # here is the event log failing too (a retry may help), never a bug of the request: 503, not 500.
+        log.error("%s %s -> 503: the event log failed: %r", request.method, request.url.path, error)
+        return error_response(503, EventLogUnavailable.code, f"the event log failed: {type(error).__name__}: "
+                              f"{error}", None, {"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -132,6 +133,7 @@ class EventLog:
         # (asynchronously, it sends no answer) fails them at once instead of after every retry.
         self._waiting: dict[str, set[asyncio.Task[Any]]] = {}
         self._denied: dict[asyncio.Task[Any], str] = {}
+        self._moved_at = 0.0  # when _leave_a_silent_server last moved to another server
 
     @classmethod
     def from_settings(cls, servers: str, settings: Settings, *, name: str) -> EventLog:
@@ -293,6 +295,29 @@ class EventLog:
 
     async def _on_reconnected(self) -> None:
         log.warning("event log: reconnected to NATS")
+
+    @property
+    def silent_after_s(self) -> float:
+        """How long a server of a cluster may leave appends and reads unanswered before this client moves to
+        another one (two ping intervals, at least one acknowledgement time-out)."""
+        return max(2 * self.ping_interval_s, self.ack_timeout_s)
+
+    async def _leave_a_silent_server(self, failing_since: float) -> None:
+        """Move to another server of the cluster when the one this client is connected to has not answered for
+        silent_after_s. A server cut off from the others (the minority of a partition) still answers pings, so
+        the connection looks healthy, but it cannot store anything: its stream replica has no quorum, and its
+        routes to the majority are gone or dead. nats-py's reconnect takes the next server of its pool (the
+        configured ones and those the cluster announced); one move per silent_after_s for all callers."""
+        nc = self._nc
+        now = time.monotonic()
+        if (nc is None or len(nc.servers) < 2 or now - failing_since < self.silent_after_s
+                or now - self._moved_at < self.silent_after_s or not nc.is_connected):
+            return
+        self._moved_at = now
+        url = nc.connected_url.netloc.rsplit("@", 1)[-1] if nc.connected_url else "?"
+        log.warning("event log: %s has not stored or answered for %.0f s (cut off from its cluster?): moving to "
+                    "another server", url, now - failing_since)
+        await nc.force_reconnect()
 
     @property
     def nc(self) -> NatsClient:
@@ -506,7 +531,8 @@ class EventLog:
         """The stream's answer to `send()`, sending again (the same message ids) after a lost connection, a
         time-out or a 503 (JetStream, or the stream's leader, not ready yet: e.g. just after a restart) until
         MLHUB_APPEND_DEADLINE_S, then EventLogUnavailable."""
-        deadline = time.monotonic() + self.append_deadline_s
+        started = time.monotonic()
+        deadline = started + self.append_deadline_s
         delay = 0.05
         while True:
             try:
@@ -522,6 +548,7 @@ class EventLog:
             if time.monotonic() + delay > deadline:
                 raise EventLogUnavailable(
                     f"no acknowledgement for {what} within {self.append_deadline_s:g}s: {problem!r}") from problem
+            await self._leave_a_silent_server(started)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -546,7 +573,8 @@ class EventLog:
     async def _direct_get(self, request: dict[str, Any]) -> Msg | None:
         """A direct get from the stream (works with wildcard subjects); None when no message matches."""
         subject = f"$JS.API.DIRECT.GET.{self.spec.name}"
-        deadline = time.monotonic() + self.append_deadline_s
+        started = time.monotonic()
+        deadline = started + self.append_deadline_s
         while True:
             try:
                 with self.permission_guard([subject], f"a direct get from {self.spec.name}"):
@@ -554,6 +582,7 @@ class EventLog:
             except _RETRYABLE as e:
                 if time.monotonic() > deadline:
                     raise EventLogUnavailable(f"direct get from {self.spec.name} failed: {e!r}") from e
+                await self._leave_a_silent_server(started)
                 await asyncio.sleep(0.1)
                 continue
             status = (msg.headers or {}).get("Status")
@@ -693,20 +722,31 @@ class EventLog:
 
     async def _subscribe_ordered(self, subject_filter: str, from_seq: int,
                                  on_message: Callable[[Msg], Awaitable[None]]) -> Any:
-        """An ordered push consumer from from_seq on, delivering into on_message."""
-        return await self.js.subscribe(
-            subject_filter,
-            stream=self.spec.name,
-            cb=on_message,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            config=ConsumerConfig(opt_start_seq=from_seq),
-            # nats-py's own queue ahead of the callback (reaching these limits would drop messages, and the ordered
-            # consumer would start over from the gap).
-            pending_msgs_limit=1_000_000,
-            pending_bytes_limit=512 * 1024 * 1024,
-            idle_heartbeat=2.0,
-        )
+        """An ordered push consumer from from_seq on, delivering into on_message. Its creation is asked again
+        while the server says JetStream is not ready (503: e.g. during a leader election, or on a server cut off
+        from its cluster) or does not answer, until MLHUB_APPEND_DEADLINE_S, then EventLogUnavailable."""
+        started = time.monotonic()
+        while True:
+            try:
+                return await self.js.subscribe(
+                    subject_filter,
+                    stream=self.spec.name,
+                    cb=on_message,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    config=ConsumerConfig(opt_start_seq=from_seq),
+                    # nats-py's own queue ahead of the callback (reaching these limits would drop messages, and the
+                    # ordered consumer would start over from the gap).
+                    pending_msgs_limit=1_000_000,
+                    pending_bytes_limit=512 * 1024 * 1024,
+                    idle_heartbeat=2.0,
+                )
+            except (*_RETRYABLE, nats.js.errors.ServiceUnavailableError) as e:
+                if time.monotonic() - started > self.append_deadline_s:
+                    raise EventLogUnavailable(f"a replay of {subject_filter} could not start within "
+                                              f"{self.append_deadline_s:g}s: {_error_text(e)}") from e
+                await self._leave_a_silent_server(started)
+                await asyncio.sleep(0.2)
 
 
 def _is_auth_error(e: BaseException) -> bool:
