@@ -14,9 +14,10 @@ namespace, see netns.py), talking over a bridge.
 Each part connects with its own event-log user (credential files written like the embedded server's), the same
 settings a deployment sets (docs/deploy.md): MLHUB_NATS_URL with the three servers, MLHUB_NATS_CREDS,
 MLHUB_STREAM_REPLICAS=3, MLHUB_DATABASE_URL, MLHUB_METRICS_URI / MLHUB_ARTIFACT_URI on s3:// with
-MLHUB_S3_ENDPOINT_URL. The test process is the operator: it creates the stream as admin and reads the log.
-One cluster per test module; each test leaves it whole for the next (every killed part restarted, every cut
-healed).
+MLHUB_S3_ENDPOINT_URL. Every setting, command and config file comes from topology.py, which docker-compose.yml
+is checked against (tests/test_compose.py drives this harness's start methods and compares). The test process
+is the operator: it creates the stream as admin and reads the log. One cluster per test module; each test
+leaves it whole for the next (every killed part restarted, every cut healed).
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.artifacts.conftest import AWS_LEAKS, FAKE_AWS, MOTO_SERVER
+from tests.artifacts.conftest import AWS_LEAKS, FAKE_AWS
 from tests.hub.helpers import read_after, wait_healthy
 
 from mlhub.eventlog import EventLog
@@ -46,14 +47,26 @@ from mlhub.eventlog.server import nats_server_binary
 from mlhub.eventlog.stream import STREAM_NAME
 
 from .netns import Host, Network, available, wait_port
+from .topology import (
+    BUCKET,
+    HARNESS_ACK_WAIT_S,
+    HARNESS_POSTGRES_SETTINGS,
+    HARNESS_SETTINGS,
+    NATS_NODES,
+    POSTGRES_SETTINGS,
+    ROOT,
+    command,
+    haproxy_config,
+    nats_config,
+    part_settings,
+    s3_command,
+    settings,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-NATS_NODES = ("n1", "n2", "n3")
 TOKEN = "cluster-admin-token-0123456789"
-BUCKET = "mlhub-cluster"
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1] if Path("/usr/lib/postgresql").exists() else None
 #: The workers' ack wait: a worker cut off for longer than this loses its job to another worker.
-ACK_WAIT_S = 3.0
+ACK_WAIT_S = HARNESS_ACK_WAIT_S
 
 
 def why_not() -> str | None:
@@ -69,53 +82,15 @@ def why_not() -> str | None:
     return None
 
 
-def _nats_config(name: str, store: Path, me: str, peers: list[str], authorization: str) -> str:
-    routes = ", ".join(f"nats://{p}:6222" for p in peers)
-    return (
-        f"server_name: {name}\n"
-        "listen: 0.0.0.0:4222\n"
-        "http: 0.0.0.0:8222\n"
-        # Pings on routes too: a peer cut off is dropped after 2 missed pings (nats-server's default: 2 x 2 min,
-        # while requests keep going to its queue subscribers, the stream replica's direct gets among them).
-        'ping_interval: "2s"\n'
-        "ping_max: 2\n"
-        "jetstream {\n"
-        f"  store_dir: {json.dumps(str(store))}\n"
-        "  sync_interval: always\n"
-        "}\n"
-        "cluster {\n"
-        "  name: mlhub\n"
-        "  listen: 0.0.0.0:6222\n"
-        f"  routes: [{routes}]\n"
-        "}\n"
-        f"{authorization}"
-    )
+def harness_env(address: Callable[[str], str]) -> dict[str, str]:
+    """The environment of every part: this machine's (without its MLHUB_* and AWS settings), the deployment's
+    settings (topology.settings, docker-compose.yml's too) and the harness's own tuning."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_") and k not in AWS_LEAKS}
+    return {**env, **settings(address), **HARNESS_SETTINGS}
 
 
-def _haproxy_config(apis: list[str]) -> str:
-    servers = "\n".join(f"  server api{i + 1} {a}:8000 check" for i, a in enumerate(apis))
-    return f"""global
-  maxconn 512
-  log stdout format raw local0
-defaults
-  mode http
-  log global
-  option httplog
-  timeout connect 2s
-  timeout client 120s
-  timeout server 120s
-  retries 3
-  option redispatch
-  retry-on conn-failure empty-response response-timeout
-frontend api
-  bind 0.0.0.0:8000
-  default_backend apis
-backend apis
-  balance roundrobin
-  option httpchk GET /healthz
-  default-server inter 500ms fall 2 rise 2
-{servers}
-"""
+def _server_settings(values: dict[str, str]) -> list[str]:
+    return [arg for name, value in values.items() for arg in ("-c", f"{name}={value}")]
 
 
 @dataclass
@@ -157,8 +132,7 @@ class Cluster:
     def env(self, role: str, part: str, **extra: str) -> dict[str, str]:
         data_dir = self.dir / "hosts" / part
         data_dir.mkdir(parents=True, exist_ok=True)
-        return {**self.base_env, "MLHUB_NATS_CREDS": str(self.creds(role)), "MLHUB_DATA_DIR": str(data_dir),
-                "MLHUB_PRODUCER": f"mlhub@{part}", **extra}
+        return {**self.base_env, **part_settings(part, creds=self.creds(role), data_dir=data_dir), **extra}
 
     # -- parts ----------------------------------------------------------------------------------------------
 
@@ -167,15 +141,14 @@ class Cluster:
         store = self.dir / "nats" / name / "store"
         store.mkdir(parents=True, exist_ok=True)
         config = self.dir / "nats" / name / "nats-server.conf"
-        config.write_text(_nats_config(name, store, self.ip(name), peers, self._authorization))
+        config.write_text(nats_config(name, str(store), peers, self._authorization))
         os.chmod(config, 0o600)
         self.procs[name] = self.hosts[name].popen([str(nats_server_binary()), "-c", str(config)],
                                                    env=dict(os.environ), log=self.log(name))
         wait_port(self.ip(name), 4222, proc=self.procs[name], what=name)
 
     def start_api(self, name: str) -> None:
-        args = [sys.executable, "-m", "uvicorn", "--factory", "mlhub.api:create_app", "--host", "0.0.0.0",
-                "--port", "8000"]
+        args = [sys.executable, *command("api", harness=True)]
         self.procs[name] = self.hosts[name].popen(args, env=self.env("api", name, MLHUB_API_TOKENS=f"{TOKEN}:admin"),
                                                    log=self.log(name), cwd=ROOT)
 
@@ -184,12 +157,12 @@ class Cluster:
 
     def start_projector(self, name: str) -> None:
         self.procs[name] = self.hosts[name].popen(
-            [sys.executable, "-m", "mlhub.cli", "projector", "--status-every", "0"],
+            [sys.executable, *command("projector", harness=True)],
             env=self.env("projector", name), log=self.log(name), cwd=ROOT)
 
     def start_worker(self, name: str) -> None:
         self.procs[name] = self.hosts[name].popen(
-            [sys.executable, "-m", "mlhub.cli", "worker", "--ack-wait", str(ACK_WAIT_S)],
+            [sys.executable, *command("worker", harness=True)],
             env=self.env("worker", name), log=self.log(name), cwd=ROOT)
 
     def kill(self, part: str) -> None:
@@ -306,8 +279,9 @@ def _start_postgres(host: Host, base: Path) -> subprocess.Popen[bytes]:
     with (data / "pg_hba.conf").open("a") as f:
         f.write("host all all 0.0.0.0/0 trust\n")
     proc = host.popen([str(PG_BIN / "postgres"), "-D", str(data), "-c", f"listen_addresses={host.address}",
-                       "-c", "port=5432", "-c", f"unix_socket_directories={data}", "-c", "fsync=off",
-                       "-c", "max_connections=200"], env=dict(os.environ), log=base / "logs" / "db.log",
+                       "-c", "port=5432", "-c", f"unix_socket_directories={data}",
+                       *_server_settings({**HARNESS_POSTGRES_SETTINGS, **POSTGRES_SETTINGS})],
+                      env=dict(os.environ), log=base / "logs" / "db.log",
                       user="postgres")
     wait_port(host.address, 5432, proc=proc, what="PostgreSQL")
     import psycopg
@@ -365,22 +339,11 @@ def cluster() -> Iterator[Cluster]:
         for node in NATS_NODES:
             c.start_nats(node)
         pg = _start_postgres(hosts["db"], base)
-        moto = hosts["s3"].popen([sys.executable, "-c", MOTO_SERVER.replace("127.0.0.1", "0.0.0.0"), "5000"],
+        moto = hosts["s3"].popen([sys.executable, *s3_command()],
                                  env={**os.environ, **FAKE_AWS}, log=c.log("s3"))
         c.procs["s3"] = moto
         wait_port(c.ip("s3"), 5000, proc=moto, what="moto")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_") and k not in AWS_LEAKS}
-        env.update(FAKE_AWS)
-        env.update(
-            PYTHONUNBUFFERED="1",
-            MLHUB_NATS_URL=c.nats_url,
-            MLHUB_STREAM_REPLICAS="3",
-            MLHUB_DATABASE_URL=f"postgresql+psycopg://postgres@{c.ip('db')}:5432/mlhub",
-            MLHUB_METRICS_URI=f"s3://{BUCKET}/cluster/metrics",
-            MLHUB_ARTIFACT_URI=f"s3://{BUCKET}/cluster/artifacts",
-            MLHUB_S3_ENDPOINT_URL=f"http://{c.ip('s3')}:5000",
-            MLHUB_SEAL_INTERVAL_S="0",
-        )
+        env = harness_env(c.ip)
         c.base_env = env
         import boto3
 
@@ -396,7 +359,7 @@ def cluster() -> Iterator[Cluster]:
         for api in ("api1", "api2"):
             c.wait_api(api)
         config = base / "haproxy.cfg"
-        config.write_text(_haproxy_config([c.ip("api1"), c.ip("api2")]))
+        config.write_text(haproxy_config([c.ip("api1"), c.ip("api2")]))
         c.procs["lb"] = hosts["lb"].popen(["haproxy", "-f", str(config), "-db"], env=dict(os.environ),
                                           log=c.log("lb"))
         _wait("the load balancer", lambda: _healthy(c.url))
