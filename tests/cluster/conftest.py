@@ -43,7 +43,7 @@ from tests.hub.helpers import read_after, wait_healthy
 
 from mlhub.eventlog import EventLog
 from mlhub.eventlog.auth import credentials_file, embedded_credentials, server_authorization
-from mlhub.eventlog.server import nats_server_binary
+from mlhub.eventlog.server import nats_server_binary, node_stream_state
 from mlhub.eventlog.stream import STREAM_NAME
 
 from .netns import Host, Network, available, wait_port
@@ -189,14 +189,7 @@ class Cluster:
 
     def stream_state(self, node: str) -> dict[str, Any]:
         """The stream's state as node `node` holds it (its monitoring endpoint: this node's replica)."""
-        with urllib.request.urlopen(f"http://{self.ip(node)}:8222/jsz?accounts=true&streams=true",
-                                    timeout=3) as answer:
-            jsz = json.load(answer)
-        for account in jsz.get("account_details") or []:
-            for stream in account.get("stream_detail") or []:
-                if stream["name"] == STREAM_NAME:
-                    return dict(stream["state"])
-        return {}
+        return node_stream_state(f"http://{self.ip(node)}:8222")
 
     def clients(self, node: str) -> list[str]:
         """The names of the client connections node `node` holds (its monitoring endpoint)."""

@@ -12,11 +12,12 @@ as the harness's; rewrite them after a change here with `uv run python -m tests.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.artifacts.conftest import FAKE_AWS, MOTO_SERVER
+
+from mlhub.eventlog.server import cluster_node_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,28 +94,12 @@ HARNESS_POSTGRES_SETTINGS = {"fsync": "off"}
 # -- the configuration files --------------------------------------------------------------------------------------
 
 def nats_config(name: str, store: str, peers: list[str], authorization: str) -> str:
-    """A node's nats-server config: JetStream fsyncing every write, the cluster's routes to `peers`, monitoring
-    on MONITOR_PORT, and `authorization` (mlhub.eventlog.auth.server_authorization, or an include of it)."""
-    routes = ", ".join(f"nats://{p}:{ROUTE_PORT}" for p in peers)
-    return (
-        f"server_name: {name}\n"
-        f"listen: 0.0.0.0:{NATS_PORT}\n"
-        f"http: 0.0.0.0:{MONITOR_PORT}\n"
-        # Pings on routes too: a peer cut off is dropped after 2 missed pings (nats-server's default: 2 x 2 min,
-        # while requests keep going to its queue subscribers, the stream replica's direct gets among them).
-        'ping_interval: "2s"\n'
-        "ping_max: 2\n"
-        "jetstream {\n"
-        f"  store_dir: {json.dumps(store)}\n"
-        "  sync_interval: always\n"
-        "}\n"
-        "cluster {\n"
-        "  name: mlhub\n"
-        f"  listen: 0.0.0.0:{ROUTE_PORT}\n"
-        f"  routes: [{routes}]\n"
-        "}\n"
-        f"{authorization}"
-    )
+    """A node's nats-server config (mlhub.eventlog.server.cluster_node_config): JetStream fsyncing every write,
+    the cluster's routes to `peers`, monitoring on MONITOR_PORT, and `authorization`
+    (mlhub.eventlog.auth.server_authorization, or an include of it)."""
+    return cluster_node_config(name, store, [f"nats://{p}:{ROUTE_PORT}" for p in peers], authorization,
+                               listen=f"0.0.0.0:{NATS_PORT}", http=f"0.0.0.0:{MONITOR_PORT}",
+                               cluster_listen=f"0.0.0.0:{ROUTE_PORT}")
 
 
 def haproxy_config(apis: list[str], *, resolver: str | None = None) -> str:

@@ -25,9 +25,11 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from mlhub.errors import EmbeddedServerError
 from mlhub.eventlog.auth import (
@@ -40,6 +42,7 @@ from mlhub.eventlog.auth import (
     with_userinfo,
     write_private,
 )
+from mlhub.eventlog.stream import STREAM_NAME
 
 PR_SET_PDEATHSIG = 1
 
@@ -56,14 +59,18 @@ def nats_server_binary() -> Path:
     )
 
 
+def _sync_value(sync: str) -> str:
+    """The config's value of sync_interval for an fsync policy ("always", or a Go duration such as "2m")."""
+    return "always" if sync == "always" else json.dumps(sync)
+
+
 def _server_config(store_dir: Path, sync: str | None, users: dict[str, UserPassword]) -> str:
     if sync is None:
         sync_line = "  # fsync policy: the server's default\n"
     else:
-        sync_value = "always" if sync == "always" else f'"{sync}"'
         sync_line = (
             "  # fsync policy (MLHUB_NATS_SYNC): 'always' fsyncs every write before it is acknowledged.\n"
-            f"  sync_interval: {sync_value}\n"
+            f"  sync_interval: {_sync_value(sync)}\n"
         )
     return (
         "# Written by mlhub at every start of the embedded server; edits here are overwritten.\n"
@@ -75,6 +82,57 @@ def _server_config(store_dir: Path, sync: str | None, users: dict[str, UserPassw
         "# One user per role of mlhub (bcrypt hashes; the passwords are in credentials/<role>, mode 0600).\n"
         f"{server_authorization(users)}"
     )
+
+
+def cluster_node_config(
+    name: str,
+    store_dir: Path | str,
+    routes: Sequence[str],
+    authorization: str,
+    *,
+    listen: str = "0.0.0.0:4222",
+    http: str = "0.0.0.0:8222",
+    cluster_listen: str = "0.0.0.0:6222",
+    sync: str = "always",
+) -> str:
+    """The nats-server config of one node of mlhub's JetStream cluster: its name, client, monitoring (/jsz) and
+    route addresses, the routes to its peers (`nats://host:port`), JetStream fsyncing as `sync` (the embedded
+    server's default, "always"), pings every 2 s, and `authorization` (server_authorization(users), the same
+    users on every node, or an include of it). What tests/cluster (and so docker-compose.yml's deploy/nats/)
+    and tools/bench/cluster.py start."""
+    return (
+        f"server_name: {name}\n"
+        f"listen: {listen}\n"
+        f"http: {http}\n"
+        # Pings on routes too: a peer cut off is dropped after 2 missed pings (nats-server's default: 2 x 2 min,
+        # while requests keep going to its queue subscribers, the stream replica's direct gets among them).
+        'ping_interval: "2s"\n'
+        "ping_max: 2\n"
+        "jetstream {\n"
+        f"  store_dir: {json.dumps(str(store_dir))}\n"
+        f"  sync_interval: {_sync_value(sync)}\n"
+        "}\n"
+        "cluster {\n"
+        "  name: mlhub\n"
+        f"  listen: {cluster_listen}\n"
+        f"  routes: [{', '.join(routes)}]\n"
+        "}\n"
+        f"{authorization}"
+    )
+
+
+def node_stream_state(monitor_url: str, stream: str = STREAM_NAME, *, timeout_s: float = 3.0) -> dict[str, Any]:
+    """The stream's state (messages, bytes, first_seq, last_seq, ...) as one node holds it, from that node's
+    monitoring endpoint (`<monitor_url>/jsz`): on a cluster, that node's replica, which may lag the leader.
+    Empty when the node holds no such stream; OSError when the endpoint does not answer."""
+    with urllib.request.urlopen(f"{monitor_url.rstrip('/')}/jsz?accounts=true&streams=true",
+                                timeout=timeout_s) as answer:
+        jsz = json.load(answer)
+    for account in jsz.get("account_details") or []:
+        for detail in account.get("stream_detail") or []:
+            if detail["name"] == stream:
+                return dict(detail["state"])
+    return {}
 
 
 def running_embedded_url(nats_dir: Path) -> str | None:
