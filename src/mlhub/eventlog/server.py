@@ -277,7 +277,7 @@ class EmbeddedNats:
                     url = str(json.loads(ports_file.read_text())["nats"][0])
                 except (ValueError, KeyError, IndexError):
                     url = ""
-                if url and _answers_info(url):
+                if url and answers_info(url):
                     return url
             time.sleep(0.02)
         raise EmbeddedServerError(f"nats-server did not become ready within {timeout_s:g}s: {self._why()}")
@@ -335,7 +335,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _answers_info(url: str) -> bool:
+def answers_info(url: str) -> bool:
     """True when a NATS server at url accepts a TCP connection and sends its INFO line."""
     host, port = url.removeprefix("nats://").rsplit(":", 1)
     try:
