@@ -83,6 +83,48 @@ async def test_lost_acknowledgement_retry_of_a_conditional_append_is_recognized(
     assert [r.seq for r in agg.events] == [base.seq, stored.seq, later.seq]
 
 
+IN_FLIGHT: dict[str, object] = {"error": {"code": 400, "err_code": 10164, "description": "wrong last sequence"}}
+
+
+async def test_a_guarded_append_answered_in_flight_is_sent_again_until_checked(
+        event_log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replicated stream's leader answers 10164 ("wrong last sequence", no number) without checking anything
+    while an earlier guarded write to the subject is in flight there, often the writer's own previous append
+    acknowledged a moment before. One server never does: the first answers are faked here, then the real ones.
+    The append is sent again until checked: stored once, or, with a stale version, a ConcurrencyError."""
+    base = await event_log.append(env(RunCreated(run_id="fly", experiment_id="e", name="r")), expected_version=0)
+    publish, publish_batch = event_log._publish, event_log._publish_batch
+    refusals = {"single": 2, "batch": 2}
+
+    async def single(subject: str, data: bytes, headers: dict[str, str]) -> dict[str, object]:
+        if refusals["single"]:
+            refusals["single"] -= 1
+            return IN_FLIGHT
+        return await publish(subject, data, headers)
+
+    async def batch(messages: list[tuple[str, bytes, dict[str, str]]]) -> dict[str, object]:
+        if refusals["batch"]:
+            refusals["batch"] -= 1
+            return IN_FLIGHT
+        return await publish_batch(messages)
+
+    monkeypatch.setattr(event_log, "_publish", single)
+    monkeypatch.setattr(event_log, "_publish_batch", batch)
+    started = await event_log.append(env(RunStarted(run_id="fly", attempt=1)), expected_version=base.seq)
+    assert refusals["single"] == 0 and not started.duplicate
+    tags = [env(TagsSet(run_id="fly", tags={"k": str(i)})) for i in range(2)]
+    stored = await event_log.append_atomic(tags, guards={0: (aggregate_subject_filter("run", "fly"), started.seq)})
+    assert refusals["batch"] == 0 and [r.seq for r in stored] == [started.seq + 1, started.seq + 2]
+    refusals.update(single=1, batch=1)
+    with pytest.raises(ConcurrencyError, match="is at version"):
+        await event_log.append(env(RunFinished(run_id="fly")), expected_version=base.seq)
+    with pytest.raises(ConcurrencyError):
+        await event_log.append_atomic([env(TagsSet(run_id="fly", tags={"k": "late"})), env(RunFinished(run_id="fly"))],
+                                      guards={0: (aggregate_subject_filter("run", "fly"), base.seq)})
+    agg = await event_log.read_aggregate("run", "fly")
+    assert [r.seq for r in agg.events] == [base.seq, started.seq, *(r.seq for r in stored)]
+
+
 async def test_deleting_or_purging_a_message_is_refused(event_log: EventLog) -> None:
     await event_log.append(env(TagsSet(run_id="keep", tags={"a": "1"})))
     jsm = event_log.nc.jetstream()

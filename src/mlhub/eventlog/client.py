@@ -44,6 +44,12 @@ log = logging.getLogger(__name__)
 ERR_WRONG_LAST_SEQUENCE = 10071
 #: Its description, which names the subject filter's last sequence as the server found it.
 _WRONG_LAST = re.compile(r"wrong last sequence: (\d+)")
+#: JetStream error code for "wrong last sequence" without a number: a replicated stream's leader refused a guarded
+#: publish WITHOUT checking it, because an earlier guarded write to the same subject is still in flight there. The
+#: leader clears that mark only after the write is applied and acknowledged, so it is often the caller's own
+#: previous append, acknowledged a moment before (tools/bench/cluster.py met it on a 3-node cluster). It decides
+#: nothing: the publish is sent again (same Msg-Id) until the leader checks it. One server never answers it.
+ERR_LAST_SEQUENCE_IN_FLIGHT = 10164
 #: JetStream error code for "atomic publish batch contains duplicate message id" (the batch was stored before).
 ERR_BATCH_DUPLICATE = 10201
 #: Oldest server that supports atomic batches (all of a request's events or none); per-aggregate concurrency
@@ -52,6 +58,8 @@ MIN_SERVER_VERSION = (2, 12, 0)
 #: Most messages one atomic batch may hold (the server's limit).
 MAX_ATOMIC_BATCH = 1000
 
+#: The answers of a failed (or, in flight, unchecked) expected-sequence check.
+_WRONG_LAST_CODES = (ERR_WRONG_LAST_SEQUENCE, ERR_LAST_SEQUENCE_IN_FLIGHT)
 #: Errors after which the same message (same Msg-Id) is sent again.
 _RETRYABLE = (
     nats.errors.TimeoutError,
@@ -383,11 +391,11 @@ class EventLog:
             headers["Nats-Expected-Last-Subject-Sequence"] = str(expected_version)
             headers["Nats-Expected-Last-Subject-Sequence-Subject"] = aggregate
         with self.permission_guard([envelope.subject], f"{envelope.type} {envelope.event_id}"):
-            resp = await self._publish(envelope.subject, data, headers)
+            resp = await self._until_checked(lambda: self._publish(envelope.subject, data, headers))
         error = resp.get("error")
         if error is None:
             return AppendResult(seq=int(resp["seq"]), duplicate=bool(resp.get("duplicate", False)))
-        if error.get("err_code") == ERR_WRONG_LAST_SEQUENCE and expected_version is not None:
+        if error.get("err_code") in _WRONG_LAST_CODES and expected_version is not None:
             return await self._resolve_conflict(envelope, expected_version)
         raise AppendRejected(f"{envelope.type} {envelope.event_id} rejected by the event log: {error}")
 
@@ -474,7 +482,7 @@ class EventLog:
             messages.append((envelope.subject, data if data is not None else self.encode_event(envelope), headers))
         with self.permission_guard([m[0] for m in messages],
                                    f"an atomic batch of {len(envelopes)} events ({envelopes[0].type} ...)"):
-            resp = await self._publish_batch(messages)
+            resp = await self._until_checked(lambda: self._publish_batch(messages))
         error = resp.get("error")
         if error is None:
             last = int(resp["seq"])
@@ -485,7 +493,7 @@ class EventLog:
             # event's subject's last sequence is at or after them, which is what read-your-writes needs.
             seq = await self.last_sequence(envelopes[-1].subject)
             return [AppendResult(seq=seq, duplicate=True) for _ in envelopes]
-        if error.get("err_code") == ERR_WRONG_LAST_SEQUENCE and guards:
+        if error.get("err_code") in _WRONG_LAST_CODES and guards:
             # With one guard the server's "wrong last sequence: N" is that filter's last sequence now.
             found = _WRONG_LAST.search(str(error.get("description", ""))) if len(guards) == 1 else None
             raise ConcurrencyError(
@@ -511,6 +519,21 @@ class EventLog:
                 "Nats-Batch-Commit": "1"})
 
         return await self._until_acknowledged(send, f"an atomic batch of {len(messages)}")
+
+    async def _until_checked(self, publish: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """The stream's answer to a guarded publish, sent again while the leader answers
+        ERR_LAST_SEQUENCE_IN_FLIGHT (checked nothing), for as long as one acknowledgement may take; a last such
+        answer is then treated as the conflict it may be (the caller reads the aggregate again)."""
+        deadline = time.monotonic() + self.ack_timeout_s
+        delay = 0.005
+        while True:
+            resp = await publish()
+            error = resp.get("error")
+            if error is None or error.get("err_code") != ERR_LAST_SEQUENCE_IN_FLIGHT or \
+                    time.monotonic() + delay > deadline:
+                return resp
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def encode_event(self, envelope: Envelope) -> bytes:
         """An envelope's wire form, EventTooLarge when it is over the largest message the log takes."""
