@@ -27,9 +27,19 @@ from tests.projections.conftest import metric_batch, run_lifecycle
 from tests.projections.test_audit_and_replay_cli import mlhub
 
 from mlhub.errors import BackupFailed, EventLogPermissionDenied, InvalidBackup, RestoreRefused
-from mlhub.eventlog import STREAM_NAME, EmbeddedNats, EventLog, StreamSpec, UserPassword, seal
+from mlhub.eventlog import (
+    STREAM_NAME,
+    EmbeddedNats,
+    EventLog,
+    StreamSpec,
+    UserPassword,
+    backup_stream,
+    read_backup,
+    restore_stream,
+    seal,
+)
 from mlhub.eventlog.auth import embedded_credentials, server_authorization, with_userinfo
-from mlhub.eventlog.backup import MANIFEST_FILE, SNAPSHOT_FILE, backup_stream, read_backup, restore_stream
+from mlhub.eventlog.backup import MANIFEST_FILE, SNAPSHOT_FILE
 from mlhub.eventlog.server import _answers_info, nats_server_binary
 from mlhub.events import Envelope
 
@@ -118,7 +128,7 @@ def test_a_restored_log_is_the_same_log_seals_and_projections_included(tmp_path:
         assert manifest["state"]["last_seq"] == 133 and manifest["appended_during_backup"] == 0
         assert manifest["last_seal"]["last_seq"] == 132 and manifest["config"]["num_replicas"] == 1
         assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [MANIFEST_FILE, SNAPSHOT_FILE]
-        assert (tmp_path / "backup").stat().st_mode & 0o077 == 0
+        assert all(p.stat().st_mode & 0o077 == 0 for p in [tmp_path / "backup", *(tmp_path / "backup").iterdir()])
     finally:
         server.stop()
 

@@ -15,8 +15,7 @@ from mlhub.commands.common import event_log_url, fail, load_settings
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
-    from mlhub.eventlog import EventLog, SealReport
-    from mlhub.eventlog.backup import BackupManifest, RestoreReport
+    from mlhub.eventlog import BackupManifest, EventLog, RestoreReport, SealReport
     from mlhub.settings import Settings
 
 T = TypeVar("T")
@@ -30,7 +29,7 @@ def backup(path: Path, no_check: bool) -> None:
     """Back up the event log into the new directory PATH: the stream's JetStream snapshot (stream.tar.s2) and
     manifest.json (config, state, sha256). Needs the event log's admin credentials."""
     from mlhub import __version__
-    from mlhub.eventlog.backup import backup_stream
+    from mlhub.eventlog import backup_stream
 
     settings = load_settings()
     manifest = _with_log(settings, "mlhub-backup", lambda log: backup_stream(
@@ -54,8 +53,7 @@ def restore(path: Path, no_seals: bool) -> None:
     """Restore the backup at PATH (from `mlhub events backup`) as the event log's stream, which must not exist:
     every event keeps its sequence, bytes and time. Checks the backup first, then that the restored stream
     equals it, and recomputes the audit seals. Needs the event log's admin credentials."""
-    from mlhub.eventlog import verify_seals
-    from mlhub.eventlog.backup import read_backup, restore_stream
+    from mlhub.eventlog import read_backup, restore_stream, verify_seals
 
     settings = load_settings()
     try:

@@ -19,32 +19,30 @@ Protocol (nats-server's jetstream_api.go, `streamSnapshot` and `processStreamRes
   server unpacks into a scratch directory and moves it into place only when everything arrived: a failed or
   abandoned restore (5 s without a chunk) leaves no stream.
 
-Only the `admin` user may publish on these subjects (mlhub.eventlog.auth): the other roles are denied.
+Only the `admin` user may publish on these subjects (mlhub.eventlog.auth): the other roles are denied. This module
+takes backups and reads them; `mlhub.eventlog.restore` restores them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import hashlib
 import json
 import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mlhub.errors import BackupFailed, EventLogUnavailable, InvalidBackup, RestoreRefused
+from mlhub.errors import BackupFailed, EventLogUnavailable, InvalidBackup
 from mlhub.eventlog.client import EventLog
 from mlhub.eventlog.seals import SEALS_FILTER
 from mlhub.events import AuditSealed
@@ -55,10 +53,6 @@ MANIFEST_FILE = "manifest.json"
 SNAPSHOT_FILE = "stream.tar.s2"
 #: Chunks the server sends (it clamps to 1 KiB..1 MiB); 32 of them fill its default 8 MiB window.
 SNAPSHOT_CHUNK_BYTES = 256 * 1024
-#: Chunks we upload on restore: one round trip each, so large (bounded by the server's max_payload).
-RESTORE_CHUNK_BYTES = 1024 * 1024
-#: JetStream error code of "stream name already in use, cannot restore".
-ERR_RESTORE_EXISTS = 10130
 _IO_BYTES = 1024 * 1024
 
 
@@ -110,17 +104,6 @@ class BackupManifest(BaseModel):
     snapshot: SnapshotDoc
 
 
-@dataclass(frozen=True)
-class RestoreReport:
-    """What a restore did: the backup's manifest, the restored state, how long it took, what was adapted."""
-
-    manifest: BackupManifest
-    state: StateDoc
-    seconds: float
-    replicas: int
-    changes: list[str]
-
-
 # -- backup ---------------------------------------------------------------------------------------------------
 
 
@@ -141,7 +124,7 @@ async def backup_stream(event_log: EventLog, path: Path, *, mlhub_version: str, 
     scratch.mkdir(mode=0o700)  # the snapshot holds every event (and token hashes): the owner's only
     started = time.monotonic()
     try:
-        with open(scratch / SNAPSHOT_FILE, "wb") as out:
+        with _create_private(scratch / SNAPSHOT_FILE) as out:
             response, digest, size = await _receive_snapshot(event_log, out, check_messages=check_messages,
                                                              request_timeout_s=request_timeout_s,
                                                              idle_timeout_s=idle_timeout_s)
@@ -199,10 +182,10 @@ async def _receive_snapshot(event_log: EventLog, out: Any, *, check_messages: bo
     try:
         request = {"deliver_subject": inbox, "chunk_size": SNAPSHOT_CHUNK_BYTES, "jsck": check_messages}
         with event_log.permission_guard([subject], f"a snapshot of the stream {event_log.spec.name}"):
-            response = await _api_request(event_log, subject, request, request_timeout_s, "the snapshot request")
+            response = await api_request(event_log, subject, request, request_timeout_s, "the snapshot request")
         if "error" in response:
             raise BackupFailed(f"the server refused to snapshot {event_log.spec.name}: "
-                               f"{_describe(response['error'])}; nothing was written")
+                               f"{describe_error(response['error'])}; nothing was written")
         seen = -1
         while not ended.done():  # the server acks-or-gives-up in 5 s; we give up when nothing comes for long
             if received[1] == seen:
@@ -258,161 +241,14 @@ def read_backup(path: Path) -> BackupManifest:
     if size != manifest.snapshot.bytes:
         raise InvalidBackup(f"{snapshot} is {size} bytes, the manifest says {manifest.snapshot.bytes}: the backup is "
                             "incomplete or was altered; nothing was restored")
-    digest = _sha256_of(snapshot)
+    digest = sha256_of(snapshot)
     if digest != manifest.snapshot.sha256:
         raise InvalidBackup(f"{snapshot} has sha256 {digest}, the manifest says {manifest.snapshot.sha256}: the "
                             "backup is corrupt or was altered; nothing was restored")
     return manifest
 
 
-# -- restore --------------------------------------------------------------------------------------------------
-
-
-async def restore_stream(event_log: EventLog, path: Path, *, manifest: BackupManifest | None = None,
-                         request_timeout_s: float = 60.0, chunk_timeout_s: float = 60.0,
-                         finish_timeout_s: float = 3600.0) -> RestoreReport:
-    """Restore the backup at `path` as the stream of `event_log` (connected, its stream not set up). Refused,
-    changing nothing, when the backup is not mlhub's or fails its checks (`manifest`: what read_backup(path)
-    returned already), or the stream exists. The restored stream's state must equal the manifest's (else it is
-    deleted again and BackupFailed says why); the snapshot is hashed again as it is sent."""
-    manifest = manifest or read_backup(path)
-    spec, nc = event_log.spec, event_log.nc
-    if manifest.stream != spec.name:
-        raise InvalidBackup(f"{path} is a backup of the stream {manifest.stream!r}, not of mlhub's {spec.name!r}")
-    config, changes = _restore_config(manifest, event_log)
-    existing = await _stream_state(event_log)
-    if existing is not None:
-        raise RestoreRefused(_exists_message(event_log, existing))
-    subject = f"$JS.API.STREAM.RESTORE.{spec.name}"
-    started = time.monotonic()
-    with event_log.permission_guard([subject], f"a restore of the stream {spec.name}"):
-        answer = await _api_request(event_log, subject, {"config": config, "state": manifest.state.model_dump()},
-                                    request_timeout_s, "the restore request")
-    if "error" in answer:
-        if answer["error"].get("err_code") == ERR_RESTORE_EXISTS:
-            raise RestoreRefused(_exists_message(event_log, await _stream_state(event_log)))
-        raise BackupFailed(f"the server refused to restore {spec.name}: {_describe(answer['error'])}; "
-                           "nothing was changed")
-    deliver = str(answer["deliver_subject"])
-    chunk_bytes = max(1024, min(RESTORE_CHUNK_BYTES, int(nc.max_payload)))
-    hasher = hashlib.sha256()
-    finished = False
-    try:
-        with open(Path(path) / manifest.snapshot.file, "rb") as snapshot:
-            while chunk := snapshot.read(chunk_bytes):
-                hasher.update(chunk)
-                reply = await nc.request(deliver, chunk, timeout=chunk_timeout_s)
-                if reply.data:
-                    error = json.loads(reply.data).get("error", {})
-                    raise BackupFailed(f"the server stopped the restore: {_describe(error)}; "
-                                       + await _left_behind(event_log))
-        if hasher.hexdigest() != manifest.snapshot.sha256:
-            raise InvalidBackup(f"{path / manifest.snapshot.file} changed while it was being restored; "
-                                + await _abandon(event_log, deliver))
-        finished = True
-        final = json.loads((await nc.request(deliver, b"", timeout=finish_timeout_s)).data)
-    except nats.errors.TimeoutError as e:
-        raise EventLogUnavailable(f"the server did not answer the restore in time ({e!r}); "
-                                  + await _abandon(event_log, deliver)) from e
-    except asyncio.CancelledError:
-        if not finished:
-            with contextlib.suppress(Exception):
-                await nc.publish(deliver, b"abort")  # no reply subject: the server drops the restore at once
-        raise
-    if "error" in final:
-        raise BackupFailed(f"the server could not restore {spec.name}: {_describe(final['error'])}; "
-                           + await _left_behind(event_log))
-    state = StateDoc.model_validate(final["state"])
-    problems = state_differences(manifest, state)
-    if problems:
-        with contextlib.suppress(Exception):
-            await event_log.js.delete_stream(spec.name)
-        raise BackupFailed(f"the restored stream {spec.name} differs from the backup's manifest: "
-                           + "; ".join(problems) + "; the restored stream was deleted again")
-    await event_log.ensure_stream()  # mlhub accepts it as its stream (and names any setting it would not)
-    return RestoreReport(manifest=manifest, state=state, seconds=time.monotonic() - started,
-                         replicas=int(config.get("num_replicas", 1)), changes=changes)
-
-
-def state_differences(manifest: BackupManifest, state: StateDoc) -> list[str]:
-    """How a restored state differs from what the backup holds, as sentences (empty: it is the same)."""
-    want, extra = manifest.state, manifest.appended_during_backup
-    problems = []
-    if state.first_seq != want.first_seq:
-        problems.append(f"first seq {state.first_seq}, the backup's is {want.first_seq}")
-    if extra == 0:
-        for name in ("messages", "last_seq", "bytes"):
-            if getattr(state, name) != getattr(want, name):
-                problems.append(f"{name} {getattr(state, name)}, the backup's is {getattr(want, name)}")
-        return problems
-    # Events stored while the snapshot ran may be in it, as a contiguous prefix of them.
-    if not want.last_seq <= state.last_seq <= want.last_seq + extra:
-        problems.append(f"last seq {state.last_seq}, the backup holds {want.last_seq} to {want.last_seq + extra}")
-    if state.messages - want.messages != state.last_seq - want.last_seq:
-        problems.append(f"{state.messages} messages through seq {state.last_seq}, the backup's {want.messages} "
-                        f"through {want.last_seq} leave a gap")
-    return problems
-
-
-def _restore_config(manifest: BackupManifest, event_log: EventLog) -> tuple[dict[str, Any], list[str]]:
-    """The backup's stream config with the two settings that belong to the deployment (MLHUB_STREAM_REPLICAS,
-    MLHUB_DUPLICATE_WINDOW_S) taken from it, checked against what mlhub requires of its stream."""
-    spec = event_log.spec
-    config = copy.deepcopy(manifest.config)
-    changes = []
-    window_ns = round(spec.duplicate_window_s * 1e9)
-    for key, value, setting in (("num_replicas", spec.replicas, "MLHUB_STREAM_REPLICAS"),
-                                ("duplicate_window", window_ns, "MLHUB_DUPLICATE_WINDOW_S")):
-        if config.get(key) != value:
-            changes.append(f"{key} {config.get(key)} -> {value} ({setting})")
-            config[key] = value
-    if config.get("name") != spec.name:
-        raise InvalidBackup(f"the backup's stream config names {config.get('name')!r}, not {spec.name!r}")
-    problems = spec.conflicts(StreamConfig.from_response(copy.deepcopy(config)))
-    if problems:
-        raise InvalidBackup("the backup's stream settings are not mlhub's: " + "; ".join(problems))
-    return config, changes
-
-
-async def _stream_state(event_log: EventLog) -> StateDoc | None:
-    try:
-        info = await event_log.js.stream_info(event_log.spec.name)
-    except NotFoundError:
-        return None
-    s = info.state
-    return StateDoc(messages=s.messages, bytes=s.bytes, first_seq=s.first_seq, last_seq=s.last_seq)
-
-
-def _exists_message(event_log: EventLog, state: StateDoc | None) -> str:
-    held = "" if state is None else f" ({state.messages} events, last seq {state.last_seq})"
-    return (f"the stream {event_log.spec.name} already exists on {event_log.where}{held}: a restore never replaces "
-            "a stream; restore into a server (or a data dir) that does not have it. Nothing was changed")
-
-
-async def _abandon(event_log: EventLog, deliver: str) -> str:
-    """Drop an unfinished restore (a chunk without a reply subject ends it on the server at once)."""
-    with contextlib.suppress(Exception):
-        await event_log.nc.publish(deliver, b"abort")
-        await event_log.nc.flush(timeout=5)
-    return await _left_behind(event_log)
-
-
-async def _left_behind(event_log: EventLog) -> str:
-    """What a failed restore left on the server, as the end of its error message."""
-    state: StateDoc | None = None
-    for _ in range(10):  # the server drops a failed restore asynchronously
-        try:
-            state = await _stream_state(event_log)
-        except Exception:
-            return "whether the server kept a partial stream is unknown: check it before restoring again"
-        if state is None:
-            return "no stream was created"
-        await asyncio.sleep(0.5)
-    held = "" if state is None else f" ({state.messages} events)"
-    return f"the server has a stream {event_log.spec.name} now{held}: check it"
-
-
-async def _api_request(event_log: EventLog, subject: str, payload: dict[str, Any], timeout_s: float,
+async def api_request(event_log: EventLog, subject: str, payload: dict[str, Any], timeout_s: float,
                        what: str) -> dict[str, Any]:
     try:
         msg = await event_log.nc.request(subject, json.dumps(payload).encode(), timeout=timeout_s)
@@ -423,11 +259,11 @@ async def _api_request(event_log: EventLog, subject: str, payload: dict[str, Any
     return answer
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
     return f"{error.get('description', error)} (code {error.get('code')}, err_code {error.get('err_code')})"
 
 
-def _sha256_of(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_IO_BYTES):
@@ -435,8 +271,13 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _create_private(path: Path) -> Any:
+    """A new file only its owner may read (0600), open for binary writing."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
+    with _create_private(path) as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
