@@ -69,7 +69,8 @@ async def stored(log: EventLog) -> list[dict[str, Any]]:
     info = await log.js.stream_info(STREAM_NAME)
     messages = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        answer = await log.nc.request(f"$JS.API.STREAM.MSG.GET.{STREAM_NAME}", json.dumps({"seq": seq}).encode())
+        answer = await log.nc.request(f"$JS.API.STREAM.MSG.GET.{STREAM_NAME}", json.dumps({"seq": seq}).encode(),
+                                      timeout=10)  # nats-py's default of 0.5 s is short for a loaded cluster
         messages.append(json.loads(answer.data)["message"])
     return messages
 
@@ -231,6 +232,14 @@ async def test_a_corrupted_backup_is_refused_before_the_server_is_touched(
     assert not await has_stream(server.url)
     assert not (server.store_dir / "jetstream" / "$G" / "streams" / STREAM_NAME).exists()
 
+    # Changed after the check, while it is sent: the upload is dropped unfinished.
+    snapshot.write_bytes(good)
+    checked = read_backup(backed_up)
+    snapshot.write_bytes(bytes(flipped))
+    with pytest.raises(InvalidBackup, match="changed while it was being restored; no stream was created"):
+        await restore_stream(log, backed_up, manifest=checked)
+    assert not await has_stream(server.url)
+
     # Damage the manifest's sha256 cannot see (it is recomputed for the damaged file): the server refuses it.
     import hashlib
 
@@ -272,6 +281,26 @@ async def test_not_a_backup_and_an_existing_target_are_named(tmp_path: Path, eve
     await backup_stream(event_log, tmp_path / "empty", mlhub_version="test")  # an empty directory is taken
     assert read_backup(tmp_path / "empty").state.messages == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scratch left
+
+
+async def test_durable_consumers_come_back_with_their_positions(
+        tmp_path: Path, event_log: EventLog, empty_server: tuple[EmbeddedNats, EventLog]) -> None:
+    await populate(event_log, runs=5, batches=1)
+    await event_log.js.add_consumer(STREAM_NAME, ConsumerConfig(
+        durable_name="mlhub-worker-cpu", filter_subject="mlhub.ev.run.*.created", ack_policy=AckPolicy.EXPLICIT))
+    pull = await event_log.js.pull_subscribe_bind("mlhub-worker-cpu", stream=STREAM_NAME)
+    for msg in await pull.fetch(3, timeout=5):
+        await msg.ack_sync()
+    before = await event_log.js.consumer_info(STREAM_NAME, "mlhub-worker-cpu")
+    assert before.ack_floor is not None and before.num_pending == 2
+    await backup_stream(event_log, tmp_path / "backup", mlhub_version="test")
+    _, target = empty_server
+    await restore_stream(target, tmp_path / "backup")
+    after = await target.js.consumer_info(STREAM_NAME, "mlhub-worker-cpu")
+    assert after.ack_floor is not None and after.delivered is not None and before.delivered is not None
+    assert (after.ack_floor.stream_seq, after.ack_floor.consumer_seq) == (before.ack_floor.stream_seq, 3)
+    assert after.delivered.stream_seq == before.delivered.stream_seq and after.num_pending == 2
+    assert after.config.filter_subject == "mlhub.ev.run.*.created"
 
 
 async def test_restore_into_an_existing_stream_is_refused_and_leaves_it_untouched(
@@ -389,7 +418,7 @@ async def cluster_ready(log: EventLog) -> None:
     await log.js.account_info()
 
 
-def test_a_replicated_stream_is_restored_onto_a_fresh_cluster_and_onto_one_server(tmp_path: Path) -> None:
+def test_a_replicated_stream_is_restored_onto_a_fresh_cluster_and_onto_one_server_and_back(tmp_path: Path) -> None:
     users = embedded_credentials(tmp_path / "creds")
     spec3 = StreamSpec(replicas=3)
 
@@ -406,22 +435,28 @@ def test_a_replicated_stream_is_restored_onto_a_fresh_cluster_and_onto_one_serve
         finally:
             await log.close()
 
-    async def restore(urls: list[str] | str, spec: StreamSpec) -> tuple[list[dict[str, Any]], Any, Any]:
+    async def restore(urls: list[str] | str, spec: StreamSpec, backup: str = "r3",
+                      then_backup: str | None = None) -> tuple[list[dict[str, Any]], Any, Any]:
         log = EventLog(urls, spec=spec, ack_timeout_s=5.0)
         await log.connect()
         try:
             await cluster_ready(log)
-            report = await restore_stream(log, tmp_path / "r3")
+            report = await restore_stream(log, tmp_path / backup)
             info = await log.js.stream_info(STREAM_NAME)
+            if then_backup:
+                await backup_stream(log, tmp_path / then_backup, mlhub_version="t")
             return await stored(log), report, info
         finally:
             await log.close()
 
+    def wipe_cluster() -> None:
+        for node in ("n1", "n2", "n3"):
+            shutil.rmtree(tmp_path / "cluster" / node / "store")
+
     with local_cluster(tmp_path / "cluster", users) as urls:
         original, manifest = asyncio.run(write(urls))
     assert manifest.config["num_replicas"] == 3 and manifest.state.messages == len(original) == 55
-    for node in ("n1", "n2", "n3"):
-        shutil.rmtree(tmp_path / "cluster" / node / "store")
+    wipe_cluster()
     with local_cluster(tmp_path / "cluster", users) as urls:
         restored, report, info = asyncio.run(restore(urls, spec3))
     assert restored == original and report.changes == [] and report.replicas == 3
@@ -430,8 +465,16 @@ def test_a_replicated_stream_is_restored_onto_a_fresh_cluster_and_onto_one_serve
     single = EmbeddedNats(tmp_path / "single")
     url = single.start()
     try:
-        restored, report, info = asyncio.run(restore(url, StreamSpec(replicas=1)))
+        with pytest.raises(BackupFailed, match="replicas > 1 not supported in non-clustered mode.*no stream was"):
+            asyncio.run(restore(url, spec3))  # MLHUB_STREAM_REPLICAS=3 against one server: the server refuses
+        restored, report, info = asyncio.run(restore(url, StreamSpec(replicas=1), then_backup="r1"))
     finally:
         single.stop()
     assert restored == original and info.config.num_replicas == 1
     assert report.changes == ["num_replicas 3 -> 1 (MLHUB_STREAM_REPLICAS)"]
+
+    wipe_cluster()  # and back: the single server's R1 backup becomes the cluster's R3 stream
+    with local_cluster(tmp_path / "cluster", users) as urls:
+        restored, report, info = asyncio.run(restore(urls, spec3, backup="r1"))
+    assert restored == original and report.changes == ["num_replicas 1 -> 3 (MLHUB_STREAM_REPLICAS)"]
+    assert info.config.num_replicas == 3 and info.cluster is not None and len(info.cluster.replicas or []) == 2

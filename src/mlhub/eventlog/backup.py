@@ -249,7 +249,9 @@ def read_backup(path: Path) -> BackupManifest:
 
 
 async def api_request(event_log: EventLog, subject: str, payload: dict[str, Any], timeout_s: float,
-                       what: str) -> dict[str, Any]:
+                      what: str) -> dict[str, Any]:
+    """The JetStream API's JSON answer to a request (an "error" key when it refused); EventLogUnavailable when
+    nothing answers."""
     try:
         msg = await event_log.nc.request(subject, json.dumps(payload).encode(), timeout=timeout_s)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
@@ -260,10 +262,12 @@ async def api_request(event_log: EventLog, subject: str, payload: dict[str, Any]
 
 
 def describe_error(error: dict[str, Any]) -> str:
+    """A JetStream API error for a message: its description and codes."""
     return f"{error.get('description', error)} (code {error.get('code')}, err_code {error.get('err_code')})"
 
 
 def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(_IO_BYTES):

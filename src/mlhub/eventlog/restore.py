@@ -58,7 +58,7 @@ async def restore_stream(event_log: EventLog, path: Path, *, manifest: BackupMan
     started = time.monotonic()
     with event_log.permission_guard([subject], f"a restore of the stream {spec.name}"):
         answer = await api_request(event_log, subject, {"config": config, "state": manifest.state.model_dump()},
-                                    request_timeout_s, "the restore request")
+                                   request_timeout_s, "the restore request")
     if "error" in answer:
         if answer["error"].get("err_code") == ERR_RESTORE_EXISTS:
             raise RestoreRefused(_exists_message(event_log, await _stream_state(event_log)))
