@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import click
 
 from mlhub import __version__
+from mlhub.commands.backup import backup as _backup_command
+from mlhub.commands.backup import restore as _restore_command
 from mlhub.commands.common import fail as _fail
 from mlhub.commands.common import load_settings as _settings
 from mlhub.errors import MlhubError
@@ -175,7 +177,11 @@ def _stop_on_signals() -> Any:
 
 @main.group()
 def events() -> None:
-    """Read the event log."""
+    """Read the event log; back it up and restore it (JetStream snapshots that keep every sequence number)."""
+
+
+events.add_command(_backup_command)
+events.add_command(_restore_command)
 
 
 @events.command("tail")

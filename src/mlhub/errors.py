@@ -90,3 +90,21 @@ class EmbeddedServerError(MlhubError):
     """The embedded nats-server could not be started or stopped."""
 
     code = "EMBEDDED_SERVER_ERROR"
+
+
+class InvalidBackup(InvalidInput):
+    """A backup of the event log that cannot be restored as it is: not mlhub's, incomplete, or altered."""
+
+    code = "INVALID_BACKUP"
+
+
+class RestoreRefused(MlhubError):
+    """A restore that would overwrite or conflict with what the server holds: nothing was changed."""
+
+    code = "RESTORE_REFUSED"
+
+
+class BackupFailed(MlhubError):
+    """The server could not take or restore a snapshot of the stream; nothing was left behind."""
+
+    code = "BACKUP_FAILED"
