@@ -40,7 +40,7 @@ from mlhub.eventlog import (
 )
 from mlhub.eventlog.auth import embedded_credentials, server_authorization, with_userinfo
 from mlhub.eventlog.backup import MANIFEST_FILE, SNAPSHOT_FILE
-from mlhub.eventlog.server import _answers_info, nats_server_binary
+from mlhub.eventlog.server import answers_info, cluster_node_config, nats_server_binary
 from mlhub.events import Envelope
 
 
@@ -384,19 +384,17 @@ def local_cluster(base: Path, users: dict[str, UserPassword]) -> Iterator[list[s
         for i, (client, route) in enumerate(ports):
             node = base / f"n{i + 1}"
             (node / "store").mkdir(parents=True, exist_ok=True)
-            routes = ", ".join(f"nats://127.0.0.1:{r}" for j, (_, r) in enumerate(ports) if j != i)
-            (node / "nats.conf").write_text(
-                f"server_name: n{i + 1}\nlisten: 127.0.0.1:{client}\n"
-                f"jetstream {{ store_dir: {json.dumps(str(node / 'store'))}, sync_interval: always }}\n"
-                f"cluster {{ name: backup-test, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n"
-                f"{server_authorization(users)}")
+            routes = [f"nats://127.0.0.1:{r}" for j, (_, r) in enumerate(ports) if j != i]
+            (node / "nats.conf").write_text(cluster_node_config(
+                f"n{i + 1}", node / "store", routes, server_authorization(users), listen=f"127.0.0.1:{client}",
+                http=f"127.0.0.1:{free_port()}", cluster_listen=f"127.0.0.1:{route}"))
             with open(node / "nats.log", "ab") as log:
                 procs.append(subprocess.Popen([str(nats_server_binary()), "-c", str(node / "nats.conf")],
                                               stdout=log, stderr=subprocess.STDOUT))
         urls = [f"nats://127.0.0.1:{client}" for client, _ in ports]
         for url in urls:
             for _ in range(300):
-                if _answers_info(url):
+                if answers_info(url):
                     break
                 time.sleep(0.05)
         yield [with_userinfo(url, users["admin"]) for url in urls]
