@@ -7,7 +7,10 @@ itself logs per epoch only), so every N-th step hands a point to the logger. Var
 times, interleaved with the order rotated per round, same seed every time:
 
   (a) no logger (baseline)   (b) Lightning's CSVLogger   (c) MLHubLogger -> MetricSender -> a real embedded
-  nats-server (fsync always, mlhub's default), sending through an asyncio loop thread as the worker does.
+  nats-server (fsync always, mlhub's default), sending through an asyncio loop thread as the worker does
+  (system metrics off)   (d) the same with system metrics on: the worker's SystemSampler (mlhub.client.system)
+  sampling this process every `--system-interval` seconds (1 s: fifteen times the default, to make any cost
+  visible) into the same MetricSender. (d) is reported against (c), target within 1%.
 
 Only the fit loop is timed (a callback's on_train_start..on_train_end): imports, data and Trainer setup, and the
 logger's finalize (flush) are not; the flush wait is printed separately. Validation is off (limit_val_batches=0)
@@ -16,6 +19,7 @@ Afterwards every MLHubLogger run's stored metrics_logged events are read back an
 
     uv run python tools/bench/tracking_overhead.py                 # 3 rounds of 3,000 steps
     uv run python tools/bench/tracking_overhead.py --steps 4000 --rounds 5
+    uv run python tools/bench/tracking_overhead.py --steps 2000 --rounds 3 --system-interval 1
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlhub.client.system import SystemSample, SystemSampler
 from mlhub.eventlog import EmbeddedNats, EventLog
-from mlhub.events import MetricsLogged
+from mlhub.events import MetricPoint, MetricsLogged
 from mlhub.plugins import load_plugin
 from mlhub.scheduler import load_config
 from mlhub.worker import MetricSender, mlhub_logger_class
@@ -44,7 +49,11 @@ from mlhub.worker.training import trainer_kwargs
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "digits-mlp.yaml"
 TARGET_OVERHEAD_PCT = 2.0
-VARIANTS = ("no logger", "CSVLogger", "MLHubLogger")
+#: System metrics on against off (MLHubLogger both): the most they may slow the fit loop (percent).
+TARGET_SYSTEM_PCT = 1.0
+SYSTEM = "MLHubLogger+system"
+VARIANTS = ("no logger", "CSVLogger", "MLHubLogger", SYSTEM)
+MLHUB_VARIANTS = ("MLHubLogger", SYSTEM)
 
 
 def cpu_s(stat_path: str) -> float | None:
@@ -145,6 +154,9 @@ def main() -> None:
     parser.add_argument("--log-every-n-steps", type=int, default=None, metavar="N",
                         help="Lightning's log_every_n_steps (default: the config's, 10; 1: every step, the worst case)")
     parser.add_argument("--interval", type=float, default=0.5, help="MetricSender interval_s (worker default 0.5)")
+    parser.add_argument("--system-interval", type=float, default=1.0, metavar="S",
+                        help=f"seconds between system-metric samples of the {SYSTEM!r} variant (default 1; "
+                             "MLHUB_SYSTEM_METRICS_S defaults to 15)")
     args = parser.parse_args()
 
     warnings.filterwarnings("ignore")
@@ -158,7 +170,10 @@ def main() -> None:
     mlhub_logger = mlhub_logger_class()
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     finalize_s: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    runs: list[tuple[str, int]] = []  # MLHubLogger runs: (run_id, points the logger was given)
+    runs: list[tuple[str, int]] = []  # MLHubLogger runs: (run_id, points the logger and the sampler were given)
+    samplers: dict[str, SystemSampler] = {}  # the system variant's run -> its sampler
+    system_samples: list[int] = []
+    system_cpu: list[float] = []  # the system variant's runs: CPU s of the sampler thread / fit-loop seconds
     background: list[list[float | None]] = []  # MLHubLogger runs: CPU s of sender thread, loop thread, nats-server
 
     with tempfile.TemporaryDirectory(prefix="mlhub-bench-") as tmp_name:
@@ -182,32 +197,53 @@ def main() -> None:
                     sender = MetricSender(run, send, producer="bench", interval_s=args.interval)
                     return mlhub_logger(sender)
 
+                def mlhub_system(run: str) -> Any:  # as train_job wires them: the sampler's sink is the sender
+                    logger = mlhub(run)
+
+                    def sink(sample: SystemSample) -> None:
+                        logger.sender.add([MetricPoint(k, v, sample.step, 0, sample.timestamp_ms)
+                                           for k, v in sample.values.items()])
+
+                    samplers[run] = SystemSampler(sink, args.system_interval, name=run).start()
+                    return logger
+
                 makers: dict[str, Callable[[str], Any]] = {
-                    "no logger": no_logger, "CSVLogger": csv_logger, "MLHubLogger": mlhub}
+                    "no logger": no_logger, "CSVLogger": csv_logger, "MLHubLogger": mlhub, SYSTEM: mlhub_system}
                 fit_once(config, 100, False, tmp / "warmup")  # first-use costs (kernels, lazy init) off the clock
                 print(f"digits-mlp, {args.steps:,} steps/run, log_every_n_steps={every}, seed {config['seed']}, "
                       f"torch threads {torch_threads()}, cores {os.cpu_count()}")
                 for r in range(args.rounds):
-                    order = VARIANTS[r % 3:] + VARIANTS[: r % 3]
+                    order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
                     for variant in order:
                         run_id = f"bench-{uuid.uuid4().hex[:12]}"
                         logger = makers[variant](run_id)
-                        cpu_before = background_cpu(logger.sender, loop, server) if variant == "MLHubLogger" else []
+                        cpu_before = background_cpu(logger.sender, loop, server) if variant in MLHUB_VARIANTS else []
                         steps, fit_s, fin_s = fit_once(config, args.steps, logger, tmp / run_id, every)
                         assert steps == args.steps, (variant, steps)
                         rates[variant].append(steps / fit_s)
                         finalize_s[variant].append(fin_s)
                         extra = ""
-                        if variant == "MLHubLogger":
+                        if variant in MLHUB_VARIANTS:
+                            sampler = samplers.get(run_id)
+                            if sampler is not None:
+                                thread = sampler._thread  # noqa: SLF001 - its CPU time, read from /proc
+                                used_s = cpu_s(f"/proc/self/task/{thread.native_id}/stat") if thread else None
+                                sampler.stop()
+                                system_samples.append(sampler.samples)
+                                if used_s is not None:
+                                    system_cpu.append(used_s / fit_s)
                             used = [None if a is None or b is None else b - a
                                     for a, b in zip(cpu_before, background_cpu(logger.sender, loop, server),
                                                     strict=True)]
-                            background.append(used)
+                            if variant == "MLHubLogger":
+                                background.append(used)
                             delivered = logger.sender.close()
-                            runs.append((run_id, logger.points_logged))
-                            extra = (f"  points {logger.points_logged:,}, events {logger.sender.events_sent}, "
-                                     f"failures {logger.sender.failures}, delivered {delivered}")
-                        print(f"  round {r + 1} {variant:<12} {steps / fit_s:>8,.1f} steps/s  "
+                            given = logger.points_logged + (sampler.points if sampler is not None else 0)
+                            runs.append((run_id, given))
+                            extra = (f"  points {given:,}, events {logger.sender.events_sent}, "
+                                     f"failures {logger.sender.failures}, delivered {delivered}"
+                                     + (f", system samples {sampler.samples}" if sampler is not None else ""))
+                        print(f"  round {r + 1} {variant:<18} {steps / fit_s:>8,.1f} steps/s  "
                               f"(fit loop {fit_s:.2f}s, after on_train_end {fin_s * 1000:.0f} ms){extra}")
 
                 print("\n== median of", args.rounds, "runs")
@@ -227,6 +263,28 @@ def main() -> None:
                         verdict = f"  target <= {TARGET_OVERHEAD_PCT:g}%: {'met' if ok else 'MISSED'}"
                     print(f"  {variant:<22} {median:>8,.1f} steps/s {spread}  overhead {overhead:+.2f}%{verdict}"
                           f"  (finalize median {statistics.median(finalize_s[variant]) * 1000:.0f} ms, untimed)")
+
+                off, on = statistics.median(rates["MLHubLogger"]), statistics.median(rates[SYSTEM])
+                system_pct = (off - on) / off * 100
+                paired = [(a - b) / a * 100 for a, b in zip(rates["MLHubLogger"], rates[SYSTEM], strict=True)]
+                print(f"\n== system metrics on (every {args.system_interval:g} s, median "
+                      f"{statistics.median(system_samples) if system_samples else 0:g} samples per run) against off, "
+                      f"same run, both MLHubLogger")
+                print(f"  on/off steps/s ratio {on / off:.4f}: cost {system_pct:+.2f}%  "
+                      f"target <= {TARGET_SYSTEM_PCT:g}%: {'met' if system_pct <= TARGET_SYSTEM_PCT else 'MISSED'}"
+                      f"  (per round: {', '.join(f'{p:+.2f}%' for p in paired)})")
+                if system_cpu:
+                    print(f"  sampler thread CPU: median {statistics.median(system_cpu) * 100:.3f}% of the fit loop's "
+                          f"wall time (/proc, 10 ms ticks; max {max(system_cpu) * 100:.3f}%)")
+                probe_sampler = SystemSampler(lambda sample: None, 1.0)
+                probe_sampler.sample()
+                start = time.perf_counter()
+                for _ in range(50):
+                    probe_sampler.sample()
+                sample_ms = (time.perf_counter() - start) / 50 * 1000
+                print(f"  one sample costs {sample_ms:.2f} ms of the sampler's thread = "
+                      f"{sample_ms / (args.system_interval * 1000) * 100:.3f}% of one core at this interval "
+                      f"({sample_ms / 15_000 * 100:.4f}% at the default 15 s)")
 
                 print("\n== where MLHubLogger's time goes")
                 # A sender that sends nothing until close: the training thread's own cost, no GIL contention.

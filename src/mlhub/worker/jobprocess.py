@@ -115,6 +115,7 @@ class _ChildSpec:
     code_dir: Path | None
     metric_interval_s: float
     declared_metrics: frozenset[str] | None
+    system_metrics_s: float
     memory_mb: int | None
     worker_pid: int
 
@@ -162,7 +163,8 @@ def run_job_process(ctx: TrainingContext, limits: JobLimits) -> TrainingResult:
     stop = mp.Event()
     spec = _ChildSpec(job=ctx.job, attempt=ctx.attempt, pool=ctx.pool, producer=ctx.producer,
                       code_dir=ctx.code_dir, metric_interval_s=ctx.metric_interval_s,
-                      declared_metrics=ctx.declared_metrics, memory_mb=limits.memory_mb, worker_pid=os.getpid())
+                      declared_metrics=ctx.declared_metrics, system_metrics_s=ctx.system_metrics_s,
+                      memory_mb=limits.memory_mb, worker_pid=os.getpid())
     process = mp.Process(target=_child_main, args=(spec, theirs, stop), name=f"mlhub-job-{ctx.job.job_id[:8]}")
     process.start()
     theirs.close()
@@ -319,7 +321,8 @@ def _child_main(spec: _ChildSpec, conn: Connection, stop: Any) -> None:
         ctx = TrainingContext(job=spec.job, attempt=spec.attempt, pool=spec.pool, producer=spec.producer,
                               publish=channel.publish, send_metrics=channel.send_metrics,
                               store=_WorkerStore(channel), code_dir=spec.code_dir,
-                              metric_interval_s=spec.metric_interval_s, declared_metrics=spec.declared_metrics)
+                              metric_interval_s=spec.metric_interval_s, declared_metrics=spec.declared_metrics,
+                              system_metrics_s=spec.system_metrics_s)
         threading.Thread(target=_relay_stop, args=(stop, ctx.stop), daemon=True, name="mlhub-stop").start()
         result = train_job(ctx)
     except BaseException as e:
