@@ -1,15 +1,19 @@
-"""System metrics of an SDK run (mlhub.client.system): sampled on a thread of their own every
+"""System metrics of an SDK run (mlhub.client.system): sampled on a thread of the script's own every
 MLHUB_SYSTEM_METRICS_S, stored as the run's `system/` points at wall-clock steps, read back through the API of a
-real hub; none with 0; no GPU (or no NVML) is no GPU keys and no error."""
+real hub; none with 0; no GPU (or no NVML) is no GPU keys and no error; a sampler of another process (what the
+worker does for a job) stops when that process ends."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 from tests.client.conftest import WRITER, HubStack
 
@@ -25,6 +29,10 @@ from mlhub.client.system import (
 )
 from mlhub.events import SYSTEM_METRIC_PREFIX, RunCrashed
 from mlhub.settings import Settings
+
+#: The most CPU a process tree can use, in percent of one core, with 5% for its readings being a moment apart.
+MAX_CPU_PERCENT = 100 * (os.cpu_count() or 1) * 1.05
+TOTAL_MB = psutil.virtual_memory().total / 2**20
 
 
 def busy(seconds: float) -> None:
@@ -55,8 +63,10 @@ def test_an_sdk_run_records_its_system_metrics_and_a_resume_ignores_their_steps(
         cpu = shared_hub.get(f"/runs/{run.run_id}/metrics/{CPU_PERCENT}", min_seq=seq)
         read_ms = int(time.time() * 1000)
         assert memory["returned_points"] >= 3 and cpu["returned_points"] == memory["returned_points"]
-        assert all(value > 10 for value in memory["values"]), memory["values"]
-        assert all(0 <= value for value in cpu["values"]), cpu["values"]
+        # This process's resident memory: a Python process with httpx and pydantic is tens of MiB at least.
+        own_mb = psutil.Process().memory_info().rss / 2**20
+        assert all(10 < value < TOTAL_MB and value > own_mb / 2 for value in memory["values"]), memory["values"]
+        assert all(0 <= value <= MAX_CPU_PERCENT for value in cpu["values"]), cpu["values"]
         assert max(cpu["values"]) > 10, "the busy loop shows as CPU time"
         # The step of a system point is its time (ms since the Unix epoch): increasing, within the run's time.
         assert memory["steps"] == sorted(memory["steps"]) and len(set(memory["steps"])) == len(memory["steps"])
@@ -109,8 +119,9 @@ def test_a_sample_has_cpu_and_memory_and_no_gpu_keys_without_a_gpu_in_use() -> N
     first = sampler.sample()
     busy(0.2)
     second = sampler.sample()
+    assert second is not None and first is not None
     assert set(second.values) == {CPU_PERCENT, MEMORY_MB}, second.values
-    assert second.values[MEMORY_MB] > 10 and second.values[CPU_PERCENT] > 10
+    assert 10 < second.values[MEMORY_MB] < TOTAL_MB and 10 < second.values[CPU_PERCENT] <= MAX_CPU_PERCENT
     assert second.step == second.timestamp_ms >= first.timestamp_ms
     assert set(SYSTEM_METRIC_KEYS) == {CPU_PERCENT, MEMORY_MB, GPU_UTILIZATION, GPU_MEMORY_MB}
     assert all(key.startswith(SYSTEM_METRIC_PREFIX) for key in SYSTEM_METRIC_KEYS)
@@ -146,3 +157,26 @@ def test_a_failing_sink_stops_the_sampler_not_the_caller(caplog: pytest.LogCaptu
     assert not sampler.running
     assert any("system metrics of run stopped" in r.getMessage() for r in caplog.records)
     sampler.stop()
+
+
+def test_a_sampler_of_another_process_stops_when_it_ends_and_takes_no_sample_of_it_after() -> None:
+    """What the worker does for a job's process (mlhub.worker.jobsystem): `pid=` samples that process's tree."""
+    got: list[Any] = []
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    sampler = SystemSampler(got.append, 0.1, pid=other.pid).start()
+    other.wait(30)  # reaped: gone; before the wait it is a zombie, which is not sampled either
+    ended_ms = int(time.time() * 1000)
+    deadline = time.monotonic() + 10
+    while sampler.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sampler.running, "it stops by itself when the process has ended"
+    assert got and all(s.timestamp_ms <= ended_ms for s in got), "no sample of a process that ended"
+    assert all(0 < s.values[MEMORY_MB] < TOTAL_MB for s in got), [s.values for s in got]
+    assert sampler.sample() is None
+    sampler.stop()
+
+    gone = SystemSampler(got.append, 0.05, pid=other.pid).start()  # a pid that no longer exists: nothing, quietly
+    deadline = time.monotonic() + 10
+    while gone.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not gone.running and gone.samples == 0

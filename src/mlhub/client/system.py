@@ -1,8 +1,10 @@
 """System metrics of a run, sampled on a daemon thread of their own: the one sampler of the SDK and the worker.
 
 Every `interval_s` seconds (MLHUB_SYSTEM_METRICS_S, default 15; 0: none) a `SystemSampler` measures the process
-that trains (the script for the SDK, the job's process for a worker) together with its children (data loader
-workers, anything it started), and hands one `SystemSample` to its sink:
+that trains together with its children (data loader workers, anything it started), and hands one `SystemSample`
+to its sink. The SDK samples its own process (the script), on a thread of the script; the worker samples a job's
+process from the worker's process (`pid=`), so the job's process runs no sampler and its memory budget
+(MLHUB_JOB_MEMORY_MB, an address-space limit) is the job's alone (mlhub.worker.jobsystem):
 
 - `system/cpu_percent`: CPU time of the process tree over the last interval, in percent of one core (as `top`
   shows it; 250 means two and a half cores were busy). A child's first interval is not counted (psutil needs
@@ -24,7 +26,9 @@ steps. Readers of "the run's last step" (a resume's next automatic step) skip th
 
 The sampler never runs on the training thread: the sink only buffers (the SDK's Run, the worker's
 MetricSender), and a sink that raises (a run refused, a key undeclared in reject mode) stops the sampler with a
-warning, never the run. `stop()` ends the thread; the run's end calls it before the last flush.
+warning, never the run. `stop()` ends the thread; the run's end calls it before the last flush. A process that
+has ended (exiting with its memory released, a zombie not yet reaped, gone) is left out of a sample, and once the
+sampled process itself has ended the sampler stops: nothing of it is handed to the sink.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ Sink = Callable[[SystemSample], None]
 
 
 class ProcessTree:
-    """CPU percent and RSS of one process and its descendants (psutil; each process kept for its CPU readings)."""
+    """CPU percent and RSS of one process (this one by default) and its descendants (psutil; each process kept
+    for its CPU readings). psutil.NoSuchProcess when `pid` does not exist."""
 
     def __init__(self, pid: int | None = None) -> None:
         import psutil
@@ -77,8 +82,8 @@ class ProcessTree:
         self._known: dict[int, Any] = {}
         self.measure()  # the first CPU reading of each process only starts its clock
 
-    def measure(self) -> tuple[set[int], float, float]:
-        """(pids of the tree, CPU percent since the last call, RSS in MiB)."""
+    def measure(self) -> tuple[set[int], float, float] | None:
+        """(pids of the tree, CPU percent since the last call, RSS in MiB); None once the root has ended."""
         psutil = self._psutil
         try:
             members = [self.root, *self.root.children(recursive=True)]
@@ -90,12 +95,18 @@ class ProcessTree:
             known = self._known.get(proc.pid, proc)
             try:
                 with known.oneshot():
+                    # Exiting (its memory already released) or a zombie not reaped yet: it has ended.
+                    resident = known.memory_info().rss
+                    if not resident or known.status() == psutil.STATUS_ZOMBIE:
+                        continue
                     cpu += known.cpu_percent(None)
-                    rss += known.memory_info().rss
+                    rss += resident
             except psutil.Error:  # it ended between the listing and the reading
                 continue
             seen[proc.pid] = known
         self._known = seen
+        if self.root.pid not in seen:
+            return None
         return set(seen), cpu, rss / MIB
 
 
@@ -165,14 +176,15 @@ class GpuProbe:
 
 
 class SystemSampler:
-    """A daemon thread that hands a `SystemSample` of this process's tree to `sink` every `interval_s` seconds,
-    the first one interval after `start()`, until `stop()`. `interval_s` 0 (MLHUB_SYSTEM_METRICS_S=0) starts
-    nothing."""
+    """A daemon thread that hands a `SystemSample` of a process tree (process `pid`, this one by default) to
+    `sink` every `interval_s` seconds, the first one interval after `start()`, until `stop()` or the process
+    ends. `interval_s` 0 (MLHUB_SYSTEM_METRICS_S=0) starts nothing."""
 
-    def __init__(self, sink: Sink, interval_s: float, *, name: str = "run") -> None:
+    def __init__(self, sink: Sink, interval_s: float, *, name: str = "run", pid: int | None = None) -> None:
         self.sink = sink
         self.interval_s = float(interval_s)
         self.name = name
+        self.pid = pid
         #: Samples and points handed to the sink so far.
         self.samples = 0
         self.points = 0
@@ -199,28 +211,36 @@ class SystemSampler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
 
-    def sample(self) -> SystemSample:
-        """Measure now: the process tree's CPU (since the previous sample) and memory, and its GPUs if any."""
+    def sample(self) -> SystemSample | None:
+        """Measure now: the process tree's CPU (since the previous sample) and memory, and its GPUs if any; None
+        when the process has ended."""
         if self._tree is None:
-            self._tree = ProcessTree()
-        pids, cpu, rss_mb = self._tree.measure()
+            self._tree = ProcessTree(self.pid)
+        measured = self._tree.measure()
+        if measured is None:
+            return None
+        pids, cpu, rss_mb = measured
         values = {CPU_PERCENT: cpu, MEMORY_MB: rss_mb, **self._gpu.measure(pids)}
         return SystemSample(int(time.time() * 1000), values)
 
     def _loop(self) -> None:
+        import psutil
+
         try:
-            self._tree = ProcessTree()
+            self._tree = ProcessTree(self.pid)
             next_at = time.monotonic() + self.interval_s
             while not self._stop.wait(max(0.0, next_at - time.monotonic())):
                 next_at += self.interval_s
                 if next_at < time.monotonic():  # the process was suspended: no catching up in a burst
                     next_at = time.monotonic() + self.interval_s
                 taken = self.sample()
-                if self._stop.is_set():  # the run ended while it measured: its end comes last
+                if taken is None or self._stop.is_set():  # it ended, or the run ended while it measured
                     break
                 self.sink(taken)
                 self.samples += 1
                 self.points += len(taken.values)
+        except psutil.NoSuchProcess:  # the process ended before the first reading: nothing to sample
+            log.debug("system metrics of %s: process %s ended before it was sampled", self.name, self.pid)
         except Exception as e:  # never into training: system metrics of this run stop, the run goes on
             log.warning("system metrics of %s stopped: %s: %s", self.name, type(e).__name__, e)
         finally:
