@@ -2,9 +2,9 @@
 checkpoint and ONNX artifacts. torch and lightning are imported inside `train_job` only.
 
 Run events are appended through `TrainingContext.publish` (blocking; the worker routes it to its asyncio loop),
-metric points through the MLHubLogger's background sender, and so are the system metrics of the job's process
-(and its data loader workers), sampled every `system_metrics_s` on a thread of their own (mlhub.client.system).
-Lifecycle events (run.started/finished/failed, job.*) are the worker's business, not this module's.
+metric points through the MLHubLogger's background sender. Lifecycle events (run.started/finished/failed, job.*)
+and the system metrics of the job's process (sampled from the worker: mlhub.worker.jobsystem) are the worker's
+business, not this module's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from mlhub.artifacts import ArtifactStore
-from mlhub.client.system import SystemSample, SystemSampler
 from mlhub.events import (
     ArtifactStored,
     CodeVersionRecorded,
@@ -26,7 +25,6 @@ from mlhub.events import (
     DomainEvent,
     EnvironmentRecorded,
     JobQueued,
-    MetricPoint,
     ParamsLogged,
 )
 from mlhub.plugins import load_plugin
@@ -56,7 +54,8 @@ class TrainingContext:
     metric_interval_s: float = 0.5
     #: Metric names the run may log (MLHUB_UNDECLARED_METRICS=reject); None: any key (undeclared ones are flagged).
     declared_metrics: frozenset[str] | None = None
-    #: Seconds between system-metric samples of the job's process (MLHUB_SYSTEM_METRICS_S); 0: none.
+    #: Seconds between system-metric samples of the job's process, taken by the worker (MLHUB_SYSTEM_METRICS_S,
+    #: mlhub.worker.jobsystem); 0: none. train_job itself samples nothing.
     system_metrics_s: float = 0.0
 
 
@@ -118,12 +117,6 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
     sender = MetricSender(run_id, ctx.send_metrics, producer=ctx.producer, correlation_id=ctx.job.job_id,
                           interval_s=ctx.metric_interval_s, declared=ctx.declared_metrics, attempt=ctx.attempt)
     logger = mlhub_logger_class()(sender)
-
-    def log_system(sample: SystemSample) -> None:
-        sender.add([MetricPoint(key, value, sample.step, 0, sample.timestamp_ms)
-                    for key, value in sample.values.items()])
-
-    sampler = SystemSampler(log_system, ctx.system_metrics_s, name=run_id).start()
     result = TrainingResult(stopped=False)
     try:
         with tempfile.TemporaryDirectory(prefix="mlhub-run-") as tmp:
@@ -149,9 +142,8 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
             if plugin.export_onnx(module, onnx_path):
                 result.artifacts.append(_store(ctx, onnx_path, "model.onnx", "onnx"))
     finally:
-        sampler.stop()  # before the sender's last flush: no system point comes after it
         result.metrics_delivered = sender.close()
-        result.points_logged = logger.points_logged + sampler.points
+        result.points_logged = logger.points_logged
     return result
 
 
