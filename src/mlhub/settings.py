@@ -142,8 +142,8 @@ class Settings(BaseSettings):
     #: A run's producer (SDK sender, worker) sends a heartbeat when it has sent nothing else for this long (s).
     run_heartbeat_s: Annotated[float, Field(gt=0)] = 30.0
     #: Seconds between samples of a run's system metrics (system/cpu_percent, system/memory_mb and, where an
-    #: NVIDIA GPU is in use, system/gpu_utilization, system/gpu_memory_mb), taken by the SDK and by the worker's
-    #: job process on a thread of their own (docs/tracking.md#system-metrics). 0: none are recorded.
+    #: NVIDIA GPU is in use, system/gpu_utilization, system/gpu_memory_mb), taken by a thread of the SDK's script,
+    #: and by the worker, from its own process, for a job's process (docs/tracking.md#system-metrics). 0: none.
     system_metrics_s: Annotated[float, Field(ge=0, le=86_400)] = DEFAULT_SYSTEM_METRICS_S
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")

@@ -110,7 +110,8 @@ class WorkerConfig:
     job_memory_mb: int | None = None
     #: Seconds a job's process gets to stop after a cancel, timeout or shutdown before it is killed.
     job_kill_grace_s: float = 2.0
-    #: Seconds between system-metric samples of a job's process (MLHUB_SYSTEM_METRICS_S); 0: none.
+    #: Seconds between system-metric samples of a job's process, taken from this process (MLHUB_SYSTEM_METRICS_S,
+    #: mlhub.worker.jobsystem); 0: none.
     system_metrics_s: float = DEFAULT_SYSTEM_METRICS_S
 
 
