@@ -10,6 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Seconds between system-metric samples of a run (MLHUB_SYSTEM_METRICS_S); the SDK's and the worker's default.
+DEFAULT_SYSTEM_METRICS_S = 15.0
+
 
 class Settings(BaseSettings):
     """mlhub's settings. Constructing it does no I/O beyond reading the environment."""
@@ -138,6 +141,10 @@ class Settings(BaseSettings):
     spool_dir: Path | None = None
     #: A run's producer (SDK sender, worker) sends a heartbeat when it has sent nothing else for this long (s).
     run_heartbeat_s: Annotated[float, Field(gt=0)] = 30.0
+    #: Seconds between samples of a run's system metrics (system/cpu_percent, system/memory_mb and, where an
+    #: NVIDIA GPU is in use, system/gpu_utilization, system/gpu_memory_mb), taken by a thread of the SDK's script,
+    #: and by the worker, from its own process, for a job's process (docs/tracking.md#system-metrics). 0: none.
+    system_metrics_s: Annotated[float, Field(ge=0, le=86_400)] = DEFAULT_SYSTEM_METRICS_S
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
 

@@ -10,6 +10,7 @@ from typing import Any
 from mlhub.eventlog import EventLog
 from mlhub.events import DomainEvent, JobCancelled, JobFailed, JobSucceeded
 from mlhub.scheduler import SubmitResult, load_config, submit
+from mlhub.settings import Settings
 from mlhub.worker import Worker, WorkerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,10 +48,12 @@ async def wait_for(event_log: EventLog, job_ids: list[str], timeout_s: float = 6
 
 
 class RunningWorker:
-    """An in-process worker running as a task until `stop()`."""
+    """An in-process worker running as a task until `stop()`; system metrics every MLHUB_SYSTEM_METRICS_S (15 s
+    unset), as `mlhub worker`, unless `system_metrics_s` is given."""
 
     def __init__(self, event_log: EventLog, data_dir: Path, **config: Any) -> None:
-        self.worker = Worker.local(event_log, data_dir, WorkerConfig(**{"ack_wait_s": 5.0, **config}))
+        defaults = {"ack_wait_s": 5.0, "system_metrics_s": Settings().system_metrics_s}
+        self.worker = Worker.local(event_log, data_dir, WorkerConfig(**{**defaults, **config}))
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 

@@ -27,7 +27,7 @@ from mlhub.api.schemas import (
     RunFinish,
     RunResumed,
 )
-from mlhub.events import RunStatus, as_floats
+from mlhub.events import SYSTEM_METRIC_PREFIX, RunStatus, as_floats
 from mlhub.tracking import InvalidTrackingInput, RequestTooLarge, SeriesInput
 
 router = APIRouter(tags=["tracking"])
@@ -137,15 +137,19 @@ async def end_run(run_id: RunId, body: RunEnd, state: StateDep, who: WriterDep) 
 @router.post("/runs/{run_id}/resume", response_model=RunResumed, operation_id="resume_run")
 async def resume_run(run_id: RunId, state: StateDep, who: WriterDep) -> Any:
     """Resume a crashed run (409 unless it crashed): logging goes on; `last_step` is the highest step the read
-    model holds for it, so a client's automatic steps continue after it."""
+    model holds for it, so a client's automatic steps continue after it (system metrics, whose steps are times,
+    are not counted)."""
     from mlhub.readmodel import tables as t
 
     written = await state.tracking.resume(run_id, actor=who.name)
 
     def last_step() -> int | None:
+        summaries = t.metric_summaries.c
         with state.engine.connect() as conn:
-            value = conn.execute(sa.select(sa.func.max(t.metric_summaries.c.last_step))
-                                 .where(t.metric_summaries.c.run_id == run_id)).scalar_one_or_none()
+            value = conn.execute(sa.select(sa.func.max(summaries.last_step))
+                                 .where(summaries.run_id == run_id,
+                                        sa.not_(summaries.key.startswith(SYSTEM_METRIC_PREFIX, autoescape=True)))
+                                 ).scalar_one_or_none()
         return None if value is None else int(value)
 
     run = await state.tracking.states.get(run_id)

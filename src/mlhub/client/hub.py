@@ -35,15 +35,17 @@ class Hub:
     hub's spool folder (see `resend_spooled`). `duplicate_window_s` should match the server's
     MLHUB_DUPLICATE_WINDOW_S: a record resent later than that after it was made is checked against the
     run's events first. A run's sender sends a heartbeat when it has delivered nothing for `heartbeat_s`
-    (default MLHUB_RUN_HEARTBEAT_S, 30 s). The first Hub of a process installs the hooks that end open runs
-    on an uncaught exception, SIGTERM and exit (hooks.py).
+    (default MLHUB_RUN_HEARTBEAT_S, 30 s); a sampler thread of each run logs the script's system metrics
+    (CPU, memory, GPU: mlhub.client.system) every `system_metrics_s` (default MLHUB_SYSTEM_METRICS_S, 15 s;
+    0: none). The first Hub of a process installs the hooks that end open runs on an uncaught exception,
+    SIGTERM and exit (hooks.py).
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *, spool_dir: str | Path | None = None,
                  resend_on_start: bool = True, duplicate_window_s: float = 600.0, timeout_s: float = 30.0,
                  start_timeout_s: float = 30.0, interval_s: float = 0.5, finish_timeout_s: float = 60.0,
-                 heartbeat_s: float | None = None) -> None:
-        if url is None or token is None or spool_dir is None or heartbeat_s is None:
+                 heartbeat_s: float | None = None, system_metrics_s: float | None = None) -> None:
+        if url is None or token is None or spool_dir is None or heartbeat_s is None or system_metrics_s is None:
             from mlhub.settings import Settings
 
             settings = Settings()
@@ -51,10 +53,13 @@ class Hub:
             token = token or settings.token
             spool_dir = spool_dir or settings.spool_dir
             heartbeat_s = settings.run_heartbeat_s if heartbeat_s is None else heartbeat_s
+            system_metrics_s = settings.system_metrics_s if system_metrics_s is None else system_metrics_s
         if not url or not url.startswith(("http://", "https://")):
             raise InvalidInput(f"hub url must be an http:// or https:// URL (or set MLHUB_URL), got {url!r}")
         if not heartbeat_s > 0:
             raise InvalidInput(f"heartbeat_s must be more than 0 seconds, got {heartbeat_s!r}")
+        if not system_metrics_s >= 0:
+            raise InvalidInput(f"system_metrics_s must be 0 (off) or more seconds, got {system_metrics_s!r}")
         self.url = url.rstrip("/")
         self.transport = Transport(self.url, token, timeout_s=timeout_s)
         self.spool_folder = hub_folder(Path(spool_dir).expanduser() if spool_dir else default_spool_dir(), self.url)
@@ -63,6 +68,7 @@ class Hub:
         self.interval_s = interval_s
         self.finish_timeout_s = finish_timeout_s
         self.heartbeat_s = float(heartbeat_s)
+        self.system_metrics_s = float(system_metrics_s)
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -116,7 +122,7 @@ class Hub:
                 delay = min(delay * 2, 2.0)
         return self._track(Run(self, created["run_id"], created["experiment_id"], interval_s=self.interval_s,
                                finish_timeout_s=self.finish_timeout_s, heartbeat_s=self.heartbeat_s,
-                               params=param_values))
+                               params=param_values, system_metrics_s=self.system_metrics_s))
 
     def resume_run(self, run_id: str) -> Run:
         """Resume a crashed run (`POST /runs/{id}/resume`): the returned Run logs on into it, its automatic
@@ -127,7 +133,8 @@ class Hub:
         last_step = resumed.get("last_step")
         return self._track(Run(self, resumed["run_id"], resumed["experiment_id"], interval_s=self.interval_s,
                                finish_timeout_s=self.finish_timeout_s, heartbeat_s=self.heartbeat_s,
-                               next_step=0 if last_step is None else int(last_step) + 1))
+                               next_step=0 if last_step is None else int(last_step) + 1,
+                               system_metrics_s=self.system_metrics_s))
 
     def open_runs(self) -> list[Run]:
         """The runs of this Hub not finished yet."""

@@ -24,6 +24,7 @@ from mlhub.client.delivery import Rejection, deliver
 from mlhub.client.errors import HubAuthError, HubUnavailable, RunClosed
 from mlhub.client.sender import Sender
 from mlhub.client.spool import Record, RunSpool
+from mlhub.client.system import SystemSample, SystemSampler
 from mlhub.client.values import Point, checked_position, metric_points, raise_problems, string_values
 from mlhub.errors import InvalidInput
 from mlhub.events.keys import check_step
@@ -65,12 +66,13 @@ def file_sha256(path: Path) -> tuple[str, int]:
 class Run(Sender):
     """One run on the hub: log metrics, params, tags and artifacts, then finish (or use it as a context
     manager: `with hub.start_run(...) as run:` finishes it, "failed" when the block raises, "killed" on
-    Ctrl-C)."""
+    Ctrl-C). With `system_metrics_s` > 0 a sampler thread logs the script's system metrics at that interval
+    (mlhub.client.system) until the run finishes."""
 
     def __init__(self, hub: Hub, run_id: str, experiment_id: str, *, interval_s: float = 0.5,
                  max_points: int = POINTS_PER_BATCH, retry_backoff_s: float = 0.5,
                  finish_timeout_s: float = 60.0, heartbeat_s: float = 30.0, next_step: int = 0,
-                 params: Mapping[str, str] | None = None) -> None:
+                 params: Mapping[str, str] | None = None, system_metrics_s: float = 0.0) -> None:
         self.hub = hub
         self.run_id = run_id
         self.experiment_id = experiment_id
@@ -104,6 +106,7 @@ class Run(Sender):
         self._init_sender()
         self._thread = threading.Thread(target=self._loop, name=f"mlhub-run-{run_id[:8]}", daemon=True)
         self._thread.start()
+        self.system_sampler = SystemSampler(self._log_system, system_metrics_s, name=run_id).start()
 
     def __repr__(self) -> str:
         return f"Run(run_id={self.run_id!r}, experiment_id={self.experiment_id!r}, status={self.status!r})"
@@ -149,6 +152,17 @@ class Run(Sender):
                    timestamp_ms: int | None = None) -> None:
         """One point (see log_metrics; without a step it takes the run's next one)."""
         self.log_metrics({key: value}, step, epoch=epoch, timestamp_ms=timestamp_ms)
+
+    def _log_system(self, sample: SystemSample) -> None:
+        """The system sampler's sink: buffer its points at the sample's time step; the automatic step of
+        log_metrics is not moved. Nothing once the run is finished or ended elsewhere."""
+        with self._cond:
+            if self.status is not None or self.ended_remotely:
+                return
+            points, problems = metric_points(sample.values, sample.step, 0, sample.timestamp_ms)
+            self._points.extend(points)
+            self.points_logged += len(points)
+        raise_problems(problems, len(points), self.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Record params, sent in the background: nested mappings flattened with dots, values as strings
@@ -259,6 +273,7 @@ class Run(Sender):
         if status not in STATUSES:
             raise InvalidInput(f"finish status must be one of {', '.join(STATUSES)}, got {status!r}"
                                + (" (a cancelled run is 'killed' now)" if str(status) == "cancelled" else ""))
+        self.system_sampler.stop(1.0)  # its last sample is buffered before the finish; none comes after it
         with self._cond:
             if self.status is not None:
                 raise RunClosed(f"run {self.run_id} was already finished ({self.status})")

@@ -43,7 +43,8 @@ def worker(pool: str, concurrency: int, ack_wait_s: float, max_deliver: int, fin
     settings = load_settings()
     config = WorkerConfig(pool=pool, ack_wait_s=ack_wait_s, max_deliver=max_deliver,  # type: ignore[arg-type]
                           producer=settings.producer, undeclared_metrics=settings.undeclared_metrics,
-                          job_memory_mb=settings.job_memory_mb, job_kill_grace_s=settings.job_kill_grace_s)
+                          job_memory_mb=settings.job_memory_mb, job_kill_grace_s=settings.job_kill_grace_s,
+                          system_metrics_s=settings.system_metrics_s)
 
     async def main(url: str) -> None:
         stop = asyncio.Event()

@@ -35,6 +35,9 @@ MAX_TIMESTAMP_MS = 253_402_300_799_999
 KEY_PUNCTUATION = "_-./: @#()[],=+%"
 _KEY = re.compile(r"[^\W_]|[" + re.escape(KEY_PUNCTUATION) + "]")
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+#: Keys of the system metrics a run's producer samples by itself (mlhub.client.system): CPU, memory, GPU. Their
+#: step is the sample's wall-clock time in ms, not a training step, so readers of "the run's last step" skip them.
+SYSTEM_METRIC_PREFIX = "system/"
 
 
 def key_problem(key: object) -> str | None:

@@ -15,6 +15,10 @@ and artifact store) and answers "ok" or the error. So:
 - `ctx.stop` (cancel, timeout, worker shutdown) asks the child to stop after its current batch; if it has not
   ended `kill_grace_s` later (stuck building a model, in a data loader, in native code) it gets SIGKILL.
 
+System metrics: the job's process and its children are sampled from this process (mlhub.worker.jobsystem), their
+points appended through the same `send_metrics` and stopped and flushed before this function returns, so before
+the worker records the outcome. The child runs no sampler thread: its memory budget is the job's alone.
+
 Memory: the child sets RLIMIT_AS to its own address space after the imports plus `memory_mb` (MLHUB_JOB_MEMORY_MB).
 RLIMIT_AS counts virtual memory, not resident memory: torch and lightning alone map about 3.6 GB of address
 space on CPU (0.8 GB resident), which is why the limit is a budget above that, not a total. An allocation past
@@ -50,6 +54,7 @@ from typing import Any
 from mlhub.artifacts import ArtifactStore, StoredArtifact
 from mlhub.errors import MlhubError
 from mlhub.events import DomainEvent, Envelope, JobQueued
+from mlhub.worker.jobsystem import JobSystemMetrics
 from mlhub.worker.training import TrainingContext, TrainingResult, train_job
 
 log = logging.getLogger(__name__)
@@ -156,7 +161,9 @@ def stop_job_server() -> None:
 
 def run_job_process(ctx: TrainingContext, limits: JobLimits) -> TrainingResult:
     """Run `train_job` for ctx in a child process and serve its requests until it ends; its result, or its
-    error raised here (JobOutOfMemory, JobProcessDied, the plugin's own). Blocking: call it in a thread."""
+    error raised here (JobOutOfMemory, JobProcessDied, the plugin's own). Blocking: call it in a thread. The
+    system metrics of the job's process are sampled meanwhile (ctx.system_metrics_s) and counted in the result's
+    points_logged and metrics_delivered."""
     mp = _context()
     ours, theirs = mp.Pipe()
     stop = mp.Event()
@@ -166,6 +173,20 @@ def run_job_process(ctx: TrainingContext, limits: JobLimits) -> TrainingResult:
     process = mp.Process(target=_child_main, args=(spec, theirs, stop), name=f"mlhub-job-{ctx.job.job_id[:8]}")
     process.start()
     theirs.close()
+    assert process.pid is not None
+    system = JobSystemMetrics(ctx, process.pid)
+    try:
+        result = _serve_child(ctx, process, ours, stop, limits)
+    finally:
+        # Stopped and flushed whatever way the job ended, before the worker records that: none comes after it.
+        points, delivered = system.close()
+    result.points_logged += points
+    result.metrics_delivered = result.metrics_delivered and delivered
+    return result
+
+
+def _serve_child(ctx: TrainingContext, process: Any, ours: Connection, stop: Any, limits: JobLimits) -> TrainingResult:
+    """Serve the child's requests until its last message (its result, or its error raised here) or its end."""
     kill_at: float | None = None
     try:
         while True:

@@ -54,6 +54,7 @@ from mlhub.events import (
     RunStarted,
     decode,
 )
+from mlhub.settings import DEFAULT_SYSTEM_METRICS_S
 from mlhub.worker.jobprocess import JobLimits, run_job_process, warm_up
 from mlhub.worker.state import JobView, job_view
 from mlhub.worker.training import TrainingContext, TrainingResult
@@ -109,6 +110,9 @@ class WorkerConfig:
     job_memory_mb: int | None = None
     #: Seconds a job's process gets to stop after a cancel, timeout or shutdown before it is killed.
     job_kill_grace_s: float = 2.0
+    #: Seconds between system-metric samples of a job's process, taken from this process (MLHUB_SYSTEM_METRICS_S,
+    #: mlhub.worker.jobsystem); 0: none.
+    system_metrics_s: float = DEFAULT_SYSTEM_METRICS_S
 
 
 class Worker:
@@ -240,7 +244,8 @@ class Worker:
 
         ctx = TrainingContext(job=job, attempt=attempt, pool=self.config.pool, producer=self.config.producer,
                               publish=publish, send_metrics=send_metrics, store=self.store,
-                              code_dir=self.config.code_dir, metric_interval_s=self.config.metric_interval_s)
+                              code_dir=self.config.code_dir, metric_interval_s=self.config.metric_interval_s,
+                              system_metrics_s=self.config.system_metrics_s)
         if self.config.undeclared_metrics == "reject":
             ctx.declared_metrics = await declared_metric_names(self.log)
         reason: list[str] = []

@@ -2,8 +2,9 @@
 checkpoint and ONNX artifacts. torch and lightning are imported inside `train_job` only.
 
 Run events are appended through `TrainingContext.publish` (blocking; the worker routes it to its asyncio loop),
-metric points through the MLHubLogger's background sender. Lifecycle events (run.started/finished/failed,
-job.*) are the worker's business, not this module's.
+metric points through the MLHubLogger's background sender. Lifecycle events (run.started/finished/failed, job.*)
+and the system metrics of the job's process (sampled from the worker: mlhub.worker.jobsystem) are the worker's
+business, not this module's.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class TrainingContext:
     metric_interval_s: float = 0.5
     #: Metric names the run may log (MLHUB_UNDECLARED_METRICS=reject); None: any key (undeclared ones are flagged).
     declared_metrics: frozenset[str] | None = None
+    #: Seconds between system-metric samples of the job's process, taken by the worker (MLHUB_SYSTEM_METRICS_S,
+    #: mlhub.worker.jobsystem); 0: none. train_job itself samples nothing.
+    system_metrics_s: float = 0.0
 
 
 @dataclass
