@@ -43,6 +43,7 @@ from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mlhub.errors import BackupFailed, EventLogUnavailable, InvalidBackup
+from mlhub.eventlog.auth import write_private
 from mlhub.eventlog.client import EventLog
 from mlhub.eventlog.seals import SEALS_FILTER
 from mlhub.events import AuditSealed
@@ -143,7 +144,7 @@ async def backup_stream(event_log: EventLog, path: Path, *, mlhub_version: str, 
             if seal is not None and isinstance(sealed, AuditSealed) else None,
             snapshot=SnapshotDoc(file=SNAPSHOT_FILE, bytes=size, sha256=digest),
         )
-        _write_synced(scratch / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode() + b"\n")
+        write_private(scratch / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
         os.replace(scratch, path)  # onto a missing or empty directory: atomic
         _fsync_dir(path.parent)
         return manifest
@@ -278,13 +279,6 @@ def sha256_of(path: Path) -> str:
 def _create_private(path: Path) -> Any:
     """A new file only its owner may read (0600), open for binary writing."""
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with _create_private(path) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -233,7 +233,7 @@ class EventLog:
         info = self._nc._server_info  # the INFO the server sent on connect
         version = str(info.get("version", "0.0.0"))
         if _parse_version(version) < MIN_SERVER_VERSION or not info.get("jetstream"):
-            url = self._nc.connected_url.netloc.rsplit("@", 1)[-1] if self._nc.connected_url else self.where
+            url = self._connected_where()
             await self.close()
             raise EventLogUnavailable(
                 f"nats-server {version} at {url} cannot hold the mlhub event log: it needs JetStream and "
@@ -304,6 +304,11 @@ class EventLog:
     async def _on_reconnected(self) -> None:
         log.warning("event log: reconnected to NATS")
 
+    def _connected_where(self) -> str:
+        """The server this client is connected to, host:port without user information (else the servers)."""
+        url = self._nc.connected_url if self._nc is not None else None
+        return url.netloc.rsplit("@", 1)[-1] if url else self.where
+
     @property
     def silent_after_s(self) -> float:
         """How long a server of a cluster may leave appends and reads unanswered before this client moves to
@@ -322,9 +327,8 @@ class EventLog:
                 or now - self._moved_at < self.silent_after_s or not nc.is_connected):
             return
         self._moved_at = now
-        url = nc.connected_url.netloc.rsplit("@", 1)[-1] if nc.connected_url else "?"
         log.warning("event log: %s has not stored or answered for %.0f s (cut off from its cluster?): moving to "
-                    "another server", url, now - failing_since)
+                    "another server", self._connected_where(), now - failing_since)
         await nc.force_reconnect()
 
     @property
