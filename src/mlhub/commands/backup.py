@@ -3,22 +3,18 @@ snapshots (mlhub.eventlog.backup), so every event keeps its sequence number, byt
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
-from mlhub.commands.common import event_log_url, fail, load_settings
+from mlhub.commands.common import fail, load_settings, run_with_event_log
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
     from mlhub.eventlog import BackupManifest, EventLog, RestoreReport, SealReport
     from mlhub.settings import Settings
-
-T = TypeVar("T")
 
 
 @click.command("backup")
@@ -32,8 +28,8 @@ def backup(path: Path, no_check: bool) -> None:
     from mlhub.eventlog import backup_stream
 
     settings = load_settings()
-    manifest = _with_log(settings, "mlhub-backup", lambda log: backup_stream(
-        log, path, mlhub_version=__version__, check_messages=not no_check))
+    manifest = run_with_event_log(settings, "mlhub-backup", lambda log: backup_stream(
+        log, path, mlhub_version=__version__, check_messages=not no_check), stream_setup=False)
     state = manifest.state
     click.echo(f"backed up {manifest.stream}: {state.messages} events, seq {state.first_seq}..{state.last_seq}, "
                f"{_size(state.bytes)} stored, in {manifest.seconds:.2f} s")
@@ -69,7 +65,7 @@ def restore(path: Path, no_seals: bool) -> None:
                    + (f"; adapted to this deployment: {', '.join(report.changes)}" if report.changes else ""))
         return report, None if no_seals else await verify_seals(log)
 
-    report, seals = _with_log(settings, "mlhub-restore", work)
+    report, seals = run_with_event_log(settings, "mlhub-restore", work, stream_setup=False)
     state = report.state
     extra = state.last_seq - manifest.state.last_seq
     click.echo(f"verified: the restored stream holds {state.messages} events, seq {state.first_seq}.."
@@ -114,26 +110,6 @@ def _describe(path: Path, manifest: BackupManifest) -> None:
     click.echo(f"backup {path}: {manifest.stream}, {state.messages} events, seq {state.first_seq}..{state.last_seq}, "
                f"taken {manifest.created_at:%Y-%m-%d %H:%M:%S} UTC by mlhub {manifest.mlhub_version} from nats-server "
                f"{manifest.server_version}; {manifest.snapshot.file} matches its sha256")
-
-
-def _with_log(settings: Settings, name: str, work: Callable[[EventLog], Awaitable[T]]) -> T:
-    """Run `work` on a connected event log whose stream is NOT set up (a restore needs it absent, a backup must
-    not create an empty one); an mlhub error exits 1 with one line."""
-    from mlhub.eventlog import EventLog
-
-    async def main(url: str) -> T:
-        log = EventLog.from_settings(url, settings, name=name)
-        await log.connect()
-        try:
-            return await work(log)
-        finally:
-            await log.close()
-
-    try:
-        with event_log_url(settings) as url:
-            return asyncio.run(main(url))
-    except MlhubError as e:
-        fail(e)
 
 
 def _size(n: int) -> str:

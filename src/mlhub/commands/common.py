@@ -72,16 +72,26 @@ def cli_user() -> str:
     return cli_actor(login)
 
 
-def run_with_event_log(settings: Settings, name: str, work: Callable[[EventLog], Awaitable[T]]) -> T:
+def run_with_event_log(settings: Settings, name: str, work: Callable[[EventLog], Awaitable[T]], *,
+                       stream_setup: bool = True) -> T:
     """Run `work` against the event log the settings name, acting as `cli_user()`; an mlhub error exits 1
-    with one line."""
+    with one line. stream_setup=False: connected only, the stream neither checked nor created (a restore
+    needs the stream absent)."""
+    from mlhub.eventlog import EventLog
     from mlhub.events import CURRENT_ACTOR
 
     CURRENT_ACTOR.set(cli_user())  # asyncio.run below copies this context
 
     async def main(url: str) -> T:
-        async with open_event_log(settings, url, name) as log:
+        if stream_setup:
+            async with open_event_log(settings, url, name) as log:
+                return await work(log)
+        log = EventLog.from_settings(url, settings, name=name)
+        await log.connect()
+        try:
             return await work(log)
+        finally:
+            await log.close()
 
     try:
         with event_log_url(settings) as url:
