@@ -18,6 +18,7 @@ from typing import Any
 
 from mlhub.eventlog import EventLog, Recorded
 from mlhub.events import (
+    SYSTEM_METRIC_PREFIX,
     CodeVersionRecorded,
     ConfigSnapshotted,
     DatasetVersionRecorded,
@@ -171,7 +172,10 @@ async def reproduce(event_log: EventLog, run_id: str, *, producer: str) -> tuple
 
 
 def compare(original: RunRecord, reproduced: RunRecord) -> Comparison:
-    """Compare two runs' final metrics key by key (keys of either run, sorted)."""
-    keys = sorted(set(original.final_metrics) | set(reproduced.final_metrics))
+    """Compare two runs' final metrics key by key (keys of either run, sorted). The system/ metrics (CPU, memory,
+    GPU sampled by the run's producer) measure the machine, not the training, and a short run may end before its
+    first sample: they are not compared."""
+    keys = sorted(k for k in set(original.final_metrics) | set(reproduced.final_metrics)
+                  if not k.startswith(SYSTEM_METRIC_PREFIX))
     return Comparison(original=original, reproduced=reproduced, metrics=tuple(
         MetricMatch(k, original.final_metrics.get(k), reproduced.final_metrics.get(k)) for k in keys))
