@@ -108,3 +108,9 @@ class BackupFailed(MlhubError):
     """The server could not take or restore a snapshot of the stream; nothing was left behind."""
 
     code = "BACKUP_FAILED"
+
+
+class ExtraMissing(MlhubError):
+    """A command needs an optional extra of the mlhub distribution (`mlhub[worker]`, ...) that is not installed."""
+
+    code = "EXTRA_MISSING"
