@@ -1,9 +1,9 @@
 """The optional extras of the mlhub distribution, and the one check that a command's extra is installed.
 
 `pip install mlhub` is the light install: the SDK, the CLI, the API and the projectors. Training needs the
-`worker` extra (torch, lightning, ONNX, scikit-learn for the built-in plugins' data). What an extra holds is read from mlhub's own installed metadata (its `Requires-Dist` lines,
-written from pyproject.toml), so the list lives in one place. This module imports nothing of mlhub but
-errors, so every package may use it.
+`worker` extra (torch, lightning, ONNX, scikit-learn for the built-in plugins' data). What an extra holds is
+read from mlhub's own installed metadata (its `Requires-Dist` lines, written from pyproject.toml), so the list
+lives in one place. This module imports nothing of mlhub but errors, so every package may use it.
 """
 
 from __future__ import annotations
