@@ -89,6 +89,14 @@ def test_its_cli_helps_and_the_training_commands_name_the_extra(light_python: Pa
     assert not (tmp_path / "data").exists(), "a refused command started nothing"
 
 
+def test_the_sdks_lightning_logger_names_what_to_install(light_python: Path, tmp_path: Path) -> None:
+    done = _python(light_python, "from mlhub.errors import ExtraMissing\n"
+                   "try:\n    from mlhub.client import MLHubLogger\n"
+                   "except ImportError as e:\n    assert isinstance(e, ExtraMissing), repr(e)\n    print(e)", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "MLHubLogger needs lightning" in done.stdout and "pip install 'mlhub[worker]'" in done.stdout
+
+
 SCRIPT = """
 import os, sys
 from mlhub.client import Hub

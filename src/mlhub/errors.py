@@ -110,7 +110,8 @@ class BackupFailed(MlhubError):
     code = "BACKUP_FAILED"
 
 
-class ExtraMissing(MlhubError):
-    """A command needs an optional extra of the mlhub distribution (`mlhub[worker]`, ...) that is not installed."""
+class ExtraMissing(MlhubError, ImportError):
+    """A command or class needs an optional extra of the mlhub distribution (`mlhub[worker]`) that is not
+    installed. An ImportError too, so `try: from mlhub.client import MLHubLogger except ImportError` works."""
 
     code = "EXTRA_MISSING"
