@@ -7,24 +7,53 @@ The wheel is built from this checkout (`uv build`) and installed into a new venv
 metadata offline (it fetched only one platform's at lock time), so the distributions an install without
 extras needs are first put in, pinned from uv.lock (`uv export --no-dev`, no extras), and the wheel is then
 installed with dependency resolution against them: had the wheel required torch, that install would have
-pulled it in (or failed) and the checks below would fail. One venv serves the whole module.
+pulled it in (or failed) and the checks below would fail. One venv serves the whole module. The check
+itself (mlhub.extras, reading the extra from mlhub's metadata) is tested here too, in this environment.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 from tests.client.conftest import WRITER, HubStack, running_stack
 
+from mlhub import extras
+from mlhub.errors import ExtraMissing
+
 ROOT = Path(__file__).resolve().parents[1]
 #: The modules of the `worker` extra (pyproject.toml), none of which the light install may hold.
 WORKER_MODULES = ("torch", "lightning", "pytorch_lightning", "onnx", "onnxruntime", "sklearn")
+
+
+def test_the_worker_extra_is_read_from_mlhubs_own_metadata() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["worker"]
+    names = [re.match(r"[A-Za-z0-9._-]+", requirement).group(0) for requirement in declared]  # type: ignore[union-attr]
+    assert sorted(extras.requirements(extras.WORKER)) == sorted(names) and "torch" in names
+    assert extras.missing(extras.WORKER) == []  # the repository's environment trains
+    extras.require(extras.WORKER, "mlhub worker")
+
+
+def test_a_missing_extra_is_named_with_its_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = metadata.distribution
+
+    def distribution(name: str) -> metadata.Distribution:
+        if name in {"torch", "onnx"}:
+            raise metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(metadata, "distribution", distribution)
+    with pytest.raises(ExtraMissing, match=r"^mlhub worker needs the 'worker' extra of mlhub, which is not installed "
+                                           r"\(missing: onnx, torch\): pip install 'mlhub\[worker\]'$"):
+        extras.require(extras.WORKER, "mlhub worker")
 
 
 def _env() -> dict[str, str]:
