@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export UV_PYTHON_DOWNLOADS=never
 command -v uv >/dev/null || { echo "uv is missing: python3 -m pip install uv" >&2; exit 2; }
-uv sync --locked
+uv sync --locked  # with the dev group, which holds mlhub[worker]: the suite trains (torch, lightning, ONNX)
 echo "== ruff"; uv run --locked ruff check src tests tools scripts
 echo "== mypy"; uv run --locked mypy
 # Two xdist workers, a test file each at a time (loadfile: a file's module fixtures stay in one process): most
