@@ -8,7 +8,7 @@ export UV_PYTHON_DOWNLOADS=never
 # in every worker, job process and CLI call of the suite. Python caches the bytecode here (the files are ignored).
 unset PYTHONDONTWRITEBYTECODE
 command -v uv >/dev/null || { echo "uv is missing: python3 -m pip install uv" >&2; exit 2; }
-uv sync --locked
+uv sync --locked  # with the dev group, which holds mlhub[worker]: the suite trains (torch, lightning, ONNX)
 echo "== ruff"; uv run --locked ruff check src tests tools scripts
 echo "== mypy"; uv run --locked mypy
 # Two xdist workers, a test file each at a time (loadfile: a file's module fixtures stay in one process): most

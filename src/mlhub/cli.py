@@ -228,9 +228,14 @@ def demo(data_dir: Path | None, port: int, workers: int, exit_after: bool) -> No
     """`mlhub up`, then train the example configs (digits-mlp, diabetes-regression) through the API, wait for
     them and print each run's status and best metrics and the URL; keep serving until Ctrl-C (--exit: stop
     after the summary). Exit status 0 only when every example run finished."""
+    from mlhub import extras
     from mlhub.commands.up import print_access, settings_for, stop_event
     from mlhub.demo import run_demo
 
+    try:
+        extras.require(extras.WORKER, "mlhub demo (its workers train the example configs)")
+    except MlhubError as e:
+        _fail(e)
     settings = settings_for(data_dir)
     stop = stop_event()
 

@@ -108,3 +108,10 @@ class BackupFailed(MlhubError):
     """The server could not take or restore a snapshot of the stream; nothing was left behind."""
 
     code = "BACKUP_FAILED"
+
+
+class ExtraMissing(MlhubError, ImportError):
+    """A command or class needs an optional extra of the mlhub distribution (`mlhub[worker]`) that is not
+    installed. An ImportError too, so `try: from mlhub.client import MLHubLogger except ImportError` works."""
+
+    code = "EXTRA_MISSING"

@@ -39,8 +39,9 @@ def free_port() -> int:
 class HubStack:
     """uvicorn (mlhub.api) and `mlhub projector` as subprocesses; the API can be killed and restarted."""
 
-    def __init__(self, tmp_path: Path, nats_url: str, **extra_env: str) -> None:
+    def __init__(self, tmp_path: Path, nats_url: str, python: str = sys.executable, **extra_env: str) -> None:
         self.tmp_path = tmp_path
+        self.python = python  # the interpreter (of a venv) the API and the projector run in
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tmp_path / "data"
@@ -61,7 +62,7 @@ class HubStack:
     def start_api(self, timeout_s: float = 90.0) -> None:
         """Start uvicorn and wait until /healthz answers."""
         self.api_starts += 1
-        self.api = self._spawn([sys.executable, "-m", "uvicorn", "--factory", "mlhub.api:create_app", "--host",
+        self.api = self._spawn([self.python, "-m", "uvicorn", "--factory", "mlhub.api:create_app", "--host",
                                 "127.0.0.1", "--port", str(self.port), "--log-level", "warning"], "api.log")
         wait_healthy(self.url, self.api, lambda: self.log("api.log"), timeout_s)
 
@@ -74,7 +75,7 @@ class HubStack:
 
     def start_projector(self) -> None:
         """`mlhub projector` in the background."""
-        self.projector = self._spawn([sys.executable, "-m", "mlhub.cli", "projector"], "projector.log")
+        self.projector = self._spawn([self.python, "-m", "mlhub.cli", "projector"], "projector.log")
 
     def stop(self) -> None:
         """Stop everything this stack started."""
@@ -156,13 +157,15 @@ class HubStack:
 
 
 @contextlib.contextmanager
-def running_stack(root: Path, nats_url: str | None = None, **env: str) -> Iterator[HubStack]:
-    """The API and the projectors (with `env` settings) over nats_url, or over a nats-server of their own."""
+def running_stack(root: Path, nats_url: str | None = None, python: str = sys.executable,
+                  **env: str) -> Iterator[HubStack]:
+    """The API and the projectors (with `env` settings, run by `python`) over nats_url, or over a nats-server of
+    their own."""
     server = None
     if nats_url is None:
         server = EmbeddedNats(root / "nats", sync="always")
         nats_url = server.start()
-    stack = HubStack(root, nats_url, **env)
+    stack = HubStack(root, nats_url, python, **env)
     try:
         stack.start_api()
         stack.start_projector()

@@ -12,14 +12,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlhub.client.run import Run
+from mlhub.errors import ExtraMissing
 from mlhub.events.keys import metric_value
 
 
 @functools.cache
 def sdk_logger_class() -> type[Any]:
     """The `MLHubLogger` class (a `lightning.pytorch.loggers.Logger` over an SDK Run), made on first use."""
-    from lightning.pytorch.loggers import Logger
-    from lightning.pytorch.utilities import rank_zero_only
+    try:
+        from lightning.pytorch.loggers import Logger
+        from lightning.pytorch.utilities import rank_zero_only
+    except ModuleNotFoundError as e:  # the light install (`pip install mlhub`) has no lightning
+        raise ExtraMissing(f"mlhub.client.MLHubLogger needs lightning, which is not installed ({e}): "
+                           "pip install 'mlhub[worker]' (or lightning alone)") from e
     from typing_extensions import override
 
     from mlhub.client.hub import Hub

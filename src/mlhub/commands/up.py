@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from mlhub import extras
 from mlhub.commands.common import fail, load_settings
 from mlhub.errors import MlhubError
 
@@ -73,6 +74,12 @@ def up(data_dir: Path | None, port: int, workers: int) -> None:
     """
     from mlhub.commands.hub import Hub
 
+    if workers:
+        try:
+            extras.require(extras.WORKER, f"mlhub up with {workers} worker(s)",
+                           "or `mlhub up --workers 0` for a hub without workers")
+        except MlhubError as e:
+            fail(e)
     settings = settings_for(data_dir)
     stop = stop_event()
     hub = Hub(settings, port=port, workers=workers, echo=lambda line: click.echo(line, err=True))

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from mlhub import extras
 from mlhub.commands.common import event_log_url, fail, load_settings, open_event_log
 from mlhub.errors import MlhubError
 
@@ -33,6 +34,10 @@ from mlhub.errors import MlhubError
               help="On Ctrl-C/SIGTERM finish the running job instead of giving it back.")
 def worker(pool: str, concurrency: int, ack_wait_s: float, max_deliver: int, finish_current: bool) -> None:
     """Run a worker of the --pool: train queued jobs until Ctrl-C or SIGTERM."""
+    try:
+        extras.require(extras.WORKER, "mlhub worker")
+    except MlhubError as e:
+        fail(e)
     if concurrency > 1:
         _run_children(concurrency, sys.argv[1:])
         return
