@@ -27,6 +27,7 @@ from mlhub.client.spool import Record, RunSpool
 from mlhub.client.system import SystemSample, SystemSampler
 from mlhub.client.values import Point, checked_position, metric_points, raise_problems, string_values
 from mlhub.errors import InvalidInput
+from mlhub.events import POINTS_PER_EVENT
 from mlhub.events.keys import check_step
 
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ log = logging.getLogger(__name__)
 
 Status = Literal["finished", "failed", "killed"]
 STATUSES: tuple[Status, ...] = ("finished", "failed", "killed")
-#: Points per batch: the API's POINTS_PER_EVENT, so that each batch (one series per key) becomes exactly one
-#: event, whose id (derived from the batch id) tells whether the batch is stored (see delivery.py).
-POINTS_PER_BATCH = 8_000
 ArtifactKind = Literal["checkpoint", "model", "onnx", "file"]
 
 
@@ -70,14 +68,16 @@ class Run(Sender):
     (mlhub.client.system) until the run finishes."""
 
     def __init__(self, hub: Hub, run_id: str, experiment_id: str, *, interval_s: float = 0.5,
-                 max_points: int = POINTS_PER_BATCH, retry_backoff_s: float = 0.5,
+                 max_points: int = POINTS_PER_EVENT, retry_backoff_s: float = 0.5,
                  finish_timeout_s: float = 60.0, heartbeat_s: float = 30.0, next_step: int = 0,
                  params: Mapping[str, str] | None = None, system_metrics_s: float = 0.0) -> None:
         self.hub = hub
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.interval_s = interval_s
-        self.max_points = max(1, min(max_points, POINTS_PER_BATCH))
+        # At most POINTS_PER_EVENT, so that each batch (one series per key) becomes exactly one event, whose id
+        # (derived from the batch id) tells whether the batch is stored (see delivery.py).
+        self.max_points = max(1, min(max_points, POINTS_PER_EVENT))
         self.retry_backoff_s = retry_backoff_s
         self.finish_timeout_s = finish_timeout_s
         self.heartbeat_s = heartbeat_s

@@ -21,6 +21,10 @@ from mlhub.events.keys import Key, MetricValue, Step, TimestampMs, as_floats
 #: Longest param value (MLflow's limit) and tag value (MLflow's limit), in characters.
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
+#: Metric points per run.metrics_logged event, for every producer that cuts batches into events (the tracking
+#: service for REST and SDK batches, the SDK's batcher, the worker's): ~45 bytes a point on the wire, so an
+#: event of 8,000 stays far under the event log's 1 MiB message limit.
+POINTS_PER_EVENT = 8_000
 #: Who ended a run by hand (a token's name, a user): recorded on the end event.
 Actor = Annotated[str, Field(min_length=1, max_length=200)]
 
