@@ -10,9 +10,9 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.client.tiny_fit import EXPECTED, fit_tiny
 
 from mlhub.client.lightning_logger import logger_class
 from mlhub.errors import InvalidMetric
@@ -110,46 +110,17 @@ async def test_logger_converts_values_and_keeps_step_and_epoch(event_log: EventL
 
 async def test_a_lightning_fit_through_the_worker_s_sink_stores_what_the_sdk_s_does(event_log: EventLog,
                                                                                     tmp_path: Path) -> None:
-    """The same tiny fit as tests/client/test_lightning_logger.py's SDK script, through the one MLHubLogger over
-    the worker's sink: the same points at the same steps and epochs (Lightning's global step; "epoch" is no
-    metric), each stored once in the event log."""
-    import lightning as L
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
+    """The tiny fit tests/client/test_lightning_logger.py runs through an SDK Run, through the one MLHubLogger
+    over the worker's sink: the same points at the same steps and epochs (tiny_fit.EXPECTED: Lightning's global
+    step; "epoch" is no metric), each stored once in the event log, the attempt's number on every batch."""
     loop = asyncio.get_running_loop()
 
     def send(envelopes: Sequence[Envelope]) -> None:
         asyncio.run_coroutine_threadsafe(event_log.append_many(envelopes), loop).result(30)
 
-    class Tiny(L.LightningModule):
-        def __init__(self, lr: float = 0.05, hidden: int = 4) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-            self.net = torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
-
-        def training_step(self, batch: Any, batch_idx: int) -> Any:
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def validation_step(self, batch: Any, batch_idx: int) -> None:
-            x, y = batch
-            self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=self.hparams["lr"])
-
     def fit() -> JobMetrics:
-        torch.manual_seed(0)
-        x = torch.randn(64, 3)
-        data = TensorDataset(x, x.sum(dim=1, keepdim=True))
         metrics = JobMetrics("run-fit", send, producer="test", interval_s=0.05, attempt=2)
-        trainer = L.Trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=2, log_every_n_steps=1,
-                            logger=logger_class()(metrics), accelerator="cpu", enable_progress_bar=False,
-                            enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
-        trainer.fit(Tiny(), DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+        fit_tiny(logger_class()(metrics), tmp_path)
         assert metrics.pending == 0, "finalize flushed"
         assert metrics.close(10)
         return metrics
@@ -157,22 +128,7 @@ async def test_a_lightning_fit_through_the_worker_s_sink_stores_what_the_sdk_s_d
     metrics = await asyncio.to_thread(fit)
     points = await stored_points(event_log, "run-fit")
     assert len(points) == metrics.points_logged == 12
-    assert sorted((p.step, p.epoch) for p in points if p.key == "train_loss") == [(s, s // 5) for s in range(10)]
-    assert sorted((p.step, p.epoch) for p in points if p.key == "val_loss") == [(4, 0), (9, 1)]
+    assert {key: sorted((p.step, p.epoch) for p in points if p.key == key)
+            for key in {p.key for p in points}} == EXPECTED
     agg = await event_log.read_aggregate("run", "run-fit")
     assert {r.envelope.event.attempt for r in agg.events if isinstance(r.envelope.event, MetricsLogged)} == {2}
-
-
-async def test_every_batch_says_the_attempt_of_its_sender(event_log: EventLog) -> None:
-    loop = asyncio.get_running_loop()
-
-    def send(envelopes: Sequence[Envelope]) -> None:
-        asyncio.run_coroutine_threadsafe(event_log.append_many(envelopes), loop).result(30)
-
-    sender = JobMetrics("run-attempt-3", send, producer="test", interval_s=0.01, max_points=10, attempt=3)
-    sender.add([MetricPoint("train/loss", 1.0 / (s + 1), s, 0, 1_700_000_000_000 + s) for s in range(25)])
-    assert await asyncio.to_thread(sender.close, 30)
-    agg = await event_log.read_aggregate("run", "run-attempt-3")
-    batches = [r.envelope.event for r in agg.events if isinstance(r.envelope.event, MetricsLogged)]
-    assert len(batches) == 3 and {b.attempt for b in batches} == {3}
-    assert sum(b.num_points for b in batches) == 25

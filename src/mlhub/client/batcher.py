@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from mlhub.client.errors import RunClosed
@@ -35,6 +35,18 @@ from mlhub.events.keys import check_step
 log = logging.getLogger(__name__)
 
 MAX_RETRY_S = 5.0
+
+
+def wait_until(cond: threading.Condition, done: Callable[[], bool], deadline: float, *,
+               give_up: Callable[[], bool]) -> bool:
+    """Wait on `cond` (held by the caller) until done() (True), or until `deadline` (time.monotonic()) passes or
+    give_up() says it cannot come (False); wakes at least every 0.1 s to look."""
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0 or give_up():
+            return False
+        cond.wait(min(left, 0.1))
+    return True
 
 
 class BatchSink(Protocol):
@@ -119,11 +131,9 @@ class PointBatcher:
             self._flush_waiters += 1
             self._cond.notify_all()
             try:
-                while self._acked < target:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._thread.is_alive():
-                        return False
-                    self._cond.wait(min(left, 0.1))
+                if not wait_until(self._cond, lambda: self._acked >= target, deadline,
+                                  give_up=lambda: not self._thread.is_alive()):
+                    return False
             finally:
                 self._flush_waiters -= 1
         return self.dropped == 0

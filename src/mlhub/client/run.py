@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlhub.client.batcher import PointBatcher
+from mlhub.client.batcher import PointBatcher, wait_until
 from mlhub.client.delivery import Rejection, deliver
 from mlhub.client.errors import HubAuthError, HubUnavailable, RunClosed
 from mlhub.client.sender import RecordSink, Sender
@@ -238,18 +238,11 @@ class Run(Sender):
         self.batcher.flush(timeout_s)  # every point buffered so far is a record now
         with self._cond:
             target = self._queued
-            self._flushing += 1
-            self._cond.notify_all()
-            try:
-                while self._ended < target:
-                    left = deadline - time.monotonic()
-                    # A refused token: return once what was logged is in the spool (fsync'd), not before.
-                    if left <= 0 or not self._thread.is_alive() or (self.auth_error and self._degraded
-                                                                    and not self._outbox):
-                        return False
-                    self._cond.wait(min(left, 0.1))
-            finally:
-                self._flushing -= 1
+            # A refused token: return once what was logged is in the spool (fsync'd), not before.
+            if not wait_until(self._cond, lambda: self._ended >= target, deadline,
+                              give_up=lambda: not self._thread.is_alive() or bool(
+                                  self.auth_error and self._degraded and not self._outbox)):
+                return False
             return not self.rejected and self.auth_error is None
 
     def finish(self, status: Status = "finished", *, error_type: str | None = None, error: str | None = None,

@@ -39,6 +39,7 @@ from mlhub.client.errors import HubAuthError, HubRequestError, HubUnavailable
 from mlhub.client.spool import Record, RunSpool
 from mlhub.client.transport import metric_values
 from mlhub.client.values import Point
+from mlhub.events.run import point_columns
 
 if TYPE_CHECKING:
     from mlhub.client.hub import Hub
@@ -79,7 +80,6 @@ class Sender:
         self._delay = self.retry_backoff_s
         self._last_contact = time.monotonic()
         self._heartbeats = self.heartbeat_s > 0
-        self._flushing = 0
         self._closing = False  # no more logging; exit once everything is delivered
         self._abandon = False  # exit now; what is left goes to the spool
 
@@ -96,15 +96,8 @@ class Sender:
         """Turn the batcher's batches into batch records (columnar, one series per key), in order."""
         with self._cond:
             for points in batches:
-                columns: dict[str, tuple[list[float], list[int], list[int], list[int]]] = {}
-                for key, value, step, epoch, ts in points:
-                    col = columns.setdefault(key, ([], [], [], []))
-                    col[0].append(value)
-                    col[1].append(step)
-                    col[2].append(epoch)
-                    col[3].append(ts)
                 metrics = [{"key": k, "values": metric_values(v), "steps": s, "epochs": e, "timestamps": t}
-                           for k, (v, s, e, t) in columns.items()]
+                           for k, (v, s, e, t) in point_columns(points).items()]
                 self._enqueue_locked({"metrics": metrics})
 
     # -- outcomes -------------------------------------------------------------------------------------------

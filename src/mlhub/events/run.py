@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -229,6 +229,20 @@ class MetricPoint(NamedTuple):
     timestamp: int
 
 
+def point_columns(points: Iterable[tuple[str, float, int, int, int]]
+                  ) -> dict[str, tuple[list[float], list[int], list[int], list[int]]]:
+    """Points (key, value, step, epoch, timestamp) in any key order as columns per key, in first-seen key order
+    (the order within a key is kept): the columnar form of a metric batch, in an event or on the wire."""
+    columns: dict[str, tuple[list[float], list[int], list[int], list[int]]] = {}
+    for key, value, step, epoch, timestamp in points:
+        col = columns.setdefault(key, ([], [], [], []))
+        col[0].append(value)
+        col[1].append(step)
+        col[2].append(epoch)
+        col[3].append(timestamp)
+    return columns
+
+
 class MetricSeries(BaseModel):
     """Points of one metric key in columnar form (the four columns have one length). Values are strict numbers
     (or "NaN"/"Infinity"/"-Infinity", turned into floats); steps and epochs 0..2**63-1; timestamps in ms
@@ -282,22 +296,15 @@ class MetricsLogged(RunEvent):
         return series
 
     @classmethod
-    def from_points(cls, run_id: str, points: list[MetricPoint] | list[tuple[str, float, int, int, int]],
+    def from_points(cls, run_id: str, points: Sequence[MetricPoint] | Sequence[tuple[str, float, int, int, int]],
                     attempt: int = 1) -> Self:
         """Build a batch from points in any key order (the order within a key is kept)."""
-        columns: dict[str, tuple[list[float], list[int], list[int], list[int]]] = {}
-        for key, value, step, epoch, timestamp in points:
-            col = columns.setdefault(key, ([], [], [], []))
-            col[0].append(value)
-            col[1].append(step)
-            col[2].append(epoch)
-            col[3].append(timestamp)
         return cls(
             run_id=run_id,
             attempt=attempt,
             series=tuple(
                 MetricSeries(key=k, values=tuple(v), steps=tuple(s), epochs=tuple(e), timestamps=tuple(t))
-                for k, (v, s, e, t) in columns.items()
+                for k, (v, s, e, t) in point_columns(points).items()
             ),
         )
 
