@@ -227,3 +227,25 @@ assert not attempts and not heavy
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=root)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ATTEMPTS [] LOADED []" in result.stdout
+
+
+def test_a_client_command_with_no_hub_at_the_url_says_hub_unavailable(tmp_path: Path) -> None:
+    """The CLI's HubClient is the SDK's Transport: no hub at MLHUB_URL is the SDK's HubUnavailable, printed as
+    error [HUB_UNAVAILABLE] with the URL and what to do; an error the hub answered with keeps the hub's code."""
+    import socket
+
+    from mlhub.client.errors import HubAuthError, HubRequestError, HubUnavailable
+    from mlhub.commands.common import error_code
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_")}
+    env.update(MLHUB_DATA_DIR=str(tmp_path), MLHUB_URL=f"http://127.0.0.1:{port}", MLHUB_TOKEN="t")
+    result = subprocess.run([*MLHUB, "runs"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("error [HUB_UNAVAILABLE]: cannot reach the hub at ")
+    assert f"127.0.0.1:{port}" in result.stderr and "mlhub up" in result.stderr
+    assert error_code(HubRequestError("m", status=404, api_code="RUN_NOT_FOUND")) == "RUN_NOT_FOUND"
+    assert error_code(HubAuthError("m", status=401, api_code="UNAUTHENTICATED")) == "UNAUTHENTICATED"
+    assert error_code(HubUnavailable("m", status=503, api_code="EVENT_LOG_UNAVAILABLE")) == "EVENT_LOG_UNAVAILABLE"
+    assert error_code(HubUnavailable("m")) == "HUB_UNAVAILABLE"

@@ -120,7 +120,7 @@ def test_no_import_crosses_a_boundary() -> None:
         ("worker", "import lightning\n", "at module level"),
         ("metricdefs", "from mlhub.projections import SqlProjector", "metricdefs may not import"),
         ("client", "from mlhub.eventlog import EventLog", "client may not import mlhub.eventlog"),
-        ("client", "from mlhub.worker.metrics import MetricSender", "client may not import mlhub.worker"),
+        ("client", "from mlhub.worker.metrics import JobMetrics", "client may not import mlhub.worker"),
         ("client", "import lightning\n", "at module level"),
     ],
 )

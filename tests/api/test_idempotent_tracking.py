@@ -8,8 +8,7 @@ import uuid
 
 from tests.api.conftest import WRITER, Api, auth, create_run
 
-from mlhub.events import MetricsLogged
-from mlhub.tracking import POINTS_PER_EVENT
+from mlhub.events import POINTS_PER_EVENT, MetricsLogged
 
 
 async def _metric_events(api: Api, run_id: str) -> list[MetricsLogged]:

@@ -116,7 +116,7 @@ def test_the_local_hub_token_is_found_and_bad_tokens_and_urls_are_named(hub: Run
     # Another URL than the hub's: the file's token is not sent.
     other_port = free_port()
     unreachable = mlhub(["runs"], hub_env(hub.data_dir, MLHUB_URL=f"http://127.0.0.1:{other_port}"))
-    assert unreachable.returncode == 1 and "error [HUB_UNREACHABLE]" in unreachable.stderr
+    assert unreachable.returncode == 1 and "error [HUB_UNAVAILABLE]" in unreachable.stderr
     assert f"127.0.0.1:{other_port}" in unreachable.stderr and "mlhub up" in unreachable.stderr
     wrong = mlhub(["runs"], hub_env(tmp_path / "x", MLHUB_URL=hub.url, MLHUB_TOKEN="not-the-token"))
     assert wrong.returncode == 1 and "error [UNAUTHENTICATED]" in wrong.stderr

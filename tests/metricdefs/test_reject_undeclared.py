@@ -14,7 +14,7 @@ from mlhub.events import MetricPoint, MetricsLogged, RunFailed, RunFinished
 from mlhub.metricdefs import SchemaFiles, apply_definitions
 from mlhub.scheduler import load_config, submit
 from mlhub.settings import Settings
-from mlhub.worker.metrics import MetricSender, UndeclaredMetric
+from mlhub.worker.metrics import JobMetrics, UndeclaredMetric
 
 
 def logged_keys(events: list[object]) -> set[str]:
@@ -68,7 +68,7 @@ def test_the_setting_reads_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 
 def test_the_sender_refuses_a_batch_with_any_undeclared_key_whole() -> None:
     sent: list[object] = []
-    sender = MetricSender("r", sent.extend, producer="test", declared={"val_acc"}, interval_s=0.01)
+    sender = JobMetrics("r", sent.extend, producer="test", declared={"val_acc"}, interval_s=0.01)
     try:
         with pytest.raises(UndeclaredMetric, match="'custom'") as caught:
             sender.add([MetricPoint("val_acc", 0.5, 0, 0, 1), MetricPoint("custom", 1.0, 0, 0, 1)])

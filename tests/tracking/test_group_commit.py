@@ -82,8 +82,7 @@ async def test_metric_batches_of_two_processes_on_one_run_do_not_refuse_each_oth
     """Metric-only batches of five or more events are guarded by the run's lifecycle subjects, not its version:
     two writers' batches go through side by side; an end, or a new attempt, by another writer still refuses a
     batch decided on the older state (and the batch is then decided again)."""
-    from mlhub.events import Envelope, RunStarted
-    from mlhub.tracking.limits import POINTS_PER_EVENT
+    from mlhub.events import POINTS_PER_EVENT, Envelope, RunStarted
 
     first, second = TrackingService(event_log, producer="a"), TrackingService(event_log, producer="b")
     run = await first.create_run("two")

@@ -26,7 +26,7 @@ from mlhub.events import (
     RunFinished,
 )
 from mlhub.scheduler import SubmitResult, load_config, submit
-from mlhub.worker import metric_points
+from mlhub.worker.metrics import JobMetrics
 from mlhub.worker.provenance import code_version, flatten_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,17 +42,24 @@ async def submit_wine(event_log: EventLog, *overrides: str) -> SubmitResult:
 # -- keys and values -------------------------------------------------------------------------------------------
 
 def test_metric_points_take_any_valid_key_and_refuse_bad_ones_naming_them() -> None:
-    points = metric_points({"train/loss": 0.5, "val/acc@top1": 1, "δ loss": float("nan")}, 3, 1, 1_700_000_000_000)
-    assert [(p.key, p.step, p.epoch) for p in points] == [("train/loss", 3, 1), ("val/acc@top1", 3, 1),
-                                                          ("δ loss", 3, 1)]
-    assert points[1].value == 1.0 and isinstance(points[1].value, float) and math.isnan(points[2].value)
-    for metrics, named in (({"val/../acc": 1.0}, "'val/../acc'"), ({"/abs": 1.0}, "'/abs'"),
+    sent: list[Envelope] = []
+    metrics = JobMetrics("r", sent.extend, producer="test", interval_s=0.01)
+    try:
+        points = metrics.log_metrics({"train/loss": 0.5, "val/acc@top1": 1, "δ loss": float("nan")}, 3, epoch=1,
+                                     timestamp_ms=1_700_000_000_000)
+        assert [(key, step, epoch) for key, _, step, epoch, _ in points] == [
+            ("train/loss", 3, 1), ("val/acc@top1", 3, 1), ("δ loss", 3, 1)]
+        assert points[1][1] == 1.0 and isinstance(points[1][1], float) and math.isnan(points[2][1])
+        for bad, named in (({"val/../acc": 1.0}, "'val/../acc'"), ({"/abs": 1.0}, "'/abs'"),
                            ({"tab\tkey": 1.0}, "'tab\\tkey'"), ({"ok": True}, "bool"), ({"ok": "0.5"}, "'0.5'")):
-        with pytest.raises(InvalidMetric, match=re.escape(named)) as caught:
-            metric_points(metrics, 0, 0)
-        assert caught.value.code == "INVALID_METRIC"
-    with pytest.raises(InvalidMetric, match="step"):
-        metric_points({"loss": 1.0}, -1, 0)
+            with pytest.raises(InvalidMetric, match=re.escape(named)) as caught:
+                metrics.log_metrics(bad, 0)
+            assert caught.value.code == "INVALID_METRIC"
+        with pytest.raises(InvalidMetric, match="step"):
+            metrics.log_metrics({"loss": 1.0}, -1)
+    finally:
+        assert metrics.close(5)
+    assert sum(e.event.num_points for e in sent) == 3  # type: ignore[attr-defined]
 
 
 def test_flattened_params_are_strings_as_given_or_json_never_python_repr() -> None:

@@ -53,12 +53,11 @@ from typing import Any
 import sqlalchemy as sa
 import uvloop
 
-from mlhub.client.run import POINTS_PER_BATCH
 from mlhub.eventlog import EmbeddedNats, EventLog
 from mlhub.eventlog.auth import credentials_file, embedded_credentials, server_authorization
 from mlhub.eventlog.server import answers_info, cluster_node_config, nats_server_binary, node_stream_state
 from mlhub.eventlog.stream import STREAM_NAME
-from mlhub.events import Envelope, aggregate_subject_filter
+from mlhub.events import POINTS_PER_EVENT, Envelope, aggregate_subject_filter
 from mlhub.projections import build_projectors
 from mlhub.readmodel import create_engine, migrate
 from mlhub.readmodel.testing import postgres_test_url
@@ -215,7 +214,7 @@ async def ingest(target: Target, appenders: int, events: int, connections: int =
     try:
         writers = [await Appender.create(logs[i % connections], f"ingest-{i}") for i in range(appenders)]
         per = max(1, events // appenders)
-        todo = [[w.next_event(POINTS_PER_BATCH) for _ in range(per)] for w in writers]
+        todo = [[w.next_event(POINTS_PER_EVENT) for _ in range(per)] for w in writers]
 
         async def run(w: Appender, batch: list[tuple[Envelope, bytes]]) -> None:
             for envelope, data in batch:
@@ -225,7 +224,7 @@ async def ingest(target: Target, appenders: int, events: int, connections: int =
         await asyncio.gather(*(run(w, b) for w, b in zip(writers, todo, strict=True)))
         elapsed = time.perf_counter() - start
         latencies = [end - begin for w in writers for begin, end in w.times]
-        return {"points_s": per * appenders * POINTS_PER_BATCH / elapsed, "events_s": per * appenders / elapsed,
+        return {"points_s": per * appenders * POINTS_PER_EVENT / elapsed, "events_s": per * appenders / elapsed,
                 "load_p50_ms": percentile(latencies, 0.5) * 1000, "load_p99_ms": percentile(latencies, 0.99) * 1000}
     finally:
         for log in logs:
@@ -280,7 +279,7 @@ async def failover(target: Target, downtime_s: float) -> dict[str, float]:
 
         async def run(w: Appender) -> None:
             while not stop.is_set():
-                await w.append(*w.next_event(POINTS_PER_BATCH))
+                await w.append(*w.next_event(POINTS_PER_EVENT))
 
         tasks = [asyncio.create_task(run(w)) for w in writers]
         await asyncio.sleep(1.0)
@@ -374,10 +373,10 @@ async def projector_failover(target: Target, tmp: Path) -> dict[str, float]:
             active = next(n for n in procs if n != waiting)
             async with target.log("api") as log:
                 w = await Appender.create(log, "projector")
-                seq = await w.append(*w.next_event(POINTS_PER_BATCH))
+                seq = await w.append(*w.next_event(POINTS_PER_EVENT))
                 await wait_until(f"{active} applying", lambda: all(v >= seq for v in (positions() or {"": 0}).values()),
                                  every_s=0.1)
-                envelope, data = w.next_event(POINTS_PER_BATCH)
+                envelope, data = w.next_event(POINTS_PER_EVENT)
                 killed_at = time.monotonic()
                 procs[active].send_signal(signal.SIGKILL)
                 procs[active].wait()

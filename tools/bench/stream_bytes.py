@@ -24,7 +24,7 @@ from mlhub.events import Envelope, MetricSeries, MetricsLogged
 
 #: (points per event, keys per event, what produces events of that shape)
 SHAPES = [
-    (1000, 4, "a worker's batches (MAX_POINTS_PER_EVENT) or a busy SDK script"),
+    (1000, 4, "a busy worker or SDK script (batches of up to POINTS_PER_EVENT)"),
     (100, 4, "an SDK script logging ~200 points/s (one batch per 0.5 s)"),
     (10, 5, "a slow script: 5 keys, 2 steps per batch"),
     (1, 1, "one point per event (the worst case)"),

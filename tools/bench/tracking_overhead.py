@@ -6,15 +6,15 @@ worker turns them into Trainer arguments), trained for `--steps` steps with the 
 itself logs per epoch only), so every N-th step hands a point to the logger. Variants, each run `--rounds`
 times, interleaved with the order rotated per round, same seed every time:
 
-  (a) no logger (baseline)   (b) Lightning's CSVLogger   (c) MLHubLogger -> MetricSender -> a real embedded
+  (a) no logger (baseline)   (b) Lightning's CSVLogger   (c) MLHubLogger -> JobMetrics -> a real embedded
   nats-server (fsync always, mlhub's default), sending through an asyncio loop thread as the worker does
   (system metrics off)   (d) the same with system metrics on, sampled every `--system-interval` seconds (1 s:
   fifteen times the default, to make any cost visible). (d) is reported against (c), target within 1%.
   `--system-sampler` says where (d) samples from:
     thread  (default) the SDK's way: a SystemSampler thread in this (the training) process, into the same
-            MetricSender as the training metrics, so it shares the process and its GIL with training;
+            JobMetrics as the training metrics, so it shares the process and its GIL with training;
     worker  the worker's way: another process runs mlhub.worker.jobsystem.JobSystemMetrics on this process's
-            pid, with an event-log connection and MetricSender of its own (as the worker does for a job's
+            pid, with an event-log connection and JobMetrics of its own (as the worker does for a job's
             process), so training pays only for the CPU it takes on the machine.
 
 Only the fit loop is timed (a callback's on_train_start..on_train_end): imports, data and Trainer setup, and the
@@ -46,12 +46,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from mlhub.client.lightning_logger import logger_class
 from mlhub.client.system import SystemSample, SystemSampler
 from mlhub.eventlog import EmbeddedNats, EventLog
-from mlhub.events import MetricPoint, MetricsLogged
+from mlhub.events import MetricsLogged
 from mlhub.plugins import load_plugin
 from mlhub.scheduler import load_config
-from mlhub.worker import MetricSender, mlhub_logger_class
+from mlhub.worker import JobMetrics
 from mlhub.worker.jobsystem import JobSystemMetrics
 from mlhub.worker.training import trainer_kwargs
 
@@ -74,7 +75,7 @@ def cpu_s(stat_path: str) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def background_cpu(sender: MetricSender, loop: LoopThread, server: EmbeddedNats) -> list[float | None]:
+def background_cpu(sender: JobMetrics, loop: LoopThread, server: EmbeddedNats) -> list[float | None]:
     """CPU seconds so far of the sender thread, the event log's loop thread and the nats-server process."""
     pid = server.process.pid if server.process is not None else 0
     return [cpu_s(f"/proc/self/task/{sender._thread.native_id}/stat"),
@@ -82,11 +83,11 @@ def background_cpu(sender: MetricSender, loop: LoopThread, server: EmbeddedNats)
 
 
 class InProcessSystem:
-    """System metrics the SDK's way: a sampler thread in this process into the run's own MetricSender."""
+    """System metrics the SDK's way: a sampler thread in this process into the run's own JobMetrics."""
 
-    def __init__(self, sender: MetricSender, interval_s: float) -> None:
+    def __init__(self, sender: JobMetrics, interval_s: float) -> None:
         def sink(sample: SystemSample) -> None:
-            sender.add([MetricPoint(k, v, sample.step, 0, sample.timestamp_ms) for k, v in sample.values.items()])
+            sender.add([(k, v, sample.step, 0, sample.timestamp_ms) for k, v in sample.values.items()])
 
         self.sampler = SystemSampler(sink, interval_s, name=sender.run_id).start()
 
@@ -230,7 +231,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant (interleaved)")
     parser.add_argument("--log-every-n-steps", type=int, default=None, metavar="N",
                         help="Lightning's log_every_n_steps (default: the config's, 10; 1: every step, the worst case)")
-    parser.add_argument("--interval", type=float, default=0.5, help="MetricSender interval_s (worker default 0.5)")
+    parser.add_argument("--interval", type=float, default=0.5, help="JobMetrics interval_s (worker default 0.5)")
     parser.add_argument("--system-interval", type=float, default=1.0, metavar="S",
                         help=f"seconds between system-metric samples of the {SYSTEM!r} variant (default 1; "
                              "MLHUB_SYSTEM_METRICS_S defaults to 15)")
@@ -247,7 +248,7 @@ def main() -> None:
 
     config = load_config(CONFIG).config.model_dump(mode="json")
     every = args.log_every_n_steps or int(config["trainer"]["log_every_n_steps"])
-    mlhub_logger = mlhub_logger_class()
+    mlhub_logger = logger_class()
     rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     finalize_s: dict[str, list[float]] = {v: [] for v in VARIANTS}
     runs: list[tuple[str, int]] = []  # MLHubLogger runs: (run_id, points the logger and the sampler were given)
@@ -274,13 +275,13 @@ def main() -> None:
                     return CSVLogger(str(tmp / "csv"), name=run)
 
                 def mlhub(run: str) -> Any:
-                    sender = MetricSender(run, send, producer="bench", interval_s=args.interval)
+                    sender = JobMetrics(run, send, producer="bench", interval_s=args.interval)
                     return mlhub_logger(sender)
 
                 def mlhub_system(run: str) -> Any:
                     logger = mlhub(run)
                     assert server.url is not None
-                    samplers[run] = (InProcessSystem(logger.sender, args.system_interval)
+                    samplers[run] = (InProcessSystem(logger.run, args.system_interval)
                                      if args.system_sampler == "thread"
                                      else WorkerSideSystem(server.url, run, args.system_interval))
                     return logger
@@ -295,7 +296,7 @@ def main() -> None:
                     for variant in order:
                         run_id = f"bench-{uuid.uuid4().hex[:12]}"
                         logger = makers[variant](run_id)
-                        cpu_before = background_cpu(logger.sender, loop, server) if variant in MLHUB_VARIANTS else []
+                        cpu_before = background_cpu(logger.run, loop, server) if variant in MLHUB_VARIANTS else []
                         steps, fit_s, fin_s = fit_once(config, args.steps, logger, tmp / run_id, every)
                         assert steps == args.steps, (variant, steps)
                         rates[variant].append(steps / fit_s)
@@ -310,15 +311,15 @@ def main() -> None:
                                 if used_s is not None:
                                     system_cpu.append(used_s / fit_s)
                             used = [None if a is None or b is None else b - a
-                                    for a, b in zip(cpu_before, background_cpu(logger.sender, loop, server),
+                                    for a, b in zip(cpu_before, background_cpu(logger.run, loop, server),
                                                     strict=True)]
                             if variant == "MLHubLogger":
                                 background.append(used)
-                            delivered = logger.sender.close()
-                            given = logger.points_logged + system_points
+                            delivered = logger.run.close()
+                            given = logger.run.points_logged + system_points
                             runs.append((run_id, given))
-                            extra = (f"  points {given:,}, events {logger.sender.events_sent}, "
-                                     f"failures {logger.sender.failures}, delivered {delivered}"
+                            extra = (f"  points {given:,}, events {logger.run.batches_sent}, "
+                                     f"failures {logger.run.failures}, delivered {delivered}"
                                      + (f", system samples {system_samples[-1]}" if sampler is not None else ""))
                         print(f"  round {r + 1} {variant:<18} {steps / fit_s:>8,.1f} steps/s  "
                               f"(fit loop {fit_s:.2f}s, after on_train_end {fin_s * 1000:.0f} ms){extra}")
@@ -366,10 +367,10 @@ def main() -> None:
 
                 print("\n== where MLHubLogger's time goes")
                 # A sender that sends nothing until close: the training thread's own cost, no GIL contention.
-                probe = mlhub_logger(MetricSender(f"bench-probe-{uuid.uuid4().hex[:8]}", send, producer="bench",
+                probe = mlhub_logger(JobMetrics(f"bench-probe-{uuid.uuid4().hex[:8]}", send, producer="bench",
                                                   interval_s=3600, max_points=10**9))
                 cost = log_metrics_cost_us(probe)
-                probe.sender.close()
+                probe.run.close()
                 step_us = 1e6 / base
                 print(f"  training thread: log_metrics {cost:.1f} us/call, one call per {every} step(s) = "
                       f"{cost / every / step_us * 100:.3f}% of a baseline step ({step_us:,.0f} us)")

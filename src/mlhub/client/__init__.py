@@ -9,7 +9,8 @@
         run.log_artifact("model.onnx")
 
 The SDK talks HTTP only (httpx): it imports no event log, read model or worker code, and no torch or
-lightning until `MLHubLogger` is first used (`mlhub.client.MLHubLogger` is made on first access).
+lightning until `MLHubLogger` is first used (`mlhub.client.MLHubLogger` is made on first access). The worker
+uses the same logger and batcher (lightning_logger.py, batcher.py) with an event-log sink of its own.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """`MLHubLogger` is made on first access (it subclasses Lightning's Logger); any other name is an error."""
     if name == "MLHubLogger":
-        from mlhub.client.lightning_logger import sdk_logger_class
+        from mlhub.client.lightning_logger import logger_class
 
-        return sdk_logger_class()
+        return logger_class()
     raise AttributeError(f"module 'mlhub.client' has no attribute {name!r}")

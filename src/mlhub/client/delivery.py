@@ -204,7 +204,7 @@ def resend_folder(transport: Transport, folder: Path, *, deadline_s: float, stop
 def record_event_id(record: Record) -> str | None:
     """The id of the first event the API appends for a record (mlhub.events.ids, the derivation the tracking
     service uses): a batch's first metric event (else its first params, else tags event), an upload's event.
-    An SDK batch holds at most POINTS_PER_BATCH points, one series per key, and its params or tags apart, so
+    An SDK batch holds at most POINTS_PER_EVENT points, one series per key, and its params or tags apart, so
     the API makes one event of it. A finish has none (a repeated finish is recognized by its 409 answer)."""
     if record.get("op") == "batch":
         body = record.get("body") or {}

@@ -12,13 +12,15 @@ __all__ = ["HubAuthError", "HubRequestError", "HubUnavailable", "InvalidMetric",
 class HubUnavailable(MlhubError):
     """The hub did not answer (connection refused, timeout) or answered 5xx/408/429: worth retrying.
 
-    `status` is the HTTP status when the hub answered, None when it did not."""
+    `status` is the HTTP status when the hub answered, None when it did not; `api_code` the code of its answer
+    (e.g. EVENT_LOG_UNAVAILABLE), None when it did not answer."""
 
     code = "HUB_UNAVAILABLE"
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, api_code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.api_code = api_code
 
 
 class HubAuthError(MlhubError):

@@ -1,4 +1,5 @@
-"""A tracked run of a user script: `log_metrics` checks and buffers; a background thread sends (sender.py).
+"""A tracked run of a user script: `log_metrics` checks and buffers (the one PointBatcher, batcher.py); a
+background thread sends what the batcher cuts, with the run's params, tags, uploads and finish (sender.py).
 
 Every call checks its keys and values with `mlhub.events.keys` (values.py) and queues the valid ones before it
 raises `InvalidMetric` for the bad ones, so one bad key never costs another key its points. What the hub
@@ -20,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from mlhub.client.batcher import PointBatcher, wait_until
 from mlhub.client.delivery import Rejection, deliver
 from mlhub.client.errors import HubAuthError, HubUnavailable, RunClosed
-from mlhub.client.sender import Sender
+from mlhub.client.sender import RecordSink, Sender
 from mlhub.client.spool import Record, RunSpool
 from mlhub.client.system import SystemSample, SystemSampler
-from mlhub.client.values import Point, checked_position, metric_points, raise_problems, string_values
+from mlhub.client.values import metric_points, raise_problems, string_values
 from mlhub.errors import InvalidInput
-from mlhub.events.keys import check_step
+from mlhub.events import POINTS_PER_EVENT
 
 if TYPE_CHECKING:
     from mlhub.client.hub import Hub
@@ -36,9 +38,6 @@ log = logging.getLogger(__name__)
 
 Status = Literal["finished", "failed", "killed"]
 STATUSES: tuple[Status, ...] = ("finished", "failed", "killed")
-#: Points per batch: the API's POINTS_PER_EVENT, so that each batch (one series per key) becomes exactly one
-#: event, whose id (derived from the batch id) tells whether the batch is stored (see delivery.py).
-POINTS_PER_BATCH = 8_000
 ArtifactKind = Literal["checkpoint", "model", "onnx", "file"]
 
 
@@ -70,14 +69,13 @@ class Run(Sender):
     (mlhub.client.system) until the run finishes."""
 
     def __init__(self, hub: Hub, run_id: str, experiment_id: str, *, interval_s: float = 0.5,
-                 max_points: int = POINTS_PER_BATCH, retry_backoff_s: float = 0.5,
+                 max_points: int = POINTS_PER_EVENT, retry_backoff_s: float = 0.5,
                  finish_timeout_s: float = 60.0, heartbeat_s: float = 30.0, next_step: int = 0,
                  params: Mapping[str, str] | None = None, system_metrics_s: float = 0.0) -> None:
         self.hub = hub
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.interval_s = interval_s
-        self.max_points = max(1, min(max_points, POINTS_PER_BATCH))
         self.retry_backoff_s = retry_backoff_s
         self.finish_timeout_s = finish_timeout_s
         self.heartbeat_s = heartbeat_s
@@ -90,22 +88,23 @@ class Run(Sender):
         self.auth_error: HubAuthError | None = None
         #: The hub said the run had ended (someone else ended it, or the reaper crashed it).
         self.ended_remotely = False
-        self.points_logged = 0
         self.points_delivered = 0
         self.records_spilled = 0
         self.send_failures = 0
         self.heartbeats_sent = 0
         self.status: Status | None = None
         self._cond = threading.Condition()
-        self._points: list[Point] = []
         self._outbox: deque[Record] = deque()
         self._queued = 0  # records made so far
         self._ended = 0  # records delivered or rejected (in order)
-        self._next_step = next_step  # the step of the next call without one
         self._params: dict[str, str] = dict(params or {})  # what this Run logged: a param keeps its value
         self._init_sender()
         self._thread = threading.Thread(target=self._loop, name=f"mlhub-run-{run_id[:8]}", daemon=True)
         self._thread.start()
+        # Each batch (at most POINTS_PER_EVENT points, one series per key) becomes exactly one event, whose id
+        # (derived from the record's id) tells whether the batch is stored (see delivery.py).
+        self.batcher = PointBatcher(run_id, RecordSink(self), interval_s=interval_s,
+                                    max_points=min(max_points, POINTS_PER_EVENT), next_step=next_step)
         self.system_sampler = SystemSampler(self._log_system, system_metrics_s, name=run_id).start()
 
     def __repr__(self) -> str:
@@ -134,19 +133,8 @@ class Run(Sender):
         Values are numbers (or 0-d tensors / numpy scalars); NaN and infinities are kept; bools and numeric
         strings are refused. A bad key or value raises InvalidMetric naming it, after the call's valid keys
         were buffered."""
-        step_n, epoch_n, ts = checked_position(step, epoch, timestamp_ms)
-        stamp = int(time.time() * 1000) if ts is None else ts
-        with self._cond:
-            self._check_open()
-            chosen = check_step(self._next_step, "the next automatic step") if step_n is None else step_n
-            points, problems = metric_points(metrics, chosen, epoch_n, stamp)
-            if points:
-                self._points.extend(points)
-                self.points_logged += len(points)
-                self._next_step = max(self._next_step, chosen + 1)
-                if len(self._points) >= self.max_points:
-                    self._cond.notify_all()
-        raise_problems(problems, len(points), self.run_id)
+        self._check_open()
+        self.batcher.log_metrics(metrics, step, epoch=epoch, timestamp_ms=timestamp_ms)
 
     def log_metric(self, key: str, value: Any, step: int | None = None, *, epoch: int | None = None,
                    timestamp_ms: int | None = None) -> None:
@@ -156,12 +144,13 @@ class Run(Sender):
     def _log_system(self, sample: SystemSample) -> None:
         """The system sampler's sink: buffer its points at the sample's time step; the automatic step of
         log_metrics is not moved. Nothing once the run is finished or ended elsewhere."""
-        with self._cond:
-            if self.status is not None or self.ended_remotely:
-                return
-            points, problems = metric_points(sample.values, sample.step, 0, sample.timestamp_ms)
-            self._points.extend(points)
-            self.points_logged += len(points)
+        if self.status is not None or self.ended_remotely:
+            return
+        points, problems = metric_points(sample.values, sample.step, 0, sample.timestamp_ms)
+        try:
+            self.batcher.add(points)
+        except RunClosed:  # the run finished meanwhile: its last sample was taken before the finish
+            return
         raise_problems(problems, len(points), self.run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -246,21 +235,14 @@ class Run(Sender):
         the token (`auth_error`; as soon as everything logged is in the spool on disk), or when the hub refused
         anything of this run (`rejected`)."""
         deadline = time.monotonic() + timeout_s
+        self.batcher.flush(timeout_s)  # every point buffered so far is a record now
         with self._cond:
-            self._cut_locked()
             target = self._queued
-            self._flushing += 1
-            self._cond.notify_all()
-            try:
-                while self._ended < target:
-                    left = deadline - time.monotonic()
-                    # A refused token: return once what was logged is in the spool (fsync'd), not before.
-                    if left <= 0 or not self._thread.is_alive() or (self.auth_error and self._degraded
-                                                                    and not self._outbox):
-                        return False
-                    self._cond.wait(min(left, 0.1))
-            finally:
-                self._flushing -= 1
+            # A refused token: return once what was logged is in the spool (fsync'd), not before.
+            if not wait_until(self._cond, lambda: self._ended >= target, deadline,
+                              give_up=lambda: not self._thread.is_alive() or bool(
+                                  self.auth_error and self._degraded and not self._outbox)):
+                return False
             return not self.rejected and self.auth_error is None
 
     def finish(self, status: Status = "finished", *, error_type: str | None = None, error: str | None = None,
@@ -278,7 +260,8 @@ class Run(Sender):
             if self.status is not None:
                 raise RunClosed(f"run {self.run_id} was already finished ({self.status})")
             self.status = status
-            self._cut_locked()
+        self.batcher.close(self.finish_timeout_s if timeout_s is None else timeout_s)  # points become records
+        with self._cond:
             body: dict[str, Any] = {"status": status}
             if error_type is not None:
                 body["error_type"] = error_type[:200]
@@ -312,13 +295,17 @@ class Run(Sender):
     def pending(self) -> int:
         """Records (batches, uploads, the finish) not delivered yet, plus one for unsent buffered points."""
         with self._cond:
-            return self._queued - self._ended + (1 if self._points else 0)
+            return self._queued - self._ended + (1 if self.batcher.pending else 0)
+
+    @property
+    def points_logged(self) -> int:
+        """Metric points logged to this run so far (the system sampler's included)."""
+        return self.batcher.points_logged
 
     @property
     def next_step(self) -> int:
         """The step the next log_metrics call without one takes."""
-        with self._cond:
-            return self._next_step
+        return self.batcher.next_step
 
     def _check_open(self) -> None:
         if self.status is not None:

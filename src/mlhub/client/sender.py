@@ -1,7 +1,8 @@
 """The sender thread of a Run: records in order, the spool when the hub is away, refusals, heartbeats.
 
 Every request the run makes is a *record* (a log batch with its own `batch_id`, an artifact upload with its
-`upload_id`, the finish), delivered strictly in order by one thread:
+`upload_id`, the finish), delivered strictly in order by one thread. Metric points become batch records as the
+run's PointBatcher (batcher.py, the one batcher of every producer) cuts them, through `RecordSink`.
 
 - normal: records are sent from memory; the hub's answer ends them.
 - the hub does not answer (or answers 5xx/408/429): that record and every later one are appended to the run's
@@ -30,6 +31,7 @@ import time
 import uuid
 import warnings
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlhub.client.delivery import Rejection, batch_points, deliver, reject, stored_past_window
@@ -37,6 +39,7 @@ from mlhub.client.errors import HubAuthError, HubRequestError, HubUnavailable
 from mlhub.client.spool import Record, RunSpool
 from mlhub.client.transport import metric_values
 from mlhub.client.values import Point
+from mlhub.events.run import point_columns
 
 if TYPE_CHECKING:
     from mlhub.client.hub import Hub
@@ -54,7 +57,6 @@ class Sender:
     hub: Hub
     run_id: str
     interval_s: float
-    max_points: int
     retry_backoff_s: float
     heartbeat_s: float
     spool: RunSpool
@@ -67,7 +69,6 @@ class Sender:
     send_failures: int
     heartbeats_sent: int
     _cond: threading.Condition
-    _points: list[Point]
     _outbox: deque[Record]
     _queued: int
     _ended: int
@@ -77,10 +78,8 @@ class Sender:
         self._seen: dict[str, set[str]] = {}  # event ids of the run in the log (read for records past the window)
         self._retry_at = 0.0
         self._delay = self.retry_backoff_s
-        self._next_cut = time.monotonic() + self.interval_s
         self._last_contact = time.monotonic()
         self._heartbeats = self.heartbeat_s > 0
-        self._flushing = 0
         self._closing = False  # no more logging; exit once everything is delivered
         self._abandon = False  # exit now; what is left goes to the spool
 
@@ -93,24 +92,13 @@ class Sender:
         self._queued += 1
         self._cond.notify_all()
 
-    def _cut_locked(self) -> None:
-        """Turn the buffered points into batch records (columnar, one series per key). Holds the lock."""
-        while self._points:
-            points, self._points = self._points[: self.max_points], self._points[self.max_points:]
-            columns: dict[str, tuple[list[float], list[int], list[int], list[int]]] = {}
-            for key, value, step, epoch, ts in points:
-                col = columns.setdefault(key, ([], [], [], []))
-                col[0].append(value)
-                col[1].append(step)
-                col[2].append(epoch)
-                col[3].append(ts)
-            batch_id = str(uuid.uuid4())
-            metrics = [{"key": k, "values": metric_values(v), "steps": s, "epochs": e, "timestamps": t}
-                       for k, (v, s, e, t) in columns.items()]
-            self._outbox.append({"op": "batch", "id": batch_id, "run_id": self.run_id, "at": time.time(),
-                                 "body": {"metrics": metrics, "batch_id": batch_id}})
-            self._queued += 1
-        self._next_cut = time.monotonic() + self.interval_s
+    def _enqueue_batches(self, batches: Sequence[Sequence[Point]]) -> None:
+        """Turn the batcher's batches into batch records (columnar, one series per key), in order."""
+        with self._cond:
+            for points in batches:
+                metrics = [{"key": k, "values": metric_values(v), "steps": s, "epochs": e, "timestamps": t}
+                           for k, (v, s, e, t) in point_columns(points).items()]
+                self._enqueue_locked({"metrics": metrics})
 
     # -- outcomes -------------------------------------------------------------------------------------------
 
@@ -165,16 +153,13 @@ class Sender:
                 now = time.monotonic()
                 if self._abandon:
                     return None
-                if self._points and (len(self._points) >= self.max_points or self._flushing or self._closing
-                                     or now >= self._next_cut):
-                    self._cut_locked()
                 if self._outbox or (self._degraded and now >= self._retry_at):
                     return "send"
-                if self._closing and not self._degraded and not self._points:
+                if self._closing and not self._degraded:
                     return None
                 if self._heartbeat_due(now):
                     return "heartbeat"
-                wake = [self._next_cut - now] if self._points else [self.interval_s]
+                wake = [self.interval_s]
                 if self._degraded:
                     wake.append(self._retry_at - now)
                 elif self._heartbeats and not self._closing and not self.ended_remotely:
@@ -196,8 +181,6 @@ class Sender:
             log.exception("the sender of run %s stopped", self.run_id)
         finally:
             try:
-                with self._cond:  # abandoned with points still buffered: spool them too
-                    self._cut_locked()
                 self._spill_outbox()
                 if not self._degraded and self.spool.exists():
                     self.spool.remove_if_delivered()
@@ -307,3 +290,16 @@ class Sender:
             self.spool.advance()
             self._delivered(record)
             self._spill_outbox()  # records made meanwhile wait behind the spool, in order
+
+
+class RecordSink:
+    """The PointBatcher's sink of an SDK Run: each batch becomes a log-batch record of the run's sender (which
+    delivers, spools and resends it); taking one never fails."""
+
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+
+    def deliver(self, batch_id: uuid.UUID, batches: Sequence[Sequence[Point]]) -> None:
+        """Queue the batches as records, in order (each record has its own id: the API derives its events'
+        ids from it)."""
+        self.sender._enqueue_batches(batches)

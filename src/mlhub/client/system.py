@@ -24,11 +24,11 @@ across a run's attempts, resumes and processes, so the series never collides wit
 steps. Readers of "the run's last step" (a resume's next automatic step) skip the `system/` keys
 (`mlhub.events.SYSTEM_METRIC_PREFIX`).
 
-The sampler never runs on the training thread: the sink only buffers (the SDK's Run, the worker's
-MetricSender), and a sink that raises (a run refused, a key undeclared in reject mode) stops the sampler with a
-warning, never the run. `stop()` ends the thread; the run's end calls it before the last flush. A process that
-has ended (exiting with its memory released, a zombie not yet reaped, gone) is left out of a sample, and once the
-sampled process itself has ended the sampler stops: nothing of it is handed to the sink.
+The sampler never runs on the training thread: the sink only buffers (the SDK's Run, the worker's JobMetrics: both
+the one PointBatcher), and a sink that raises (a run refused, a key undeclared in reject mode) stops the sampler
+with a warning, never the run. `stop()` ends the thread; the run's end calls it before the last flush. A process
+that has ended (exiting with its memory released, a zombie not yet reaped, gone) is left out of a sample, and once
+the sampled process itself has ended the sampler stops: nothing of it is handed to the sink.
 """
 
 from __future__ import annotations

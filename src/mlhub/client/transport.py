@@ -1,4 +1,5 @@
-"""HTTP to the hub (httpx): one place that turns answers into results or the SDK's three kinds of error."""
+"""HTTP to the hub (httpx): one place that turns answers into results or the SDK's three kinds of error. The
+one HTTP client of mlhub: the SDK's Run and Hub use it, and so does the CLI (mlhub.commands.hubclient)."""
 
 from __future__ import annotations
 
@@ -79,12 +80,14 @@ class Transport:
         except (ValueError, AttributeError):
             error = {}
         code = str(error.get("code") or "HTTP_ERROR")
-        message = f"{method} {path}: {response.status_code} {code}: {error.get('message') or response.text[:500]}"
+        message = (f"{method} {path}: {error.get('message') or response.text[:500] or response.reason_phrase} "
+                   f"(HTTP {response.status_code} {code} from {self.url})")
         if response.status_code in RETRYABLE_STATUSES:
-            raise HubUnavailable(message, status=response.status_code)
+            raise HubUnavailable(message, status=response.status_code, api_code=code)
         if response.status_code in AUTH_STATUSES:
             raise HubAuthError(f"the hub refused the token ({message}): set MLHUB_TOKEN (or Hub(token=...)) to a "
-                               "writer's token", status=response.status_code, api_code=code)
+                               "token the hub accepts (a writer's, to log)", status=response.status_code,
+                               api_code=code)
         raise HubRequestError(message, status=response.status_code, api_code=code,
                               details=error.get("details") if isinstance(error.get("details"), dict) else None)
 

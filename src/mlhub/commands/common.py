@@ -35,8 +35,17 @@ def load_settings() -> Settings:
 
 def fail(e: MlhubError) -> NoReturn:
     """Print an mlhub error as one line with its code and exit 1."""
-    click.echo(f"error [{e.code}]: {e}", err=True)
+    click.echo(f"error [{error_code(e)}]: {e}", err=True)
     sys.exit(1)
+
+
+def error_code(e: MlhubError) -> str:
+    """The code the CLI prints: for an error the hub answered with (the SDK's HubRequestError, HubAuthError or
+    HubUnavailable), the hub's own code (e.g. RUN_NOT_FOUND, UNAUTHENTICATED), else the error's own."""
+    from mlhub.client.errors import HubAuthError, HubRequestError, HubUnavailable
+
+    api_code = e.api_code if isinstance(e, HubRequestError | HubAuthError | HubUnavailable) else None
+    return api_code or e.code
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""The CLI as an API client: which mode a command uses, and a small HTTP client for the hub's REST API.
+"""The CLI as an API client: which mode a command uses, and its client of the hub's REST API (the SDK's one
+HTTP transport and error types, mlhub.client.transport and mlhub.client.errors).
 
 The rule: a client command (submit, cancel, reproduce, runs, show, models, query) talks to the hub at
 MLHUB_URL (default http://127.0.0.1:8000) with MLHUB_TOKEN, unless MLHUB_NATS_URL is set (an operator inside a
@@ -14,13 +15,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from mlhub.client.errors import HubAuthError, HubRequestError, HubUnavailable
+from mlhub.client.transport import Transport
 from mlhub.errors import MlhubError
 from mlhub.events import RunStatus
 
 if TYPE_CHECKING:
-    import httpx
-
     from mlhub.settings import Settings
+
+__all__ = ["DIRECT", "ENDED", "LIVE_RUN_STATUSES", "HubAuthError", "HubClient", "HubRequestError", "HubUnavailable",
+           "json_float", "use_client", "with_hub"]
 
 T = TypeVar("T")
 
@@ -34,51 +38,19 @@ DIRECT = click.option("--direct", is_flag=True,
                            "the hub at MLHUB_URL.")
 
 
-class HubRequestError(MlhubError):
-    """The hub answered with an error (its code and message are kept)."""
-
-    code = "HUB_REQUEST_FAILED"
-
-    def __init__(self, message: str, *, status: int = 0, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.details = details or {}
-
-    @classmethod
-    def with_code(cls, code: str | None, message: str, *, status: int,
-                  details: dict[str, Any]) -> HubRequestError:
-        """An error that carries the hub's own code (printed by the CLI as error [CODE])."""
-        if not code or not code.replace("_", "").isalnum():
-            return cls(message, status=status, details=details)
-        kind = _CODED.get(code)
-        if kind is None:
-            kind = _CODED[code] = type(f"HubRequestError_{code}", (cls,), {"code": code})
-        return kind(message, status=status, details=details)
-
-
-_CODED: dict[str, type[HubRequestError]] = {}
-
-
-class HubUnreachable(MlhubError):
-    """No hub answers at MLHUB_URL."""
-
-    code = "HUB_UNREACHABLE"
-
-
 def use_client(settings: Settings, direct: bool) -> bool:
     """Whether a client command talks to the hub over HTTP (the rule in the module docstring)."""
     return not direct and not settings.nats_url
 
 
 class HubClient:
-    """Calls to the hub's API under /api/v1 with a bearer token; errors become HubRequestError/HubUnreachable."""
+    """The CLI's calls to the hub's API: a thin wrapper over the SDK's `Transport` (the one HTTP client), whose
+    errors it raises (HubUnavailable, HubAuthError, HubRequestError; the CLI prints the hub's own code), with a
+    hint for a CLI user where one helps."""
 
     def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
-        import httpx
-
-        self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=timeout_s)
+        self.transport = Transport(url, token, timeout_s=timeout_s)
+        self.url = self.transport.url
         self.has_token = token is not None
 
     @classmethod
@@ -91,7 +63,7 @@ class HubClient:
 
     def close(self) -> None:
         """Close the connections."""
-        self._http.close()
+        self.transport.close()
 
     def __enter__(self) -> HubClient:
         return self
@@ -101,16 +73,18 @@ class HubClient:
 
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None) -> Any:
         """One call; the decoded JSON answer."""
-        import httpx
-
         try:
-            response = self._http.request(method, path, params=params, json=json)
-        except httpx.TransportError as e:
-            raise HubUnreachable(f"cannot reach the hub at {self.url} ({type(e).__name__}: {e}): start it with "
-                                 "`mlhub up`, set MLHUB_URL to where it runs, or use --direct") from e
-        if response.status_code >= 400:
-            raise self._error(response)
-        return response.json()
+            return self.transport.request(method, path, json_body=json, params=params)
+        except HubUnavailable as e:
+            if e.status is not None:  # the hub answered (5xx, 408, 429): its own message says why
+                raise
+            raise HubUnavailable(f"cannot reach the hub at {self.url} ({e}): start it with `mlhub up`, set "
+                                 "MLHUB_URL to where it runs, or use --direct") from e
+        except HubAuthError as e:
+            if self.has_token:
+                raise
+            raise HubAuthError(f"{e} (no token: set MLHUB_TOKEN, or run the CLI with the MLHUB_DATA_DIR of the "
+                               "local `mlhub up`)", status=e.status, api_code=e.api_code) from e
 
     def get(self, path: str, **params: Any) -> Any:
         """GET with the non-None params."""
@@ -119,18 +93,6 @@ class HubClient:
     def post(self, path: str, body: Any, **params: Any) -> Any:
         """POST a JSON body."""
         return self.request("POST", path, json=body, params={k: v for k, v in params.items() if v is not None})
-
-    def _error(self, response: httpx.Response) -> HubRequestError:
-        try:
-            error = response.json()["error"]
-            code, message, details = str(error["code"]), str(error["message"]), dict(error.get("details") or {})
-        except (ValueError, KeyError, TypeError):
-            code, message, details = "", response.text[:500] or response.reason_phrase, {}
-        if response.status_code == 401:
-            message += ("" if self.has_token else
-                        " (no token: set MLHUB_TOKEN, or run the CLI with the MLHUB_DATA_DIR of the local `mlhub up`)")
-        return HubRequestError.with_code(code, f"{message} (HTTP {response.status_code} from {self.url})",
-                                         status=response.status_code, details=details)
 
 
 def json_float(value: Any) -> float | None:

@@ -58,6 +58,7 @@ from mlhub.events.model import (
 from mlhub.events.run import (
     MAX_PARAM_VALUE_LENGTH,
     MAX_TAG_VALUE_LENGTH,
+    POINTS_PER_EVENT,
     ArtifactStored,
     CodeVersionRecorded,
     ConfigSnapshotted,
@@ -110,6 +111,7 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_TAG_VALUE_LENGTH",
+    "POINTS_PER_EVENT",
     "MAX_TIMESTAMP_MS",
     "MIN_TIMESTAMP_MS",
     "SYSTEM_METRIC_PREFIX",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -21,6 +21,10 @@ from mlhub.events.keys import Key, MetricValue, Step, TimestampMs, as_floats
 #: Longest param value (MLflow's limit) and tag value (MLflow's limit), in characters.
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
+#: Metric points per run.metrics_logged event, for every producer that cuts batches into events (the tracking
+#: service for REST and SDK batches, the SDK's batcher, the worker's): ~45 bytes a point on the wire, so an
+#: event of 8,000 stays far under the event log's 1 MiB message limit.
+POINTS_PER_EVENT = 8_000
 #: Who ended a run by hand (a token's name, a user): recorded on the end event.
 Actor = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -225,6 +229,20 @@ class MetricPoint(NamedTuple):
     timestamp: int
 
 
+def point_columns(points: Iterable[tuple[str, float, int, int, int]]
+                  ) -> dict[str, tuple[list[float], list[int], list[int], list[int]]]:
+    """Points (key, value, step, epoch, timestamp) in any key order as columns per key, in first-seen key order
+    (the order within a key is kept): the columnar form of a metric batch, in an event or on the wire."""
+    columns: dict[str, tuple[list[float], list[int], list[int], list[int]]] = {}
+    for key, value, step, epoch, timestamp in points:
+        col = columns.setdefault(key, ([], [], [], []))
+        col[0].append(value)
+        col[1].append(step)
+        col[2].append(epoch)
+        col[3].append(timestamp)
+    return columns
+
+
 class MetricSeries(BaseModel):
     """Points of one metric key in columnar form (the four columns have one length). Values are strict numbers
     (or "NaN"/"Infinity"/"-Infinity", turned into floats); steps and epochs 0..2**63-1; timestamps in ms
@@ -278,22 +296,15 @@ class MetricsLogged(RunEvent):
         return series
 
     @classmethod
-    def from_points(cls, run_id: str, points: list[MetricPoint] | list[tuple[str, float, int, int, int]],
+    def from_points(cls, run_id: str, points: Sequence[MetricPoint] | Sequence[tuple[str, float, int, int, int]],
                     attempt: int = 1) -> Self:
         """Build a batch from points in any key order (the order within a key is kept)."""
-        columns: dict[str, tuple[list[float], list[int], list[int], list[int]]] = {}
-        for key, value, step, epoch, timestamp in points:
-            col = columns.setdefault(key, ([], [], [], []))
-            col[0].append(value)
-            col[1].append(step)
-            col[2].append(epoch)
-            col[3].append(timestamp)
         return cls(
             run_id=run_id,
             attempt=attempt,
             series=tuple(
                 MetricSeries(key=k, values=tuple(v), steps=tuple(s), epochs=tuple(e), timestamps=tuple(t))
-                for k, (v, s, e, t) in columns.items()
+                for k, (v, s, e, t) in point_columns(points).items()
             ),
         )
 

@@ -27,14 +27,13 @@ from mlhub.tracking.errors import (
     TrackingError,
     UndeclaredMetricRefused,
 )
-from mlhub.tracking.limits import POINTS_PER_EVENT, TrackingLimits
+from mlhub.tracking.limits import TrackingLimits
 from mlhub.tracking.reaper import Crashed, Reaper, running_runs
 from mlhub.tracking.service import TrackingService, Written, metric_events
 from mlhub.tracking.state import RunState, RunStates, load_run_state
 from mlhub.tracking.validation import SeriesInput, check_request
 
 __all__ = [
-    "POINTS_PER_EVENT",
     "Crashed",
     "DeclaredMetrics",
     "ExperimentDeletedError",

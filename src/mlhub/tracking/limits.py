@@ -9,10 +9,6 @@ from mlhub.eventlog import MAX_ATOMIC_BATCH, MAX_EVENT_BYTES
 from mlhub.events import MAX_KEY_LENGTH, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH
 from mlhub.settings import Settings
 
-#: Metric points per run.metrics_logged event the API and the SDK cut (~45 bytes a point on the wire: an
-#: event of 8,000 stays far under the event log's 1 MiB message limit).
-POINTS_PER_EVENT = 8_000
-
 
 @dataclass(frozen=True)
 class TrackingLimits:

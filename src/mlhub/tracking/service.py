@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from mlhub.errors import ConcurrencyError, MlhubError
 from mlhub.eventlog import AppendResult, EventLog
 from mlhub.events import (
+    POINTS_PER_EVENT,
     SUBJECT_PREFIX,
     ArtifactStored,
     DomainEvent,
@@ -56,7 +57,7 @@ from mlhub.tracking.errors import (
     RunNotFound,
     TrackingError,
 )
-from mlhub.tracking.limits import POINTS_PER_EVENT, TrackingLimits
+from mlhub.tracking.limits import TrackingLimits
 from mlhub.tracking.state import MARK_EVENTS, RunState, RunStates
 from mlhub.tracking.validation import SeriesInput, check_request
 

@@ -2,12 +2,12 @@
 
 `Worker` (service.py) consumes a pool's queued jobs; `train_job` (training.py) runs one attempt, in a process of
 its own (jobprocess.py: memory limit, hard kill);
-`MetricSender` (metrics.py) and `mlhub_logger_class()` (logger.py) send metrics in the background.
+metric points go through the SDK's one Lightning logger and batcher (mlhub.client) over `JobMetrics`
+(metrics.py), an event-log sink.
 See docs/worker.md.
 """
 
-from mlhub.worker.logger import metric_points, mlhub_logger_class, run_control_callback_class, to_float
-from mlhub.worker.metrics import MAX_POINTS_PER_EVENT, MetricSender
+from mlhub.worker.metrics import EventLogSink, JobMetrics, UndeclaredMetric
 from mlhub.worker.provenance import CodeVersion, code_version, environment_info, flatten_params
 from mlhub.worker.service import (
     QUEUED_SUBJECTS,
@@ -18,16 +18,23 @@ from mlhub.worker.service import (
     default_worker_id,
 )
 from mlhub.worker.state import JobView, job_view
-from mlhub.worker.training import TrainingContext, TrainingResult, train_job, trainer_kwargs
+from mlhub.worker.training import (
+    TrainingContext,
+    TrainingResult,
+    run_control_callback_class,
+    train_job,
+    trainer_kwargs,
+)
 
 __all__ = [
-    "MAX_POINTS_PER_EVENT",
     "QUEUED_SUBJECTS",
     "CodeVersion",
     "JobView",
-    "MetricSender",
+    "EventLogSink",
+    "JobMetrics",
     "TrainingContext",
     "TrainingResult",
+    "UndeclaredMetric",
     "Worker",
     "WorkerConfig",
     "artifacts_root",
@@ -37,10 +44,7 @@ __all__ = [
     "environment_info",
     "flatten_params",
     "job_view",
-    "metric_points",
-    "mlhub_logger_class",
     "run_control_callback_class",
-    "to_float",
     "train_job",
     "trainer_kwargs",
 ]

@@ -2,8 +2,9 @@
 
 `JobSystemMetrics(ctx, pid)` starts, in the worker, a `SystemSampler` (mlhub.client.system) on the job's process
 `pid` and its descendants (data loader workers, anything the plugin started), GPU figures through NVML's
-per-process lists of those pids, and a `MetricSender` of the worker's own that appends the points to the run
-through the same `send_metrics` the job's own metric batches go through (the worker's event log, `append_many`).
+per-process lists of those pids, and a `JobMetrics` of the worker's own (the SDK's PointBatcher over an
+event-log sink) that appends the points to the run through the same `send_metrics` the job's own metric batches
+go through (the worker's event log, `append_many`).
 
 Why here and not in the job's process: MLHUB_JOB_MEMORY_MB is an RLIMIT_AS budget of the job's process (its
 address space above the framework's mappings, mlhub.worker.jobprocess). A sampler thread there would spend that
@@ -24,8 +25,7 @@ from __future__ import annotations
 import logging
 
 from mlhub.client.system import SystemSample, SystemSampler
-from mlhub.events import MetricPoint
-from mlhub.worker.metrics import MetricSender
+from mlhub.worker.metrics import JobMetrics
 from mlhub.worker.training import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,18 @@ class JobSystemMetrics:
     process; nothing at all when it is 0."""
 
     def __init__(self, ctx: TrainingContext, pid: int) -> None:
-        self.sender: MetricSender | None = None
+        self.sender: JobMetrics | None = None
         self.sampler: SystemSampler | None = None
         if ctx.system_metrics_s <= 0:
             return
-        self.sender = MetricSender(ctx.job.run_id, ctx.send_metrics, producer=ctx.producer,
-                                   correlation_id=ctx.job.job_id, interval_s=ctx.metric_interval_s,
-                                   declared=ctx.declared_metrics, attempt=ctx.attempt)
+        self.sender = JobMetrics(ctx.job.run_id, ctx.send_metrics, producer=ctx.producer,
+                                 correlation_id=ctx.job.job_id, interval_s=ctx.metric_interval_s,
+                                 declared=ctx.declared_metrics, attempt=ctx.attempt)
         self.sampler = SystemSampler(self._add, ctx.system_metrics_s, name=ctx.job.run_id, pid=pid).start()
 
     def _add(self, sample: SystemSample) -> None:
         assert self.sender is not None
-        self.sender.add([MetricPoint(key, value, sample.step, 0, sample.timestamp_ms)
-                         for key, value in sample.values.items()])
+        self.sender.add([(key, value, sample.step, 0, sample.timestamp_ms) for key, value in sample.values.items()])
 
     def close(self) -> tuple[int, bool]:
         """Stop sampling and append what was sampled: (points given to the run, whether all were appended)."""

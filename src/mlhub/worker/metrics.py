@@ -1,28 +1,24 @@
-"""A background metric sender: training threads add points and never wait on the network.
+"""A job attempt's metric points: the SDK's one `PointBatcher` (mlhub.client.batcher) over an event-log sink.
 
-`MetricSender.add()` only appends to an in-memory buffer. A daemon thread wakes at most every
-`interval_s` (or as soon as a full batch is waiting), cuts the buffer into `MetricsLogged` events of at most
-`max_points` points (each saying the run attempt they belong to), and hands them to `send` (a blocking
-callable; the worker's sends through its asyncio loop with `append_many`). A failed send is retried with the
-SAME envelopes (same event ids, so JetStream's dedup stores each batch once) after a backoff, forever until
-`close()`'s deadline: a send failure never reaches the training loop. `flush()` waits until every point added
-so far is acknowledged.
+The training loop only buffers (`JobMetrics.log_metrics`, through the MLHubLogger, or `add`); the batcher's
+thread cuts batches of at most POINTS_PER_EVENT points and `EventLogSink` appends each as one
+`run.metrics_logged` event of the attempt through `send` (a blocking callable; the worker's goes through its
+asyncio loop with `append_many`). A failed append is retried by the batcher with the same batch id, and the
+event ids are derived from it (mlhub.events.ids), so JetStream's dedup stores each batch once.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable, Collection, Sequence
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
+from mlhub.client.batcher import PointBatcher
+from mlhub.client.values import Point
 from mlhub.errors import InvalidInput
-from mlhub.events import Envelope, MetricPoint, MetricsLogged
+from mlhub.events import POINTS_PER_EVENT, Envelope, MetricsLogged
+from mlhub.events.ids import batch_event_id
 
-log = logging.getLogger(__name__)
-
-#: Points per MetricsLogged event (each event stays far below the stream's message size limit).
-MAX_POINTS_PER_EVENT = 1000
 Send = Callable[[Sequence[Envelope]], None]
 
 
@@ -32,148 +28,54 @@ class UndeclaredMetric(InvalidInput):
     code = "UNDECLARED_METRIC"
 
 
-class MetricSender:
-    """Buffers metric points of one run and sends them in batches from a background thread."""
+class EventLogSink:
+    """The worker's sink of a PointBatcher: one run.metrics_logged event of the attempt per batch, appended
+    through `send`, with ids derived from the batch id (a retried batch is the same events)."""
 
-    def __init__(
-        self,
-        run_id: str,
-        send: Send,
-        *,
-        producer: str,
-        correlation_id: str | None = None,
-        interval_s: float = 0.5,
-        max_points: int = MAX_POINTS_PER_EVENT,
-        retry_backoff_s: float = 0.5,
-        declared: Collection[str] | None = None,
-        attempt: int = 1,
-    ) -> None:
+    def __init__(self, run_id: str, send: Send, *, producer: str, correlation_id: str | None = None,
+                 attempt: int = 1) -> None:
         self.run_id = run_id
-        #: The run attempt whose points these are (MetricsLogged.attempt): readers count the last attempt's only.
-        self.attempt = attempt
-        #: When given, add() refuses points of any other key (MLHUB_UNDECLARED_METRICS=reject).
-        self.declared = frozenset(declared) if declared is not None else None
+        self.send = send
         self.producer = producer
         self.correlation_id = correlation_id
-        self.interval_s = interval_s
-        self.max_points = max_points
-        self.retry_backoff_s = retry_backoff_s
-        self._send = send
-        self._buffer: list[MetricPoint] = []
-        self._cond = threading.Condition()
-        self._added = 0  # points added so far
-        self._acked = 0  # points whose event was acknowledged
-        self._closing = False
-        self._flush_waiters = 0
-        self._next_send = 0.0
-        self.dropped = 0  # points given up on at close (their sends kept failing)
-        self.failures = 0  # failed sends (each retried)
-        self.events_sent = 0
-        self._thread = threading.Thread(target=self._loop, name=f"mlhub-metrics-{run_id[:8]}", daemon=True)
-        self._thread.start()
+        #: The run attempt whose points these are (MetricsLogged.attempt): readers count the last attempt's only.
+        self.attempt = attempt
 
-    @property
-    def pending(self) -> int:
-        """Points added but not acknowledged yet."""
-        with self._cond:
-            return self._added - self._acked
+    def deliver(self, batch_id: uuid.UUID, batches: Sequence[Sequence[Point]]) -> None:
+        """Append one event per batch (all in one `send`); raises whatever the append raised."""
+        self.send([Envelope(event=MetricsLogged.from_points(self.run_id, list(points), attempt=self.attempt),
+                            producer=self.producer, correlation_id=self.correlation_id,
+                            event_id=batch_event_id(batch_id, index))
+                   for index, points in enumerate(batches)])
 
-    def add(self, points: Sequence[MetricPoint]) -> None:
-        """Queue points for sending; returns at once. UndeclaredMetric (nothing queued) for a key not declared."""
-        if not points:
-            return
+
+class JobMetrics(PointBatcher):
+    """The metric points of one job attempt, batched and appended to the event log in the background; the sink
+    the worker's MLHubLogger logs to. With `declared`, a point of any other key is refused
+    (MLHUB_UNDECLARED_METRICS=reject)."""
+
+    def __init__(self, run_id: str, send: Send, *, producer: str, correlation_id: str | None = None,
+                 interval_s: float = 0.5, max_points: int = POINTS_PER_EVENT, retry_backoff_s: float = 0.5,
+                 declared: Collection[str] | None = None, attempt: int = 1) -> None:
+        #: When given, add() refuses points of any other key (MLHUB_UNDECLARED_METRICS=reject).
+        self.declared = frozenset(declared) if declared is not None else None
+        super().__init__(run_id, EventLogSink(run_id, send, producer=producer, correlation_id=correlation_id,
+                                              attempt=attempt),
+                         interval_s=interval_s, max_points=max_points, retry_backoff_s=retry_backoff_s)
+
+    def add(self, points: Sequence[Point]) -> None:
+        """Buffer points; UndeclaredMetric (nothing buffered) for a key not declared."""
         if self.declared is not None:
-            undeclared = sorted({p.key for p in points} - self.declared)
+            undeclared = sorted({p[0] for p in points} - self.declared)
             if undeclared:
                 raise UndeclaredMetric(
                     f"run {self.run_id} logged metric key(s) {', '.join(map(repr, undeclared))} that "
                     f"configs/metrics.yaml does not declare, and MLHUB_UNDECLARED_METRICS=reject: declare them and "
                     f"run `mlhub metrics apply`, or set MLHUB_UNDECLARED_METRICS=keep to store and flag them"
                 )
-        with self._cond:
-            if self._closing:
-                raise RuntimeError("the metric sender is closed")
-            self._buffer.extend(points)
-            self._added += len(points)
-            if len(self._buffer) >= self.max_points:
-                self._cond.notify_all()
+        super().add(points)
 
-    def flush(self, timeout_s: float = 60.0) -> bool:
-        """Wait until every point added so far is acknowledged; False when timeout_s passed first."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            target = self._added
-            self._flush_waiters += 1
-            self._cond.notify_all()
-            try:
-                while self._acked < target:
-                    left = deadline - time.monotonic()
-                    if left <= 0 or not self._thread.is_alive():
-                        return False
-                    self._cond.wait(min(left, 0.1))
-            finally:
-                self._flush_waiters -= 1
-        return True
-
-    def close(self, timeout_s: float = 60.0) -> bool:
-        """Flush, then stop the thread; False when some points could not be delivered in time."""
-        delivered = self.flush(timeout_s)
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(timeout=max(1.0, timeout_s))
-        return delivered and self.dropped == 0
-
-    def _take(self) -> list[MetricPoint] | None:
-        """The next batch to send, once one is due; None when the sender is closed and empty."""
-        with self._cond:
-            while True:
-                if not self._buffer:
-                    if self._closing:
-                        return None
-                    self._cond.wait(self.interval_s)
-                    continue
-                now = time.monotonic()
-                due = (len(self._buffer) >= self.max_points or self._flush_waiters > 0 or self._closing
-                       or now >= self._next_send)
-                if due:
-                    break
-                self._cond.wait(self._next_send - now)
-            # Big backlogs go out as several events in one append_many (pipelined), capped per round.
-            cut = self.max_points * 16
-            batch, self._buffer = self._buffer[:cut], self._buffer[cut:]
-            return batch
-
-    def _loop(self) -> None:
-        while (batch := self._take()) is not None:
-            envelopes = [
-                Envelope(event=MetricsLogged.from_points(self.run_id, batch[i : i + self.max_points],
-                                                         attempt=self.attempt),
-                         producer=self.producer, correlation_id=self.correlation_id)
-                for i in range(0, len(batch), self.max_points)
-            ]
-            delivered = self._deliver(envelopes)
-            with self._cond:
-                self._acked += len(batch)
-                if not delivered:
-                    self.dropped += len(batch)
-                self._next_send = time.monotonic() + self.interval_s
-                self._cond.notify_all()
-
-    def _deliver(self, envelopes: list[Envelope]) -> bool:
-        """Send until acknowledged, retrying the same envelopes (same ids: stored once); False if given up."""
-        delay = self.retry_backoff_s
-        while True:
-            try:
-                self._send(envelopes)
-                self.events_sent += len(envelopes)
-                return True
-            except Exception as e:  # any failure: log, back off, retry; training must never see it
-                self.failures += 1
-                log.warning("sending %d metric events of run %s failed (%r); retrying", len(envelopes),
-                            self.run_id, e)
-                with self._cond:
-                    if self._closing:  # close() already waited its deadline for these
-                        return False
-                    self._cond.wait(delay)
-                delay = min(delay * 2, 5.0)
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Nothing: the worker records a job's params itself, from its config snapshot (training.py), so the
+        hyperparameters Lightning hands the logger (the module's, taken from the same config) are not recorded a
+        second time under other keys."""

@@ -2,13 +2,15 @@
 checkpoint and ONNX artifacts. torch and lightning are imported inside `train_job` only.
 
 Run events are appended through `TrainingContext.publish` (blocking; the worker routes it to its asyncio loop),
-metric points through the MLHubLogger's background sender. Lifecycle events (run.started/finished/failed, job.*)
+metric points through the SDK's one MLHubLogger over a `JobMetrics` (the SDK's PointBatcher with an event-log
+sink: mlhub.worker.metrics). Lifecycle events (run.started/finished/failed, job.*)
 and the system metrics of the job's process (sampled from the worker: mlhub.worker.jobsystem) are the worker's
 business, not this module's.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlhub.artifacts import ArtifactStore
+from mlhub.client.lightning_logger import logger_class
 from mlhub.events import (
     ArtifactStored,
     CodeVersionRecorded,
@@ -28,8 +31,7 @@ from mlhub.events import (
     ParamsLogged,
 )
 from mlhub.plugins import load_plugin
-from mlhub.worker.logger import metric_points, mlhub_logger_class, run_control_callback_class
-from mlhub.worker.metrics import MetricSender, Send
+from mlhub.worker.metrics import JobMetrics, Send
 from mlhub.worker.provenance import code_version, environment_info, flatten_params
 
 #: Trainer settings of the config passed to lightning.Trainer as they are (accelerator is resolved first).
@@ -114,9 +116,9 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
     L.seed_everything(int(config["seed"]), workers=True, verbose=False)
     module = plugin.build_module(config)
 
-    sender = MetricSender(run_id, ctx.send_metrics, producer=ctx.producer, correlation_id=ctx.job.job_id,
-                          interval_s=ctx.metric_interval_s, declared=ctx.declared_metrics, attempt=ctx.attempt)
-    logger = mlhub_logger_class()(sender)
+    metrics = JobMetrics(run_id, ctx.send_metrics, producer=ctx.producer, correlation_id=ctx.job.job_id,
+                         interval_s=ctx.metric_interval_s, declared=ctx.declared_metrics, attempt=ctx.attempt)
+    logger = logger_class()(metrics)
     result = TrainingResult(stopped=False)
     try:
         with tempfile.TemporaryDirectory(prefix="mlhub-run-") as tmp:
@@ -129,12 +131,9 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
                 return result
             # The final evaluation is one more batch at the last global step and epoch (keys and values checked
             # as every logged point is: InvalidMetric naming a bad one).
-            final = metric_points(plugin.evaluate(module, spec.datamodule), int(trainer.global_step),
-                                  logger.current_epoch)
-            result.final_metrics = {p.key: p.value for p in final}
-            if final:
-                sender.add(final)
-                logger.points_logged += len(final)
+            final = metrics.log_metrics(plugin.evaluate(module, spec.datamodule), int(trainer.global_step),
+                                        epoch=logger.current_epoch)
+            result.final_metrics = {key: value for key, value, *_ in final}
             checkpoint = Path(tmp) / "final.ckpt"
             trainer.save_checkpoint(checkpoint)
             result.artifacts.append(_store(ctx, checkpoint, "checkpoints/final.ckpt", "checkpoint"))
@@ -142,9 +141,35 @@ def train_job(ctx: TrainingContext) -> TrainingResult:
             if plugin.export_onnx(module, onnx_path):
                 result.artifacts.append(_store(ctx, onnx_path, "model.onnx", "onnx"))
     finally:
-        result.metrics_delivered = sender.close()
-        result.points_logged = logger.points_logged
+        result.metrics_delivered = metrics.close()
+        result.points_logged = metrics.points_logged
     return result
+
+
+@functools.cache
+def run_control_callback_class() -> type[Any]:
+    """The `RunControl` Lightning callback class: keeps the logger's epoch and stops a run on request."""
+    import lightning as L
+
+    class RunControl(L.Callback):
+        """Sets `logger.current_epoch` at each epoch start; sets `trainer.should_stop` once `stop` is set."""
+
+        def __init__(self, logger: Any, stop: threading.Event) -> None:
+            self.logger = logger
+            self.stop = stop
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            self.logger.current_epoch = int(trainer.current_epoch)
+            self._check(trainer)
+
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            self._check(trainer)
+
+        def _check(self, trainer: Any) -> None:
+            if self.stop.is_set():
+                trainer.should_stop = True
+
+    return RunControl
 
 
 def _store(ctx: TrainingContext, path: Path, logical: str, kind: str) -> ArtifactStored:

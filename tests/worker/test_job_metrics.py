@@ -1,4 +1,6 @@
-"""The background metric sender and the MLHubLogger: every point stored exactly once, training never waits."""
+"""The worker's JobMetrics (the SDK's one PointBatcher over an event-log sink) and the one MLHubLogger over it:
+every point stored exactly once, training never waits, and the logger's rules (epoch entry, missing step, bools,
+hyperparameters) are the SDK's."""
 
 from __future__ import annotations
 
@@ -7,10 +9,16 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+import pytest
+from tests.client.tiny_fit import EXPECTED, fit_tiny
+
+from mlhub.client.lightning_logger import logger_class
+from mlhub.errors import InvalidMetric
 from mlhub.eventlog import EventLog
-from mlhub.events import Envelope, MetricPoint, MetricsLogged
-from mlhub.worker import MAX_POINTS_PER_EVENT, MetricSender, mlhub_logger_class
+from mlhub.events import POINTS_PER_EVENT, Envelope, MetricPoint, MetricsLogged, ParamsLogged
+from mlhub.worker import JobMetrics
 
 
 async def stored_points(event_log: EventLog, run_id: str) -> list[MetricPoint]:
@@ -30,8 +38,8 @@ async def test_every_point_is_stored_exactly_once_despite_lost_acks(event_log: E
         if calls["n"] % 3 == 1:
             raise TimeoutError("ack lost")
 
-    sender = MetricSender("run-exactly-once", flaky_send, producer="test", interval_s=0.05, retry_backoff_s=0.01)
-    total = 3 * MAX_POINTS_PER_EVENT + 517
+    sender = JobMetrics("run-exactly-once", flaky_send, producer="test", interval_s=0.05, retry_backoff_s=0.01)
+    total = 3 * POINTS_PER_EVENT + 517
 
     def training() -> None:
         for step in range(total // 11 + 1):
@@ -48,7 +56,7 @@ async def test_every_point_is_stored_exactly_once_despite_lost_acks(event_log: E
     assert len(points) == total
     assert len(set(points)) == total  # (key, value, step, epoch, ts) are distinct by construction
     agg = await event_log.read_aggregate("run", "run-exactly-once")
-    assert all(r.envelope.event.num_points <= MAX_POINTS_PER_EVENT for r in agg.events
+    assert all(r.envelope.event.num_points <= POINTS_PER_EVENT for r in agg.events
                if isinstance(r.envelope.event, MetricsLogged))
 
 
@@ -56,7 +64,7 @@ def test_add_never_waits_on_a_failing_send() -> None:
     def broken(envelopes: Sequence[Envelope]) -> None:
         raise ConnectionError("event log down")
 
-    sender = MetricSender("run-broken", broken, producer="test", interval_s=0.01, retry_backoff_s=0.01)
+    sender = JobMetrics("run-broken", broken, producer="test", interval_s=0.01, retry_backoff_s=0.01)
     start = time.monotonic()
     for step in range(2000):
         sender.add([MetricPoint("loss", float("nan") if step == 7 else 1.0, step, 0, 1)])
@@ -74,34 +82,53 @@ async def test_logger_converts_values_and_keeps_step_and_epoch(event_log: EventL
     def send(envelopes: Sequence[Envelope]) -> None:
         asyncio.run_coroutine_threadsafe(event_log.append_many(envelopes), loop).result(30)
 
-    sender = MetricSender("run-logger", send, producer="test", interval_s=0.05)
-    logger = mlhub_logger_class()(sender)
+    sender = JobMetrics("run-logger", send, producer="test", interval_s=0.05)
+    logger = logger_class()(sender)
 
     def log() -> None:
         logger.log_metrics({"loss": torch.tensor(0.5), "epoch": 3}, step=10)
         logger.log_metrics({"acc": 0.25, "bad": float("inf")}, step=11)
+        logger.log_metrics({"no_step": 1.5})  # no step: the next one (one more than the highest used), as the SDK
+        with pytest.raises(InvalidMetric, match="'flag'.*bool"):  # bools refused, the call's other keys logged
+            logger.log_metrics({"flag": True, "kept": 2.0}, step=20)
+        logger.log_hyperparams({"lr": 0.1, "nested": {"on": True}})  # the worker records params itself
         logger.finalize("success")
 
     await asyncio.to_thread(log)
     points = {p.key: p for p in await stored_points(event_log, "run-logger")}
-    assert set(points) == {"loss", "acc", "bad"}
+    assert set(points) == {"loss", "acc", "bad", "no_step", "kept"}
     assert (points["loss"].value, points["loss"].step, points["loss"].epoch) == (0.5, 10, 3)
     assert (points["acc"].step, points["acc"].epoch) == (11, 3)
+    assert (points["no_step"].step, points["no_step"].epoch) == (12, 3)
+    assert (points["kept"].value, points["kept"].step) == (2.0, 20)
     assert math.isinf(points["bad"].value)
-    assert logger.points_logged == 3
+    assert sender.points_logged == 5
+    agg = await event_log.read_aggregate("run", "run-logger")
+    assert not any(isinstance(r.envelope.event, ParamsLogged) for r in agg.events)
     await asyncio.to_thread(sender.close, 10)
 
 
-async def test_every_batch_says_the_attempt_of_its_sender(event_log: EventLog) -> None:
+async def test_a_lightning_fit_through_the_worker_s_sink_stores_what_the_sdk_s_does(event_log: EventLog,
+                                                                                    tmp_path: Path) -> None:
+    """The tiny fit tests/client/test_lightning_logger.py runs through an SDK Run, through the one MLHubLogger
+    over the worker's sink: the same points at the same steps and epochs (tiny_fit.EXPECTED: Lightning's global
+    step; "epoch" is no metric), each stored once in the event log, the attempt's number on every batch."""
     loop = asyncio.get_running_loop()
 
     def send(envelopes: Sequence[Envelope]) -> None:
         asyncio.run_coroutine_threadsafe(event_log.append_many(envelopes), loop).result(30)
 
-    sender = MetricSender("run-attempt-3", send, producer="test", interval_s=0.01, max_points=10, attempt=3)
-    sender.add([MetricPoint("train/loss", 1.0 / (s + 1), s, 0, 1_700_000_000_000 + s) for s in range(25)])
-    assert await asyncio.to_thread(sender.close, 30)
-    agg = await event_log.read_aggregate("run", "run-attempt-3")
-    batches = [r.envelope.event for r in agg.events if isinstance(r.envelope.event, MetricsLogged)]
-    assert len(batches) == 3 and {b.attempt for b in batches} == {3}
-    assert sum(b.num_points for b in batches) == 25
+    def fit() -> JobMetrics:
+        metrics = JobMetrics("run-fit", send, producer="test", interval_s=0.05, attempt=2)
+        fit_tiny(logger_class()(metrics), tmp_path)
+        assert metrics.pending == 0, "finalize flushed"
+        assert metrics.close(10)
+        return metrics
+
+    metrics = await asyncio.to_thread(fit)
+    points = await stored_points(event_log, "run-fit")
+    assert len(points) == metrics.points_logged == 12
+    assert {key: sorted((p.step, p.epoch) for p in points if p.key == key)
+            for key in {p.key for p in points}} == EXPECTED
+    agg = await event_log.read_aggregate("run", "run-fit")
+    assert {r.envelope.event.attempt for r in agg.events if isinstance(r.envelope.event, MetricsLogged)} == {2}
