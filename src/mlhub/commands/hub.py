@@ -437,16 +437,51 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
-def read_local_token(data_dir: Path, url: str) -> str | None:
-    """The token of the `mlhub up` serving `url` from this data dir, or None (another hub, or none running)."""
+@dataclass(frozen=True)
+class LocalHub:
+    """What DATA_DIR/hub.json (written by a running `mlhub up`) says about the hub of that data dir."""
+
+    #: The hub.json it was read from.
+    file: Path
+    url: str
+    pid: int | None
+    token_file: Path | None
+
+    @property
+    def process_alive(self) -> bool:
+        """Whether the `mlhub up` process that wrote the file still exists (a killed one leaves the file)."""
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def read_hub_file(data_dir: Path) -> LocalHub | None:
+    """The local hub that DATA_DIR/hub.json names, or None (no such file, or not one `mlhub up` wrote)."""
+    file = data_dir / HUB_FILE
     try:
-        hub = json.loads((data_dir / HUB_FILE).read_text())
+        hub = json.loads(file.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(hub, dict) or _normal(str(hub.get("url", ""))) != _normal(url) or not hub.get("token_file"):
+    if not isinstance(hub, dict) or not isinstance(hub.get("url"), str) or not hub["url"]:
+        return None
+    pid, token_file = hub.get("pid"), hub.get("token_file")
+    return LocalHub(file=file.resolve(), url=hub["url"].rstrip("/"), pid=pid if isinstance(pid, int) else None,
+                    token_file=Path(token_file) if isinstance(token_file, str) and token_file else None)
+
+
+def read_local_token(data_dir: Path, url: str) -> str | None:
+    """The token of the `mlhub up` serving `url` from this data dir, or None (another hub, or none running)."""
+    hub = read_hub_file(data_dir)
+    if hub is None or _normal(hub.url) != _normal(url) or hub.token_file is None:
         return None
     try:
-        return Path(hub["token_file"]).read_text().strip() or None
+        return hub.token_file.read_text().strip() or None
     except OSError:
         return None
 

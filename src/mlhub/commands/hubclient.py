@@ -1,9 +1,10 @@
 """The CLI as an API client: which mode a command uses, and a small HTTP client for the hub's REST API.
 
 The rule: a client command (submit, cancel, reproduce, runs, show, models, query) talks to the hub at
-MLHUB_URL (default http://127.0.0.1:8000) with MLHUB_TOKEN, unless MLHUB_NATS_URL is set (an operator inside a
-deployment) or --direct is given; then it uses the event log and the read model directly, as before.
-MLHUB_TOKEN unset: the admin token of a local `mlhub up` serving MLHUB_URL from MLHUB_DATA_DIR is used.
+MLHUB_URL with MLHUB_TOKEN, unless MLHUB_NATS_URL is set (an operator inside a deployment) or --direct is given;
+then it uses the event log and the read model directly, as before. MLHUB_URL unset: the hub that
+MLHUB_DATA_DIR/hub.json names (a running `mlhub up` of that data dir writes it), else http://127.0.0.1:8000.
+MLHUB_TOKEN unset: the admin token of a local `mlhub up` serving that URL from MLHUB_DATA_DIR is used.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mlhub.events import RunStatus
 if TYPE_CHECKING:
     import httpx
 
+    from mlhub.commands.hub import LocalHub
     from mlhub.settings import Settings
 
 T = TypeVar("T")
@@ -73,21 +75,27 @@ def use_client(settings: Settings, direct: bool) -> bool:
 class HubClient:
     """Calls to the hub's API under /api/v1 with a bearer token; errors become HubRequestError/HubUnreachable."""
 
-    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0,
+                 local_hub: LocalHub | None = None) -> None:
         import httpx
 
         self.url = url.rstrip("/")
+        #: The hub.json the URL came from (MLHUB_URL unset), so that an unreachable hub names it.
+        self.local_hub = local_hub
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=timeout_s)
         self.has_token = token is not None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HubClient:
-        """A client for MLHUB_URL with MLHUB_TOKEN, or the local `mlhub up` admin token."""
-        from mlhub.commands.hub import read_local_token
+        """A client for MLHUB_URL (unset: the hub that MLHUB_DATA_DIR/hub.json names, else the default URL) with
+        MLHUB_TOKEN, or the local `mlhub up` admin token."""
+        from mlhub.commands.hub import read_hub_file, read_local_token
 
-        token = settings.token or read_local_token(settings.data_dir, settings.url)
-        return cls(settings.url, token)
+        local = None if "url" in settings.model_fields_set else read_hub_file(settings.data_dir)
+        url = local.url if local is not None else settings.url
+        token = settings.token or read_local_token(settings.data_dir, url)
+        return cls(url, token, local_hub=local)
 
     def close(self) -> None:
         """Close the connections."""
@@ -106,6 +114,13 @@ class HubClient:
         try:
             response = self._http.request(method, path, params=params, json=json)
         except httpx.TransportError as e:
+            if self.local_hub is not None:
+                hub = self.local_hub
+                gone = "" if hub.process_alive else f"; its `mlhub up` (pid {hub.pid}) is gone"
+                raise HubUnreachable(
+                    f"the hub that {hub.file} names at {self.url} is not running ({type(e).__name__}: {e}{gone}; "
+                    "a killed `mlhub up` leaves that file behind): start it with `mlhub up`, set MLHUB_URL to "
+                    "where a hub runs, or use --direct") from e
             raise HubUnreachable(f"cannot reach the hub at {self.url} ({type(e).__name__}: {e}): start it with "
                                  "`mlhub up`, set MLHUB_URL to where it runs, or use --direct") from e
         if response.status_code >= 400:
