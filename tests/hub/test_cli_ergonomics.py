@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.hub.helpers import MLHUB, ROOT, RunningHub, free_port, hub_env, serving_hub
+
+from mlhub.metricdefs import load_definitions
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +56,25 @@ def test_a_hub_json_whose_hub_is_not_running_is_named_in_the_error(tmp_path: Pat
     assert "HUB_UNREACHABLE" in result.stderr
     assert str((data_dir / "hub.json").resolve()) in result.stderr and url in result.stderr
     assert "not running" in result.stderr and f"pid {dead.pid}" in result.stderr
+
+
+def test_up_declares_the_metric_definitions_of_the_working_directory(hub: RunningHub) -> None:
+    declared = load_definitions(ROOT / "configs" / "metrics.yaml")
+    assert f"metric definitions ({ROOT / 'configs' / 'metrics.yaml'}): {len(declared)} defined" in hub.output
+    env = hub_env(hub.data_dir)
+    deadline = time.monotonic() + 60
+    while True:  # the projector takes them in a moment after `up` appended them
+        rows = json.loads(ok(mlhub(["query", "--format", "json", "SELECT name FROM metric_definitions"], env)))
+        if {r["name"] for r in rows} == set(declared) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {r["name"] for r in rows} == set(declared)
+
+
+def test_up_without_a_metrics_file_says_none_applied_and_serves(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    with serving_hub(tmp_path / "hub", workers=0, cwd=elsewhere) as running:
+        assert f"metric definitions: none applied (no {elsewhere / 'configs' / 'metrics.yaml'}" in running.output
+        assert json.loads(ok(mlhub(["runs", "--format", "json"], hub_env(running.data_dir)))) == []
+

@@ -54,7 +54,7 @@ from mlhub.errors import MlhubError
 from mlhub.settings import Settings
 
 if TYPE_CHECKING:
-    from mlhub.eventlog import EmbeddedNats
+    from mlhub.eventlog import EmbeddedNats, EventLog
 
 PR_SET_PDEATHSIG = 1
 #: Longest the children get to stop after SIGTERM before they are killed (a worker finishes its batch).
@@ -124,6 +124,10 @@ class Hub:
     workers: int = 1
     host: str = "127.0.0.1"
     echo: Callable[[str], None] = print
+    #: The project whose configs/metrics.yaml (with migrations/metrics/, the layout of metricdefs.SchemaFiles)
+    #: `start()` declares, as `mlhub metrics apply` does: by default the working directory, whose relative
+    #: configs/metrics.yaml is also the default of `mlhub metrics apply --file`.
+    project_root: Path = Path(".")
     children: list[Child] = field(default_factory=list)
     info: HubInfo | None = None
     _nats: EmbeddedNats | None = None
@@ -210,8 +214,30 @@ class Hub:
 
         # As the admin (embedded) or as MLHUB_NATS_CREDS/the URL's user names (external): creates or checks the stream.
         settings = self.settings if self.settings.nats_url else self.settings.model_copy(update={"nats_creds": None})
-        async with open_event_log(settings, url, "mlhub-up"):
-            pass
+        async with open_event_log(settings, url, "mlhub-up") as log:
+            await self._declare_metrics(log)
+
+    async def _declare_metrics(self, log: EventLog) -> None:
+        """Declare the project's metric definitions (`mlhub metrics apply`: metric.defined for new ones,
+        metric.migrated for pending migrations), so the leaderboard has them from the start. No file: nothing
+        applied, said so; a file the log refuses (a changed definition without a migration, a bad file): said
+        so, and the hub serves on."""
+        from mlhub.metricdefs import SchemaFiles, apply_definitions
+
+        files = SchemaFiles.of(self.project_root)
+        where = files.definitions.resolve()
+        if not files.definitions.is_file():
+            self.echo(f"metric definitions: none applied (no {where}; `mlhub metrics apply --file FILE` "
+                      "declares them)")
+            return
+        try:
+            result = await apply_definitions(log, files.definitions, producer=self.settings.producer,
+                                             migrations_dir=files.migrations if files.migrations.is_dir() else None)
+        except MlhubError as e:
+            self.echo(f"metric definitions ({where}): none applied: error [{e.code}]: {e}")
+            return
+        self.echo(f"metric definitions ({where}): {len(result.defined)} defined, "
+                  f"{len(result.migrated)} migration(s) applied, {len(result.unchanged)} unchanged")
 
     def _migrate(self) -> None:
         from mlhub.readmodel import create_engine, migrate, sqlite_path
