@@ -1,6 +1,7 @@
-"""`mlhub runs`, `mlhub runs end RUN_ID` and `mlhub show RUN_ID`: search runs, end one by hand, show one, through
-the hub (GET /api/v1/runs, POST /runs/{id}/end, GET /runs/{id}) or, with MLHUB_NATS_URL set or --direct, on the
-read model and the event log themselves (the same queries and the same tracking service, the same JSON)."""
+"""`mlhub runs`, `mlhub runs end RUN_ID` and `mlhub show RUN`: search runs, end one by hand, show one (by id, id
+prefix or name), through the hub (GET /api/v1/runs, POST /runs/{id}/end, GET /run-lookup and /runs/{id}) or,
+with MLHUB_NATS_URL set or --direct, on the read model and the event log themselves (the same queries and the
+same tracking service, the same JSON)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from mlhub.commands.common import fail, load_settings, read_model
-from mlhub.commands.hubclient import DIRECT, json_float, use_client, with_hub
+from mlhub.commands.hubclient import DIRECT, HubClient, json_float, use_client, with_hub
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
@@ -121,19 +122,26 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 @click.command("show")
-@click.argument("run_id")
+@click.argument("ref", metavar="RUN")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole document (GET /api/v1/runs/{id}) as JSON.")
 @DIRECT
-def show(run_id: str, as_json: bool, direct: bool) -> None:
-    """Everything known about run RUN_ID: status, times, provenance, params, tags, metrics, artifacts, lineage."""
+def show(ref: str, as_json: bool, direct: bool) -> None:
+    """Everything known about RUN: status, times, provenance, params, tags, metrics, artifacts, lineage.
+
+    RUN is a run id, a unique prefix of one, or a run's exact name; one that matches several runs is an error
+    listing them."""
     settings = load_settings()
     if use_client(settings, direct):
-        detail = with_hub(settings, lambda client: client.get(f"/runs/{run_id}"))
+        def fetch(client: HubClient) -> Any:
+            run_id = client.get("/run-lookup", ref=ref)["run_id"]
+            return client.get(f"/runs/{run_id}")
+
+        detail = with_hub(settings, fetch)
     else:
-        from mlhub.api.queries import get_run
+        from mlhub.api.queries import get_run, resolve_run_ref
         from mlhub.api.schemas import RunDetail
 
-        found = _direct(settings, lambda conn: get_run(conn, run_id))
+        found = _direct(settings, lambda conn: get_run(conn, resolve_run_ref(conn, ref)["run_id"]))
         detail = RunDetail.model_validate(found).model_dump(mode="json")
     if as_json:
         click.echo(json.dumps(detail, indent=2))
