@@ -154,3 +154,16 @@ def test_the_lookup_endpoint_names_the_candidates(hub: RunningHub, named_runs: d
     assert {c["run_id"] for c in error["details"]["candidates"]} == {named_runs["beta1"], named_runs["beta2"]}
     missing = httpx.get(f"{hub.url}/api/v1/run-lookup", params={"ref": "zzz"}, headers=headers)
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["http", "direct"])
+def test_text_output_prints_values_as_json(hub: RunningHub, named_runs: dict[str, str], direct: bool) -> None:
+    env = hub_env(hub.data_dir)
+    flag = ["--direct"] if direct else []
+    shown = ok(mlhub(["show", "alpha", *flag], env))
+    assert "seed null" in shown and "None" not in shown, shown
+    assert "  flag = true" in shown and "  nothing = null" in shown and "  label = a b" in shown
+    table = ok(mlhub(["query", *flag, "SELECT true AS t, [1, 2] AS l, {'k': 'v'} AS s, NULL AS n, 0.5 AS f, "
+                      "'isnan'::VARCHAR AS c, 'NaN'::DOUBLE AS x"], env))
+    row = [cell.strip() for cell in table.splitlines()[2].split("|")]
+    assert row == ["true", "[1, 2]", '{"k": "v"}', "NULL", "0.5", "isnan", "NaN"], table

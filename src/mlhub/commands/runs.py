@@ -6,6 +6,7 @@ same tracking service, the same JSON)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -112,8 +113,13 @@ def _end_direct(settings: Settings, run_id: str, status: str, reason: str) -> in
 
 
 def _num(value: Any) -> str:
+    """A metric value in a table: 4 significant digits; NaN and infinities as their JSON (never nan, inf)."""
+    from mlhub.analytics.cells import text_cell
+
     number = json_float(value)
-    return "-" if number is None else f"{number:.4g}"
+    if number is None:
+        return "-"
+    return f"{number:.4g}" if math.isfinite(number) else text_cell(number)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -150,7 +156,9 @@ def show(ref: str, as_json: bool, direct: bool) -> None:
 
 
 def describe(detail: dict[str, Any]) -> list[str]:
-    """The text form of a run document."""
+    """The text form of a run document (every value through `text_cell`: JSON, never a Python repr)."""
+    from mlhub.analytics.cells import text_cell
+
     run, lineage = detail["run"], detail["lineage"]
     lines = [f"run {run['run_id']} ({run.get('name') or 'unnamed'}): {run['status']}"]
     lines.append(f"  experiment  {run.get('experiment_id') or '-'}, job {run.get('job_id') or '-'}, "
@@ -159,7 +167,7 @@ def describe(detail: dict[str, Any]) -> list[str]:
                  f"ended {_t(run.get('ended_at'))}")
     if run.get("error"):
         lines.append(f"  error       {run.get('error_type') or 'Error'}: {run['error']}")
-    lines.append(f"  config      sha256 {run.get('config_sha256') or '-'}, seed {run.get('seed')}")
+    lines.append(f"  config      sha256 {run.get('config_sha256') or '-'}, seed {text_cell(run.get('seed'))}")
     dataset = lineage.get("dataset") or {}
     if dataset.get("fingerprint"):
         lines.append(f"  dataset     {dataset.get('name')} fingerprint {dataset['fingerprint']}")
@@ -173,12 +181,12 @@ def describe(detail: dict[str, Any]) -> list[str]:
     for title, mapping in (("params", detail["params"]), ("tags", detail["tags"])):
         if mapping:
             lines.append(f"{title}:")
-            lines += [f"  {k} = {v}" for k, v in sorted(mapping.items())]
+            lines += [f"  {k} = {text_cell(v, quote=False)}" for k, v in sorted(mapping.items())]
     if detail["metrics"]:
         lines.append("metrics:")
         rows = [("  KEY", "LAST", "STEP", "MIN", "MAX", "POINTS")]
-        rows += [(f"  {m['key']}", _num(m["last_value"]), str(m["last_step"]), _num(m["min_value"]),
-                  _num(m["max_value"]), str(m["count"])) for m in detail["metrics"]]
+        rows += [(f"  {m['key']}", _num(m["last_value"]), text_cell(m["last_step"]), _num(m["min_value"]),
+                  _num(m["max_value"]), text_cell(m["count"])) for m in detail["metrics"]]
         lines.append(_table(rows))
     if detail["artifacts"]:
         lines.append("artifacts:")
