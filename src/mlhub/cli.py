@@ -65,7 +65,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("mlhub.commands.runs:runs",
         "Search runs: newest first, with status and last metric values (the filter language of docs/api.md)."),
     "show": ("mlhub.commands.runs:show",
-        "Everything known about run RUN_ID: status, times, provenance, params, tags, metrics, artifacts, "
+        "Everything known about RUN: status, times, provenance, params, tags, metrics, artifacts, "
         "lineage."),
     "import": ("mlhub.commands.import_mlflow:import_group",
         "Import history from other tools (mlhub import mlflow SOURCE)."),

@@ -1,7 +1,7 @@
 """`mlhub demo`: `mlhub up`, then the example training jobs through the REST API, and a summary of their runs.
 
-Steps: start the hub (embedded nats-server, migrations, projectors, workers, API), declare the metric
-definitions of configs/metrics.yaml (as `mlhub metrics apply`), submit configs/digits-mlp.yaml and
+Steps: start the hub (embedded nats-server, migrations, projectors, workers, API; it declares the metric
+definitions of configs/metrics.yaml, as `mlhub metrics apply` does), submit configs/digits-mlp.yaml and
 configs/diabetes-regression.yaml with the overrides in DEMO_JOBS (recorded in each run's config snapshot) via
 POST /api/v1/jobs, wait for both jobs, print a table of each run's status and best metrics (best by the
 direction declared in configs/metrics.yaml), print the URL, then keep serving until Ctrl-C (or stop at once
@@ -10,7 +10,6 @@ with --exit).
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -50,24 +49,6 @@ def configs_dir() -> Path:
     if (here / DEMO_JOBS[0][0]).is_file():
         return here
     return Path(__file__).resolve().parents[2] / "configs"
-
-
-def _declare_metrics(settings: Settings, info: HubInfo, echo: Callable[[str], None]) -> None:
-    from mlhub.commands.common import open_event_log
-    from mlhub.metricdefs import apply_definitions
-
-    folder = configs_dir()
-    migrations = folder.parent / "migrations" / "metrics"
-
-    async def apply() -> Any:
-        async with open_event_log(settings, info.nats_url, "mlhub-demo") as log:
-            return await apply_definitions(log, folder / "metrics.yaml",
-                                           migrations_dir=migrations if migrations.is_dir() else None,
-                                           producer=settings.producer)
-
-    result = asyncio.run(apply())
-    echo(f"metric definitions ({folder / 'metrics.yaml'}): {len(result.defined)} defined, "
-         f"{len(result.migrated)} migration(s) applied, {len(result.unchanged)} unchanged")
 
 
 def _submit(client: HubClient, echo: Callable[[str], None]) -> list[DemoRun]:
@@ -164,11 +145,10 @@ def _writer_token(settings: Settings, info: HubInfo) -> str | None:
 def run_demo(settings: Settings, *, port: int, workers: int, exit_after: bool, stop: threading.Event,
              echo: Callable[[str], None], on_ready: Callable[[HubInfo], None]) -> bool:
     """The whole demo; True when every example run finished. Stops the hub before it returns."""
-    hub = Hub(settings, port=port, workers=workers, echo=echo)
+    hub = Hub(settings, port=port, workers=workers, echo=echo, project_root=configs_dir().parent)
     try:
         info = hub.start()
         echo(f"hub up: API at {info.url}, {workers} worker(s), projectors, logs in {info.logs_dir}")
-        _declare_metrics(settings, info, echo)
         with HubClient(info.url, _writer_token(settings, info)) as client:
             runs = _wait(client, hub, _submit(client, echo), stop, echo)
         echo("")

@@ -125,9 +125,9 @@ class RunningHub:
         raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}")
 
 
-def start(args: list[str], data_dir: Path, port: int, **env: str) -> RunningHub:
+def start(args: list[str], data_dir: Path, port: int, cwd: Path = ROOT, **env: str) -> RunningHub:
     proc = subprocess.Popen([*MLHUB, *args, "--data-dir", str(data_dir), "--port", str(port)],
-                            env=hub_env(data_dir, **env), cwd=ROOT, stdout=subprocess.PIPE,
+                            env=hub_env(data_dir, **env), cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     hub = RunningHub(proc, data_dir, port)
 
@@ -154,10 +154,10 @@ def stop(hub: RunningHub) -> None:
 
 
 @contextlib.contextmanager
-def serving_hub(data_dir: Path, workers: int = 1, **env: str) -> Iterator[RunningHub]:
-    """`mlhub up --workers N` on data_dir (with extra MLHUB_* settings in env) until the block ends; afterwards no
-    process of it is left."""
-    running = start(["up", "--workers", str(workers)], data_dir, free_port(), **env)
+def serving_hub(data_dir: Path, workers: int = 1, cwd: Path = ROOT, **env: str) -> Iterator[RunningHub]:
+    """`mlhub up --workers N` on data_dir (with extra MLHUB_* settings in env), run in cwd (the repository root by
+    default), until the block ends; afterwards no process of it is left."""
+    running = start(["up", "--workers", str(workers)], data_dir, free_port(), cwd=cwd, **env)
     try:
         running.wait_for(r"press Ctrl-C to stop")
         yield running

@@ -214,6 +214,38 @@ def metric_summaries(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
     return [row_dict(r, columns) for r in rows]
 
 
+#: How many of the runs an ambiguous run reference matches its error lists.
+RUN_REF_CANDIDATES = 5
+
+
+def resolve_run_ref(conn: sa.Connection, ref: str) -> dict[str, Any]:
+    """The run a reference names: its full id, else the one run whose id starts with it or whose name is it
+    (exactly). NotFound when none does; AMBIGUOUS_RUN_REF (400), listing the newest few, when several do."""
+    runs = t.runs
+    columns = (runs.c.run_id, runs.c.name, runs.c.experiment_id, runs.c.created_at)
+    if not ref:
+        raise ApiError("a run reference is a run id, a unique prefix of one, or a run name; got ''",
+                       details={"ref": ref})
+    exact = conn.execute(sa.select(*columns).where(runs.c.run_id == ref)).first()
+    if exact is not None:
+        return {**row_dict(exact), "matched_by": "id"}
+    # substr, not LIKE: exact and case-sensitive on SQLite and PostgreSQL alike, with no wildcards in `ref`.
+    match = sa.or_(sa.func.substr(runs.c.run_id, 1, len(ref)) == ref, runs.c.name == ref)
+    count = conn.execute(sa.select(sa.func.count()).select_from(runs).where(match)).scalar_one()
+    rows = conn.execute(sa.select(*columns).where(match).order_by(runs.c.created_at.desc(), runs.c.run_id)
+                        .limit(RUN_REF_CANDIDATES)).all()
+    if count == 0:
+        raise NotFound(f"no run has the id, id prefix or name {ref!r}", details={"ref": ref})
+    found = [row_dict(row) for row in rows]
+    if count > 1:
+        listed = ", ".join(f"{r['run_id']} ({r['name'] or 'unnamed'}, {r['created_at'] or '-'})" for r in found)
+        more = f" and {count - len(found)} more" if count > len(found) else ""
+        raise ApiError(f"{count} runs match {ref!r} by id prefix or name: {listed}{more}; give more of the id",
+                       code="AMBIGUOUS_RUN_REF", details={"ref": ref, "count": count, "candidates": found})
+    run = found[0]
+    return {**run, "matched_by": "id_prefix" if run["run_id"].startswith(ref) else "name"}
+
+
 def run_exists(conn: sa.Connection, run_id: str) -> bool:
     """Whether the read model has the run."""
     return conn.execute(sa.select(t.runs.c.run_id).where(t.runs.c.run_id == run_id)).first() is not None

@@ -32,6 +32,7 @@ from mlhub.api.schemas import (
     ModelsPublic,
     ModelVersionPublic,
     RunDetail,
+    RunRefPublic,
     RunsPublic,
     SeriesPublic,
 )
@@ -108,6 +109,18 @@ async def search_runs(
         cached = bytes(JSONResponse(result).body)  # already JSON-ready: no second validation pass
         state.cache.put(key, cached)
     return Response(content=cached, media_type="application/json")
+
+
+@router.get("/run-lookup", response_model=RunRefPublic, operation_id="lookup_run")
+async def lookup_run(
+    state: StateDep, _: ReaderDep,
+    ref: Annotated[str, Query(min_length=1, max_length=500, description=(
+        "a run id, a unique prefix of one, or a run's exact name"))],
+    min_seq: MinSeq = None,
+) -> Any:
+    """The run a reference names (what `mlhub show REF` takes): 404 for none, 400 AMBIGUOUS_RUN_REF with the
+    candidates (details.candidates, the newest few) for several."""
+    return await _sql(state, min_seq, queries.resolve_run_ref, ref)
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail, operation_id="get_run")

@@ -84,6 +84,16 @@ class RunPublic(BaseModel):
     best_metrics: dict[str, MetricValue | None] = Field(default_factory=dict)
 
 
+class RunRefPublic(BaseModel):
+    """The run a reference (full id, unique id prefix, or exact name) names, and how it matched."""
+
+    run_id: str
+    name: str | None
+    experiment_id: str | None
+    created_at: datetime | None
+    matched_by: Literal["id", "id_prefix", "name"]
+
+
 class RunsPublic(BaseModel):
     """A page of runs; pass next_page_token as page_token for the next page (null on the last)."""
 

@@ -54,7 +54,7 @@ from mlhub.errors import MlhubError
 from mlhub.settings import Settings
 
 if TYPE_CHECKING:
-    from mlhub.eventlog import EmbeddedNats
+    from mlhub.eventlog import EmbeddedNats, EventLog
 
 PR_SET_PDEATHSIG = 1
 #: Longest the children get to stop after SIGTERM before they are killed (a worker finishes its batch).
@@ -124,6 +124,10 @@ class Hub:
     workers: int = 1
     host: str = "127.0.0.1"
     echo: Callable[[str], None] = print
+    #: The project whose configs/metrics.yaml (with migrations/metrics/, the layout of metricdefs.SchemaFiles)
+    #: `start()` declares, as `mlhub metrics apply` does: by default the working directory, whose relative
+    #: configs/metrics.yaml is also the default of `mlhub metrics apply --file`.
+    project_root: Path = Path(".")
     children: list[Child] = field(default_factory=list)
     info: HubInfo | None = None
     _nats: EmbeddedNats | None = None
@@ -210,8 +214,30 @@ class Hub:
 
         # As the admin (embedded) or as MLHUB_NATS_CREDS/the URL's user names (external): creates or checks the stream.
         settings = self.settings if self.settings.nats_url else self.settings.model_copy(update={"nats_creds": None})
-        async with open_event_log(settings, url, "mlhub-up"):
-            pass
+        async with open_event_log(settings, url, "mlhub-up") as log:
+            await self._declare_metrics(log)
+
+    async def _declare_metrics(self, log: EventLog) -> None:
+        """Declare the project's metric definitions (`mlhub metrics apply`: metric.defined for new ones,
+        metric.migrated for pending migrations), so the leaderboard has them from the start. No file: nothing
+        applied, said so; a file the log refuses (a changed definition without a migration, a bad file): said
+        so, and the hub serves on."""
+        from mlhub.metricdefs import SchemaFiles, apply_definitions
+
+        files = SchemaFiles.of(self.project_root)
+        where = files.definitions.resolve()
+        if not files.definitions.is_file():
+            self.echo(f"metric definitions: none applied (no {where}; `mlhub metrics apply --file FILE` "
+                      "declares them)")
+            return
+        try:
+            result = await apply_definitions(log, files.definitions, producer=self.settings.producer,
+                                             migrations_dir=files.migrations if files.migrations.is_dir() else None)
+        except MlhubError as e:
+            self.echo(f"metric definitions ({where}): none applied: error [{e.code}]: {e}")
+            return
+        self.echo(f"metric definitions ({where}): {len(result.defined)} defined, "
+                  f"{len(result.migrated)} migration(s) applied, {len(result.unchanged)} unchanged")
 
     def _migrate(self) -> None:
         from mlhub.readmodel import create_engine, migrate, sqlite_path
@@ -437,16 +463,51 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
-def read_local_token(data_dir: Path, url: str) -> str | None:
-    """The token of the `mlhub up` serving `url` from this data dir, or None (another hub, or none running)."""
+@dataclass(frozen=True)
+class LocalHub:
+    """What DATA_DIR/hub.json (written by a running `mlhub up`) says about the hub of that data dir."""
+
+    #: The hub.json it was read from.
+    file: Path
+    url: str
+    pid: int | None
+    token_file: Path | None
+
+    @property
+    def process_alive(self) -> bool:
+        """Whether the `mlhub up` process that wrote the file still exists (a killed one leaves the file)."""
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def read_hub_file(data_dir: Path) -> LocalHub | None:
+    """The local hub that DATA_DIR/hub.json names, or None (no such file, or not one `mlhub up` wrote)."""
+    file = data_dir / HUB_FILE
     try:
-        hub = json.loads((data_dir / HUB_FILE).read_text())
+        hub = json.loads(file.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(hub, dict) or _normal(str(hub.get("url", ""))) != _normal(url) or not hub.get("token_file"):
+    if not isinstance(hub, dict) or not isinstance(hub.get("url"), str) or not hub["url"]:
+        return None
+    pid, token_file = hub.get("pid"), hub.get("token_file")
+    return LocalHub(file=file.resolve(), url=hub["url"].rstrip("/"), pid=pid if isinstance(pid, int) else None,
+                    token_file=Path(token_file) if isinstance(token_file, str) and token_file else None)
+
+
+def read_local_token(data_dir: Path, url: str) -> str | None:
+    """The token of the `mlhub up` serving `url` from this data dir, or None (another hub, or none running)."""
+    hub = read_hub_file(data_dir)
+    if hub is None or _normal(hub.url) != _normal(url) or hub.token_file is None:
         return None
     try:
-        return Path(hub["token_file"]).read_text().strip() or None
+        return hub.token_file.read_text().strip() or None
     except OSError:
         return None
 

@@ -2,9 +2,10 @@
 HTTP transport and error types, mlhub.client.transport and mlhub.client.errors).
 
 The rule: a client command (submit, cancel, reproduce, runs, show, models, query) talks to the hub at
-MLHUB_URL (default http://127.0.0.1:8000) with MLHUB_TOKEN, unless MLHUB_NATS_URL is set (an operator inside a
-deployment) or --direct is given; then it uses the event log and the read model directly, as before.
-MLHUB_TOKEN unset: the admin token of a local `mlhub up` serving MLHUB_URL from MLHUB_DATA_DIR is used.
+MLHUB_URL with MLHUB_TOKEN, unless MLHUB_NATS_URL is set (an operator inside a deployment) or --direct is given;
+then it uses the event log and the read model directly, as before. MLHUB_URL unset: the hub that
+MLHUB_DATA_DIR/hub.json names (a running `mlhub up` of that data dir writes it), else http://127.0.0.1:8000.
+MLHUB_TOKEN unset: the admin token of a local `mlhub up` serving that URL from MLHUB_DATA_DIR is used.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mlhub.errors import MlhubError
 from mlhub.events import RunStatus
 
 if TYPE_CHECKING:
+    from mlhub.commands.hub import LocalHub
     from mlhub.settings import Settings
 
 __all__ = ["DIRECT", "ENDED", "LIVE_RUN_STATUSES", "HubAuthError", "HubClient", "HubRequestError", "HubUnavailable",
@@ -48,18 +50,24 @@ class HubClient:
     errors it raises (HubUnavailable, HubAuthError, HubRequestError; the CLI prints the hub's own code), with a
     hint for a CLI user where one helps."""
 
-    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, token: str | None, *, timeout_s: float = 60.0,
+                 local_hub: LocalHub | None = None) -> None:
         self.transport = Transport(url, token, timeout_s=timeout_s)
         self.url = self.transport.url
+        #: The hub.json the URL came from (MLHUB_URL unset), so that an unreachable hub names it.
+        self.local_hub = local_hub
         self.has_token = token is not None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HubClient:
-        """A client for MLHUB_URL with MLHUB_TOKEN, or the local `mlhub up` admin token."""
-        from mlhub.commands.hub import read_local_token
+        """A client for MLHUB_URL (unset: the hub that MLHUB_DATA_DIR/hub.json names, else the default URL) with
+        MLHUB_TOKEN, or the local `mlhub up` admin token."""
+        from mlhub.commands.hub import read_hub_file, read_local_token
 
-        token = settings.token or read_local_token(settings.data_dir, settings.url)
-        return cls(settings.url, token)
+        local = None if "url" in settings.model_fields_set else read_hub_file(settings.data_dir)
+        url = local.url if local is not None else settings.url
+        token = settings.token or read_local_token(settings.data_dir, url)
+        return cls(url, token, local_hub=local)
 
     def close(self) -> None:
         """Close the connections."""
@@ -78,6 +86,13 @@ class HubClient:
         except HubUnavailable as e:
             if e.status is not None:  # the hub answered (5xx, 408, 429): its own message says why
                 raise
+            if self.local_hub is not None:
+                hub = self.local_hub
+                gone = "" if hub.process_alive else f"; its `mlhub up` (pid {hub.pid}) is gone"
+                raise HubUnavailable(
+                    f"the hub that {hub.file} names at {self.url} is not running ({e}{gone}; a killed `mlhub up` "
+                    "leaves that file behind): start it with `mlhub up`, set MLHUB_URL to where a hub runs, or use "
+                    "--direct") from e
             raise HubUnavailable(f"cannot reach the hub at {self.url} ({e}): start it with `mlhub up`, set "
                                  "MLHUB_URL to where it runs, or use --direct") from e
         except HubAuthError as e:

@@ -192,7 +192,10 @@ def _print_comparison(c: Comparison) -> None:
 
 
 def _num(value: float | None) -> str:
-    return "-" if value is None else repr(value)
+    """A final metric value in full (its JSON: the shortest text that reads back bit-identical; NaN, not nan)."""
+    from mlhub.analytics.cells import text_cell
+
+    return "-" if value is None else text_cell(value)
 
 
 @click.command("cancel")

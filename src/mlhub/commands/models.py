@@ -5,6 +5,7 @@ applied (run `mlhub projector --until-caught-up` first when it is not running)."
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -281,6 +282,8 @@ def lineage(name: str, alias: str | None, version: int | None, as_json: bool, di
     if as_json:
         _echo_json(chain)
         return
+    from mlhub.analytics.cells import text_cell
+
     head = f"model {chain.model_name} v{chain.version}" + (f" ({chain.alias})" if chain.alias else "")
     lines = [f"{head}: artifact {chain.artifact_path} sha256 {chain.artifact_sha256}"
              + (f" at {chain.artifact_uri}" if chain.artifact_uri else "")]
@@ -290,19 +293,19 @@ def lineage(name: str, alias: str | None, version: int | None, as_json: bool, di
         lines.append(f"  config      sha256 {chain.config.sha256}"
                      + (f", overrides {' '.join(chain.config.overrides)}" if chain.config.overrides else ""))
     if chain.seed:
-        lines.append(f"  seed        {chain.seed.seed} ({chain.seed.source})")
+        lines.append(f"  seed        {text_cell(chain.seed.seed)} ({chain.seed.source})")
     if chain.dataset:
         lines.append(f"  dataset     {chain.dataset.name} fingerprint {chain.dataset.fingerprint}")
     if chain.code:
         lines.append(f"  code        {chain.code.git_commit or '(no commit)'}"
-                     f"{' dirty, diff sha256 ' + str(chain.code.diff_sha256) if chain.code.dirty else ' clean'}")
+                     f"{' dirty, diff sha256 ' + text_cell(chain.code.diff_sha256) if chain.code.dirty else ' clean'}")
     if chain.environment:
         e = chain.environment
         lines.append(f"  environment python {e.python}, torch {e.torch or '-'}, lightning {e.lightning or '-'}, "
                      f"cuda {e.cuda or '-'}, {e.platform}, packages sha256 {e.packages_sha256[:12]}")
     if chain.final_metrics:
-        lines.append("  metrics     " + ", ".join(f"{k}={'NaN' if v is None else f'{v:g}'}"
-                                                 for k, v in chain.final_metrics.items()))
+        lines.append("  metrics     " + ", ".join(  # a NaN final value is stored as None
+            f"{k}={text_cell(math.nan if v is None else v)}" for k, v in chain.final_metrics.items()))
     if chain.missing:
         lines.append(f"  missing     {', '.join(chain.missing)} (the run never recorded them)")
     click.echo("\n".join(lines))

@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
-from datetime import date, datetime
 from typing import Any
 
 import click
 import pyarrow as pa
 
-from mlhub.analytics.cells import json_cell
+from mlhub.analytics.cells import json_cell, text_cell
 from mlhub.commands.common import fail, load_settings
 from mlhub.commands.hubclient import DIRECT, use_client, with_hub
 from mlhub.errors import MlhubError
@@ -88,8 +86,8 @@ def load_readmodel_tables(url: str) -> dict[str, pa.Table]:
 
 def render(table: pa.Table, fmt: str) -> str:
     """The result in one of the output formats (each ends with a newline)."""
-    names = list(table.column_names)
-    return render_rows(names, [[row[n] for n in names] for row in table.to_pylist()], fmt)
+    names = list(table.column_names)  # as JSON first, so both modes print the same (the hub answers JSON)
+    return render_rows(names, [[json_cell(row[n]) for n in names] for row in table.to_pylist()], fmt)
 
 
 def render_rows(names: list[str], rows: list[list[Any]], fmt: str) -> str:
@@ -100,24 +98,13 @@ def render_rows(names: list[str], rows: list[list[Any]], fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(names)
-        writer.writerows([["" if v is None else _text(v) for v in r] for r in rows])
+        writer.writerows([[text_cell(v, none="", quote=False) for v in r] for r in rows])
         return buffer.getvalue()
-    cells = [[_text(v) for v in r] for r in rows]
+    cells = [[text_cell(v, none="NULL", quote=False) for v in r] for r in rows]
     widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
     lines = [" | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)),
              "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines) + "\n"
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    return str(value)
-
 

@@ -1,17 +1,19 @@
-"""`mlhub runs`, `mlhub runs end RUN_ID` and `mlhub show RUN_ID`: search runs, end one by hand, show one, through
-the hub (GET /api/v1/runs, POST /runs/{id}/end, GET /runs/{id}) or, with MLHUB_NATS_URL set or --direct, on the
-read model and the event log themselves (the same queries and the same tracking service, the same JSON)."""
+"""`mlhub runs`, `mlhub runs end RUN_ID` and `mlhub show RUN`: search runs, end one by hand, show one (by id, id
+prefix or name), through the hub (GET /api/v1/runs, POST /runs/{id}/end, GET /run-lookup and /runs/{id}) or,
+with MLHUB_NATS_URL set or --direct, on the read model and the event log themselves (the same queries and the
+same tracking service, the same JSON)."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from mlhub.commands.common import fail, load_settings, read_model
-from mlhub.commands.hubclient import DIRECT, json_float, use_client, with_hub
+from mlhub.commands.hubclient import DIRECT, HubClient, json_float, use_client, with_hub
 from mlhub.errors import MlhubError
 
 if TYPE_CHECKING:
@@ -111,8 +113,13 @@ def _end_direct(settings: Settings, run_id: str, status: str, reason: str) -> in
 
 
 def _num(value: Any) -> str:
+    """A metric value in a table: 4 significant digits; NaN and infinities as their JSON (never nan, inf)."""
+    from mlhub.analytics.cells import text_cell
+
     number = json_float(value)
-    return "-" if number is None else f"{number:.4g}"
+    if number is None:
+        return "-"
+    return f"{number:.4g}" if math.isfinite(number) else text_cell(number)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
@@ -121,19 +128,26 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 @click.command("show")
-@click.argument("run_id")
+@click.argument("ref", metavar="RUN")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole document (GET /api/v1/runs/{id}) as JSON.")
 @DIRECT
-def show(run_id: str, as_json: bool, direct: bool) -> None:
-    """Everything known about run RUN_ID: status, times, provenance, params, tags, metrics, artifacts, lineage."""
+def show(ref: str, as_json: bool, direct: bool) -> None:
+    """Everything known about RUN: status, times, provenance, params, tags, metrics, artifacts, lineage.
+
+    RUN is a run id, a unique prefix of one, or a run's exact name; one that matches several runs is an error
+    listing them."""
     settings = load_settings()
     if use_client(settings, direct):
-        detail = with_hub(settings, lambda client: client.get(f"/runs/{run_id}"))
+        def fetch(client: HubClient) -> Any:
+            run_id = client.get("/run-lookup", ref=ref)["run_id"]
+            return client.get(f"/runs/{run_id}")
+
+        detail = with_hub(settings, fetch)
     else:
-        from mlhub.api.queries import get_run
+        from mlhub.api.queries import get_run, resolve_run_ref
         from mlhub.api.schemas import RunDetail
 
-        found = _direct(settings, lambda conn: get_run(conn, run_id))
+        found = _direct(settings, lambda conn: get_run(conn, resolve_run_ref(conn, ref)["run_id"]))
         detail = RunDetail.model_validate(found).model_dump(mode="json")
     if as_json:
         click.echo(json.dumps(detail, indent=2))
@@ -142,7 +156,9 @@ def show(run_id: str, as_json: bool, direct: bool) -> None:
 
 
 def describe(detail: dict[str, Any]) -> list[str]:
-    """The text form of a run document."""
+    """The text form of a run document (every value through `text_cell`: JSON, never a Python repr)."""
+    from mlhub.analytics.cells import text_cell
+
     run, lineage = detail["run"], detail["lineage"]
     lines = [f"run {run['run_id']} ({run.get('name') or 'unnamed'}): {run['status']}"]
     lines.append(f"  experiment  {run.get('experiment_id') or '-'}, job {run.get('job_id') or '-'}, "
@@ -151,7 +167,7 @@ def describe(detail: dict[str, Any]) -> list[str]:
                  f"ended {_t(run.get('ended_at'))}")
     if run.get("error"):
         lines.append(f"  error       {run.get('error_type') or 'Error'}: {run['error']}")
-    lines.append(f"  config      sha256 {run.get('config_sha256') or '-'}, seed {run.get('seed')}")
+    lines.append(f"  config      sha256 {run.get('config_sha256') or '-'}, seed {text_cell(run.get('seed'))}")
     dataset = lineage.get("dataset") or {}
     if dataset.get("fingerprint"):
         lines.append(f"  dataset     {dataset.get('name')} fingerprint {dataset['fingerprint']}")
@@ -165,12 +181,12 @@ def describe(detail: dict[str, Any]) -> list[str]:
     for title, mapping in (("params", detail["params"]), ("tags", detail["tags"])):
         if mapping:
             lines.append(f"{title}:")
-            lines += [f"  {k} = {v}" for k, v in sorted(mapping.items())]
+            lines += [f"  {k} = {text_cell(v, quote=False)}" for k, v in sorted(mapping.items())]
     if detail["metrics"]:
         lines.append("metrics:")
         rows = [("  KEY", "LAST", "STEP", "MIN", "MAX", "POINTS")]
-        rows += [(f"  {m['key']}", _num(m["last_value"]), str(m["last_step"]), _num(m["min_value"]),
-                  _num(m["max_value"]), str(m["count"])) for m in detail["metrics"]]
+        rows += [(f"  {m['key']}", _num(m["last_value"]), text_cell(m["last_step"]), _num(m["min_value"]),
+                  _num(m["max_value"]), text_cell(m["count"])) for m in detail["metrics"]]
         lines.append(_table(rows))
     if detail["artifacts"]:
         lines.append("artifacts:")

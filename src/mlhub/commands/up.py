@@ -48,8 +48,9 @@ def print_access(info: Any) -> None:
     click.echo(f"mlhub is serving at {info.url}  (API under {info.url}/api/v1, interactive docs at {info.url}/docs)")
     if info.token is not None:
         click.echo(f"  admin token of this hub: {info.token}")
-        click.echo(f"  (kept in {info.token_file}, mode 0600, and reused on every restart; the mlhub CLI reads it "
-                   f"from there when MLHUB_URL is {info.url} and MLHUB_TOKEN is unset; `mlhub tokens create` "
+        click.echo(f"  (kept in {info.token_file}, mode 0600, and reused on every restart; the mlhub CLI on this "
+                   f"data dir talks to this hub with it when MLHUB_URL is unset (or {info.url}) and MLHUB_TOKEN "
+                   "is unset; `mlhub tokens create` "
                    "issues tokens for others)")
     else:
         click.echo("  tokens: from MLHUB_API_TOKENS / MLHUB_API_TOKENS_FILE (clients set MLHUB_TOKEN)")
