@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The promotion gates file when MLHUB_REGISTRY_GATES is unset (relative to the working directory).
+DEFAULT_REGISTRY_GATES = Path("configs") / "registry.yaml"
 #: Seconds between system-metric samples of a run (MLHUB_SYSTEM_METRICS_S); the SDK's and the worker's default.
 DEFAULT_SYSTEM_METRICS_S = 15.0
 
@@ -69,7 +71,8 @@ class Settings(BaseSettings):
     seal_interval_s: Annotated[float, Field(ge=0)] = 60.0
     #: Seconds between compactions of the metric tables' small files by `mlhub projector` (0: never).
     compact_interval_s: Annotated[float, Field(ge=0)] = 60.0
-    #: The model registry's promotion gates file (YAML); unset: configs/registry.yaml when it exists.
+    #: The model registry's promotion gates file (YAML); unset: configs/registry.yaml when it exists (see
+    #: gates_file, the one place that resolves it).
     registry_gates: Path | None = None
     #: A logged metric key that configs/metrics.yaml does not declare: "keep" stores it and flags it
     #: (metric_summaries.declared, the undeclared_metrics view); "reject" makes the worker fail the run with
@@ -147,6 +150,15 @@ class Settings(BaseSettings):
     system_metrics_s: Annotated[float, Field(ge=0, le=86_400)] = DEFAULT_SYSTEM_METRICS_S
     #: Name recorded as the producer of events this process appends.
     producer: str = Field(default_factory=lambda: f"mlhub@{socket.gethostname()}")
+
+    def gates_file(self) -> Path | None:
+        """The promotion gates file, as an absolute path: MLHUB_REGISTRY_GATES, else DEFAULT_REGISTRY_GATES of the
+        working directory when it exists, else None (no gates). Its reader resolves it once (the API when it
+        starts, the CLI per command), so a later change of directory changes nothing; the file itself is read at
+        each promotion, so an edit applies without a restart."""
+        if self.registry_gates is not None:
+            return self.registry_gates.absolute()
+        return DEFAULT_REGISTRY_GATES.absolute() if DEFAULT_REGISTRY_GATES.is_file() else None
 
     @field_validator("nats_sync")
     @classmethod

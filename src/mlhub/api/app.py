@@ -223,7 +223,7 @@ def create_app(settings: Settings | None = None, *, event_log: EventLog | None =
                 metrics=MetricEngines(settings, engine), tracking=tracking_service(settings, log),
                 protected_aliases=frozenset(a.strip().lower() for a in settings.api_protected_aliases.split(",")
                                             if a.strip()),
-                query_gate=QueryGate(settings),
+                query_gate=QueryGate(settings), gates_file=settings.gates_file(),
             )
             try:
                 yield

@@ -107,19 +107,13 @@ async def set_model_alias(model_name: ModelName, alias: Annotated[str, Path(patt
 
 
 def registry_gates(state: AppState) -> GatesConfig | None:
-    """The promotion gates: MLHUB_REGISTRY_GATES, else configs/registry.yaml in the working directory if it exists
-    (as `mlhub models promote`); read per request so an edited file applies without a restart."""
-    from pathlib import Path as FilePath
-
+    """The promotion gates of the file resolved when the app started (Settings.gates_file, as `mlhub models
+    promote`); the file is read per request so an edited file applies without a restart."""
     from mlhub.registry import GatesConfigError, load_gates
 
-    chosen = state.settings.registry_gates
-    if chosen is None:
-        default = FilePath("configs") / "registry.yaml"
-        if not default.is_file():
-            return None
-        chosen = default
+    if state.gates_file is None:
+        return None
     try:
-        return load_gates(chosen)
+        return load_gates(state.gates_file)
     except GatesConfigError as e:  # the server's configuration is wrong, not the request
         raise ApiError(f"the promotion gates file cannot be used: {e}", code="REGISTRY_GATES_INVALID") from e

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import sqlalchemy as sa
@@ -146,6 +147,8 @@ class AppState:
     #: The write side of run tracking (its run-state cache lives as long as the app).
     tracking: TrackingService
     protected_aliases: frozenset[str] = field(default_factory=frozenset)
+    #: The promotion gates file (Settings.gates_file, resolved when the app started); None: no gates.
+    gates_file: Path | None = None
     #: The highest SQL checkpoint seen so far (a read whose min_seq is at or below it does not wait).
     sql_position: int = 0
     metrics_position: int = 0

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from mlhub.settings import Settings
 
 T = TypeVar("T")
-#: The gates file used when neither --gates nor MLHUB_REGISTRY_GATES names one (relative to the working dir).
-DEFAULT_GATES = Path("configs/registry.yaml")
 
 
 @click.group("models")
@@ -167,14 +165,13 @@ def _expected(value: str | None) -> int | None:
 def _gates(settings: Settings, path: Path | None) -> GatesConfig | None:
     """The gates file named by --gates or MLHUB_REGISTRY_GATES (must exist), else configs/registry.yaml if any."""
     from mlhub.registry import GatesConfigError, load_gates
+    from mlhub.settings import DEFAULT_REGISTRY_GATES
 
-    chosen = path or settings.registry_gates
+    chosen = path or settings.gates_file()
     if chosen is None:
-        if not DEFAULT_GATES.is_file():
-            click.echo(f"note: no promotion gates ({DEFAULT_GATES} not found and MLHUB_REGISTRY_GATES unset)",
-                       err=True)
-            return None
-        chosen = DEFAULT_GATES
+        click.echo(f"note: no promotion gates ({DEFAULT_REGISTRY_GATES} not found and MLHUB_REGISTRY_GATES unset)",
+                   err=True)
+        return None
     try:
         return load_gates(chosen)
     except GatesConfigError as e:

@@ -63,7 +63,7 @@ def worker(pool: str, concurrency: int, ack_wait_s: float, max_deliver: int, fin
                 await runner.run(stop, finish_current=finish_current)
             finally:
                 stop_job_server()  # its job processes have ended: the worker leaves no process behind
-        click.echo(f"worker {config.worker_id} stopped after {len(runner.jobs_handled)} job message(s)", err=True)
+        click.echo(f"worker {config.worker_id} stopped after {runner.messages_handled} job message(s)", err=True)
 
     try:
         with event_log_url(settings) as url:

@@ -66,6 +66,8 @@ QUEUED_SUBJECTS = f"{SUBJECT_PREFIX}.job.*.queued"
 #: How often a running job is checked for a cancel and its timeout (seconds): a cancel stops it this soon, plus
 #: the job process's kill grace.
 STOP_CHECK_S = 0.5
+#: How many of its latest jobs a worker remembers (jobs_handled, results): a long-lived worker holds no more.
+HISTORY_KEPT = 100
 Pool = Literal["cpu", "gpu"]
 Outcome = Literal["succeeded", "failed", "cancelled", "timeout", "abandoned", "skipped", "conflict"]
 
@@ -123,8 +125,11 @@ class Worker:
         self.log = event_log
         self.store = store
         self.config = config or WorkerConfig()
+        #: The outcome of each job message handled, oldest first: the last HISTORY_KEPT (for tools and tests).
         self.jobs_handled: list[tuple[str, Outcome]] = []
-        #: The TrainingResult of each attempt that ran to the end, by job id (for tools and tests).
+        #: How many job messages were handled since the worker started (all of them).
+        self.messages_handled = 0
+        #: The TrainingResult of each attempt that ran to the end, by job id: the last HISTORY_KEPT.
         self.results: dict[str, TrainingResult] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlhub-train")
         self._current_stop: Any = None
@@ -278,7 +283,7 @@ class Worker:
         if result is None:
             assert failure is not None
             return await self._failed(msg, job, attempt, failure)
-        self.results[job.job_id] = result
+        self._remember(job.job_id, result)
         if result.stopped:
             return await self._stopped(msg, job, attempt, reason[0] if reason else "shutdown")
         lost = await self._close_attempt(job, attempt, JobSucceeded(job_id=job.job_id, attempt=attempt))
@@ -396,8 +401,16 @@ class Worker:
         envelope = Envelope(event=event, producer=self.config.producer, correlation_id=job.job_id)
         return (await self.log.append(envelope, expected_version=expected_version)).seq
 
+    def _remember(self, job_id: str, result: TrainingResult) -> None:
+        self.results.pop(job_id, None)  # a redelivered job's newest result is the latest entry
+        self.results[job_id] = result
+        for old in list(self.results)[:-HISTORY_KEPT]:
+            del self.results[old]
+
     def _done(self, job_id: str, outcome: Outcome) -> Outcome:
         self.jobs_handled.append((job_id, outcome))
+        del self.jobs_handled[:-HISTORY_KEPT]
+        self.messages_handled += 1
         log.info("job %s: %s", job_id, outcome)
         return outcome
 
