@@ -22,6 +22,17 @@ MLHUB = [sys.executable, "-m", "mlhub.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def mlhub(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """One `mlhub` CLI call as a user makes it (a process of its own, from the repository root)."""
+    return subprocess.run([*MLHUB, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """The stdout of a CLI call that must succeed (its whole output when it did not)."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

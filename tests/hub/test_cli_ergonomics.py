@@ -3,6 +3,7 @@ port that is not 8000: the client commands find it from MLHUB_DATA_DIR/hub.json 
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import time
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.hub.helpers import MLHUB, ROOT, RunningHub, free_port, hub_env, serving_hub
+from tests.hub import helpers
+from tests.hub.helpers import ROOT, RunningHub, free_port, hub_env, ok, serving_hub
 
 from mlhub.metricdefs import load_definitions
 
@@ -23,13 +25,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
         yield running
 
 
-def mlhub(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MLHUB, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+#: The CLI calls of these tests (a hub without workers: nothing trains) end well within 120 s.
+mlhub = functools.partial(helpers.mlhub, timeout=120)
 
 
 def test_client_commands_find_the_hub_of_the_data_dir_from_hub_json(hub: RunningHub) -> None:

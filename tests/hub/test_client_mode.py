@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.hub.helpers import (
-    MLHUB,
-    ROOT,
     RunningHub,
     free_port,
     hub_env,
+    mlhub,
+    ok,
     serving_hub,
 )
 
@@ -37,19 +36,10 @@ def client_env(hub: RunningHub, tmp_path: Path) -> dict[str, str]:
     return hub_env(tmp_path / "client", MLHUB_URL=hub.url, MLHUB_TOKEN=token)
 
 
-def mlhub(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MLHUB, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
 def utc(document: object) -> object:
     """Times as the API writes them (UTC, with its offset): SQLite hands the direct mode naive UTC times."""
     text = json.dumps(document)
     return json.loads(re.sub(r'"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)"', r'"\1+00:00"', text))
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def test_submit_wait_then_runs_show_and_query_over_http(client_env: dict[str, str], tmp_path: Path) -> None:

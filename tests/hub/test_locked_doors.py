@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import signal
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-from tests.hub.helpers import MLHUB, ROOT, RunningHub, free_port, hub_env, serving_hub, start, stop
+from tests.hub.helpers import RunningHub, free_port, hub_env, mlhub, ok, serving_hub, start, stop
 
 ROLES = ("admin", "api", "projector", "worker")
 
@@ -26,15 +25,6 @@ ROLES = ("admin", "api", "projector", "worker")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
     with serving_hub(tmp_path_factory.mktemp("locked-doors") / "hub") as running:
         yield running
-
-
-def mlhub(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MLHUB, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def passwords(data_dir: Path) -> dict[str, str]:

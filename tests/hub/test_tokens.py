@@ -5,17 +5,18 @@ points kept in the spool; a restarted `mlhub up` keeps its admin token and the i
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.hub.helpers import MLHUB, ROOT, RunningHub, free_port, hub_env, serving_hub, start, stop
+from tests.hub import helpers
+from tests.hub.helpers import RunningHub, free_port, hub_env, serving_hub, start, stop
 
 from mlhub.client import Hub, HubAuthError
 from mlhub.client.spool import RunSpool, hub_folder
@@ -27,8 +28,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHub]:
         yield running
 
 
-def mlhub(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*MLHUB, *args], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+mlhub = functools.partial(helpers.mlhub, timeout=120)
 
 
 def _env(hub: RunningHub, mode: str, tmp_path: Path) -> tuple[dict[str, str], list[str], str]:
