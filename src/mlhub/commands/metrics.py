@@ -35,8 +35,7 @@ def _print_result(result: object) -> None:
         click.echo(f"defined   {name}")
     for name, migration in result.migrated:
         click.echo(f"migrated  {name} ({migration})")
-    click.echo(f"{len(result.defined)} defined, {len(result.migrated)} migration(s) applied, "
-               f"{len(result.unchanged)} unchanged")
+    click.echo(result.summary())
 
 
 def _fail_lines(e: MlhubError) -> None:

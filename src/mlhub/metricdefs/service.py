@@ -44,6 +44,11 @@ class ApplyResult:
     migrated: list[tuple[str, str]] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line: how many metrics were defined, migrations applied, metrics unchanged."""
+        return (f"{len(self.defined)} defined, {len(self.migrated)} migration(s) applied, "
+                f"{len(self.unchanged)} unchanged")
+
 
 async def logged_definitions(event_log: EventLog) -> dict[str, LoggedMetric]:
     """Every metric the event log defines, folded from its metric.defined and metric.migrated events."""
