@@ -236,8 +236,7 @@ class Hub:
         except MlhubError as e:
             self.echo(f"metric definitions ({where}): none applied: error [{e.code}]: {e}")
             return
-        self.echo(f"metric definitions ({where}): {len(result.defined)} defined, "
-                  f"{len(result.migrated)} migration(s) applied, {len(result.unchanged)} unchanged")
+        self.echo(f"metric definitions ({where}): {result.summary()}")
 
     def _migrate(self) -> None:
         from mlhub.readmodel import create_engine, migrate, sqlite_path
@@ -486,6 +485,15 @@ class LocalHub:
             return True
         return True
 
+    def token_for(self, url: str) -> str | None:
+        """The admin token of this hub when it is the one serving `url`, else None (another hub, or no token)."""
+        if _normal(self.url) != _normal(url) or self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text().strip() or None
+        except OSError:
+            return None
+
 
 def read_hub_file(data_dir: Path) -> LocalHub | None:
     """The local hub that DATA_DIR/hub.json names, or None (no such file, or not one `mlhub up` wrote)."""
@@ -499,17 +507,6 @@ def read_hub_file(data_dir: Path) -> LocalHub | None:
     pid, token_file = hub.get("pid"), hub.get("token_file")
     return LocalHub(file=file.resolve(), url=hub["url"].rstrip("/"), pid=pid if isinstance(pid, int) else None,
                     token_file=Path(token_file) if isinstance(token_file, str) and token_file else None)
-
-
-def read_local_token(data_dir: Path, url: str) -> str | None:
-    """The token of the `mlhub up` serving `url` from this data dir, or None (another hub, or none running)."""
-    hub = read_hub_file(data_dir)
-    if hub is None or _normal(hub.url) != _normal(url) or hub.token_file is None:
-        return None
-    try:
-        return hub.token_file.read_text().strip() or None
-    except OSError:
-        return None
 
 
 def _normal(url: str) -> str:

@@ -62,12 +62,13 @@ class HubClient:
     def from_settings(cls, settings: Settings) -> HubClient:
         """A client for MLHUB_URL (unset: the hub that MLHUB_DATA_DIR/hub.json names, else the default URL) with
         MLHUB_TOKEN, or the local `mlhub up` admin token."""
-        from mlhub.commands.hub import read_hub_file, read_local_token
+        from mlhub.commands.hub import read_hub_file
 
-        local = None if "url" in settings.model_fields_set else read_hub_file(settings.data_dir)
-        url = local.url if local is not None else settings.url
-        token = settings.token or read_local_token(settings.data_dir, url)
-        return cls(url, token, local_hub=local)
+        local = read_hub_file(settings.data_dir)  # read once: for the URL (MLHUB_URL unset) and the token
+        named = None if "url" in settings.model_fields_set else local
+        url = named.url if named is not None else settings.url
+        token = settings.token or (local.token_for(url) if local is not None else None)
+        return cls(url, token, local_hub=named)
 
     def close(self) -> None:
         """Close the connections."""
